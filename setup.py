@@ -1,0 +1,53 @@
+"""Build the adpq C extension (adpq._core) against the CPython and NumPy C APIs.
+
+Environment knobs:
+  ADPQ_SANITIZE=1   build with -fsanitize=address,undefined (CI runs the tests this way too)
+  ADPQ_DEBUG=1      -O0 -g
+"""
+import os
+import sys
+
+import numpy as np
+from setuptools import Extension, setup
+
+sources = [
+    "csrc/adpq.c",
+    "csrc/outliers.c",
+    "csrc/quant.c",
+    "csrc/quant_avx2.c",
+    "csrc/pack.c",
+    "csrc/halfcvt.c",
+    "csrc/threads.c",
+    "csrc/adpqmodule.c",
+]
+
+# -ffp-contract=off: no fused multiply-add, so the C core and the NumPy reference
+# round identically (bit-exactness is a tested property).
+extra_compile_args = ["-std=c11", "-Wall", "-Wextra", "-ffp-contract=off", "-fno-strict-aliasing"]
+extra_link_args = ["-pthread"]
+if os.environ.get("ADPQ_DEBUG"):
+    extra_compile_args += ["-O0", "-g"]
+else:
+    extra_compile_args += ["-O3"]
+if os.environ.get("ADPQ_SANITIZE"):
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    extra_compile_args += san + ["-g"]
+    extra_link_args += san
+if os.environ.get("ADPQ_WERROR"):
+    extra_compile_args += ["-Werror"]
+
+if sys.platform == "win32":  # pragma: no cover - not a supported build target yet
+    raise SystemExit("adpq: Windows builds are not supported yet (the core uses pthreads)")
+
+setup(
+    ext_modules=[
+        Extension(
+            "adpq._core",
+            sources=sources,
+            include_dirs=["csrc", np.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")],
+            extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
+        )
+    ],
+)
