@@ -596,6 +596,10 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     if fake_dtype is not None and format != "fake":
         raise CheckpointError("fake_dtype/--dtype applies to --format fake only")
     src = SourceCheckpoint(src_dir)
+    try:  # reject a bad configuration before anything is written
+        core.quantize(np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16), config=cfg)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"invalid quantization config: {e}") from None
     infos = list(src.tensors.values())
     selected = set(select_tensors(infos, include, exclude))
     inc, exc = _patterns(include), _patterns(exclude)
@@ -638,9 +642,11 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
                     rep.metrics = _jsonable(dict(core.metrics(w, w_hat)))
                 del qt, w_hat
             else:
+                if format == "fake" and out_dt is not None and _is_float(info.np_dtype):
+                    w = w.astype(out_dt)  # a fake-quant folder is uniformly in the requested dtype
                 entries = [(info.name, w)]
-                rep = TensorReport(info.name, info.shape, info.dtype, False, info.nbytes, info.nbytes,
-                                   8.0 * info.np_dtype.itemsize)
+                rep = TensorReport(info.name, info.shape, info.dtype, False, info.nbytes, int(w.nbytes),
+                                   8.0 * w.dtype.itemsize)
             rep.seconds = time.perf_counter() - ts
             run.add(entries, meta, _jsonable(dict(dataclasses.asdict(rep), shape=list(info.shape))))
             del entries, w
