@@ -203,12 +203,11 @@ def cmd_eval(args) -> int:
     if args.dtype is not None:
         kw["dtype"] = args.dtype
     res = adpq_eval.perplexity(args.dir, **kw)
-    d = dataclasses.asdict(res) if dataclasses.is_dataclass(res) else (res if isinstance(res, dict) else {"ppl": res})
     if args.json:
+        d = res.to_dict() if hasattr(res, "to_dict") else res
         print(json.dumps(d, indent=2, default=str))
     else:
-        for k, v in d.items():
-            print(f"{k}: {v}")
+        print(res)
     return 0
 
 

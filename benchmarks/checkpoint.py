@@ -1,0 +1,261 @@
+"""Checkpoint throughput and memory: quantizing a warm checkpoint vs plainly reading it; peak RSS.
+
+    python benchmarks/checkpoint.py                       # SmolLM2 folder + synthetic 4x-layers checkpoint
+    python benchmarks/checkpoint.py --src DIR --runs 5 --no-synthetic
+
+For each checkpoint, in one run (ratios, since the machine is shared):
+  * read:       every byte of the safetensors files read with readinto() into a reused 16 MiB buffer
+                (warm page cache; one untimed read first); median of --runs;
+  * read-mmap:  every page of every file touched through np.memmap (the access pattern quantize uses);
+  * quantize:   adpq.quantize_checkpoint(..., format="adpq") at the default QuantConfig into a temporary
+                folder, with and without the per-tensor error metrics; median of --runs.
+Every measurement runs in its own subprocess; the child reports its own peak RSS
+(getrusage(RUSAGE_SELF).ru_maxrss), compared with an idle child that only imports adpq, with the
+largest tensor and with the model size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_SRC = "/work/models/smollm2-135m"
+MACHINE = "2-core AMD EPYC (Zen 1) KVM VM, shared"
+
+
+# ------------------------------------------------------------------ child side
+
+
+def _child(argv):
+    mode, src = argv[0], argv[1]
+    import numpy as np
+
+    import adpq
+    from adpq.checkpoint import SourceCheckpoint
+
+    out = {"mode": mode}
+    if mode == "idle":
+        pass
+    elif mode == "read":
+        files = [sf.path for sf in SourceCheckpoint(src).files.values()]
+        buf = bytearray(16 << 20)
+        mv = memoryview(buf)
+        t0 = time.perf_counter()
+        n = 0
+        for p in files:
+            with open(p, "rb", buffering=0) as f:
+                while True:
+                    k = f.readinto(mv)
+                    if not k:
+                        break
+                    n += k
+        out.update(seconds=time.perf_counter() - t0, bytes=n)
+    elif mode == "read-mmap":
+        files = [sf.path for sf in SourceCheckpoint(src).files.values()]
+        t0 = time.perf_counter()
+        n, s = 0, 0
+        for p in files:
+            m = np.memmap(p, dtype=np.uint8, mode="r")
+            s += int(m[::4096].sum())  # touch every page
+            n += m.size
+            del m
+        out.update(seconds=time.perf_counter() - t0, bytes=n)
+    elif mode in ("quantize", "quantize-nometrics"):
+        dst = argv[2]
+        t0 = time.perf_counter()
+        rep = adpq.quantize_checkpoint(src, dst, adpq.QuantConfig(), progress=False, overwrite=True,
+                                       compute_metrics=(mode == "quantize"))
+        out.update(seconds=time.perf_counter() - t0, bytes=rep.input_bytes,
+                   bits_per_weight=rep.totals()["bits_per_weight_quantized"],
+                   config=rep.config)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    out["maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------ parent side
+
+
+def _run_child(*args):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = env.get("PYTHONPATH", "") + os.pathsep + os.path.join(ROOT, "python")
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *args], capture_output=True,
+                       text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def make_synthetic(dst, like, layer_mult):
+    """A checkpoint with `layer_mult` x the layers of `like` (same tensor shapes/dtypes; random values).
+
+    Each distinct tensor shape gets its own random data; the layers reuse it (values do not matter
+    for throughput and memory)."""
+    import numpy as np
+
+    from adpq.checkpoint import SourceCheckpoint
+    from adpq.safetensors_io import ShardWriter
+
+    src = SourceCheckpoint(like)
+    cfg = dict(src.config)
+    n_layers = int(cfg["num_hidden_layers"])
+    rng = np.random.default_rng(0)
+    cache = {}
+    os.makedirs(dst, exist_ok=True)
+    names = []
+    for name in src.names():
+        if ".layers." in name:
+            pre, rest = name.split(".layers.", 1)
+            i, tail = rest.split(".", 1)
+            if int(i) == 0:
+                names += [(f"{pre}.layers.{j}.{tail}", name) for j in range(n_layers * layer_mult)]
+        else:
+            names.append((name, name))
+    w = ShardWriter(os.path.join(dst, "model.safetensors"), {"format": "pt"})
+    for new, old in names:
+        info = src.tensors[old]
+        key = (info.shape, info.dtype)
+        if key not in cache:
+            a = (rng.standard_normal(info.shape, dtype=np.float32) * 0.02)
+            cache[key] = a.astype(info.np_dtype)
+        w.add(new, cache[key])
+    w.close()
+    cfg["num_hidden_layers"] = n_layers * layer_mult
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return dst
+
+
+def bench(src, runs, label):
+    from adpq.checkpoint import SourceCheckpoint
+
+    ck = SourceCheckpoint(src)
+    largest = max(ck.tensors.values(), key=lambda t: t.nbytes)
+    model_bytes = sum(os.path.getsize(sf.path) for sf in ck.files.values())
+    tmp = tempfile.mkdtemp(prefix="adpq-bench-")
+    res = {"label": label, "src": src, "model_bytes": model_bytes, "tensor_bytes": ck.nbytes,
+           "largest_tensor": {"name": largest.name, "bytes": largest.nbytes}, "runs": runs,
+           "num_tensors": len(ck.tensors)}
+    try:
+        _run_child("read", src)  # warm the page cache
+        idle = _run_child("idle", src)
+        res["idle_maxrss_bytes"] = idle["maxrss_bytes"]
+        for mode in ("read", "read-mmap", "quantize", "quantize-nometrics"):
+            rs = []
+            for _ in range(runs):
+                args = [mode, src] + ([os.path.join(tmp, "out")] if mode.startswith("quantize") else [])
+                rs.append(_run_child(*args))
+                print(f"  {label} {mode}: {rs[-1]['seconds']:.3f} s, peak RSS {rs[-1]['maxrss_bytes'] / 2**20:.0f} MiB",
+                      file=sys.stderr)
+            res[mode] = {"seconds_median": statistics.median(r["seconds"] for r in rs),
+                         "seconds_all": [r["seconds"] for r in rs],
+                         "maxrss_bytes": max(r["maxrss_bytes"] for r in rs),
+                         "bytes": rs[0]["bytes"]}
+            if "bits_per_weight" in rs[0]:
+                res[mode]["bits_per_weight"] = rs[0]["bits_per_weight"]
+                res["config"] = rs[0]["config"]
+        rd = res["read"]["seconds_median"]
+        for mode in ("read-mmap", "quantize", "quantize-nometrics"):
+            res[mode]["ratio_vs_read"] = res[mode]["seconds_median"] / rd
+            res[mode]["gb_per_s"] = res[mode]["bytes"] / res[mode]["seconds_median"] / 1e9
+        res["read"]["gb_per_s"] = res["read"]["bytes"] / rd / 1e9
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def table(results):
+    lines = []
+    hdr = (f"| checkpoint | model MB | largest tensor MB | mode | median s | GB/s | x read | peak RSS MiB | "
+           f"RSS - idle MiB |")
+    lines += [hdr, "|" + "---|" * 9]
+    for r in results:
+        idle = r["idle_maxrss_bytes"]
+        for mode in ("read", "read-mmap", "quantize", "quantize-nometrics"):
+            m = r[mode]
+            lines.append(f"| {r['label']} | {r['model_bytes'] / 1e6:.0f} | {r['largest_tensor']['bytes'] / 1e6:.1f} | "
+                         f"{mode} | {m['seconds_median']:.3f} | {m['gb_per_s']:.3f} | "
+                         f"{m.get('ratio_vs_read', 1.0):.2f} | {m['maxrss_bytes'] / 2**20:.0f} | "
+                         f"{(m['maxrss_bytes'] - idle) / 2**20:.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return _child(sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", default=DEFAULT_SRC, help="HF checkpoint folder (default: %(default)s)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--layer-mult", type=int, default=4, help="synthetic checkpoint: this many times the layers")
+    ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "checkpoint.json"))
+    ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    sys.path.append(os.path.join(ROOT, "python"))
+
+    results = []
+    work = tempfile.mkdtemp(prefix="adpq-bench-src-")
+    try:
+        src = args.src
+        if not os.path.exists(os.path.join(src, "config.json")):
+            print(f"{src} not found; using a synthetic checkpoint "
+                  "(run `adpq models prepare smollm2-135m /work/models/smollm2-135m` for the real one)",
+                  file=sys.stderr)
+            sys.path.insert(0, os.path.join(ROOT, "tests"))
+            from _ckpt_util import make_llama
+
+            src = make_llama(os.path.join(work, "tiny"), dtype="bfloat16", shards=1, layers=8)
+            label = "synthetic-tiny"
+        else:
+            label = os.path.basename(os.path.normpath(src))
+        results.append(bench(src, args.runs, label))
+        if not args.no_synthetic:
+            syn = make_synthetic(os.path.join(work, "syn"), src, args.layer_mult)
+            results.append(bench(syn, args.runs, f"{label} x{args.layer_mult} layers (synthetic)"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    tab = table(results)
+    print(tab)
+    meta = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+            "machine": MACHINE, "date": subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
+            "python": platform.python_version(), "cpus": os.cpu_count()}
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2)
+    print(f"wrote {args.json}", file=sys.stderr)
+    if args.record:
+        path = os.path.join(HERE, "RESULTS.md")
+        head = "## Checkpoint throughput and memory"
+        text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+        block = (f"\n### {meta['date']}\n\nCommand: `{meta['command']}`  \nMachine: {meta['machine']}  \n"
+                 f"Config: {json.dumps(results[0].get('config'))}  \n"
+                 f"read = readinto() of every file byte from a warm page cache; x read = median time / median read "
+                 f"time; peak RSS = the child's ru_maxrss; idle = a child that only imports adpq "
+                 f"({results[0]['idle_maxrss_bytes'] / 2**20:.0f} MiB).\n\n{tab}\n")
+        if head not in text:
+            text = text.rstrip("\n") + f"\n\n{head}\n"
+            text += block
+        else:
+            i = text.index(head) + len(head)
+            j = text.find("\n## ", i)
+            j = len(text) if j < 0 else j
+            text = text[:j].rstrip("\n") + "\n" + block + text[j:]
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"appended to {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
