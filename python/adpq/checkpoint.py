@@ -603,7 +603,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     infos = list(src.tensors.values())
     selected = set(select_tensors(infos, include, exclude))
     inc, exc = _patterns(include), _patterns(exclude)
-    job = {"kind": "quantize", "format": format, "config": _jsonable(cfg.to_dict()), "include": inc,
+    job_cfg = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k != "threads"}  # threads: same output
+    job = {"kind": "quantize", "format": format, "config": job_cfg, "include": inc,
            "exclude": exc, "fake_dtype": fake_dtype, "source": src.fingerprint(),
            "format_version": FORMAT_VERSION, "max_shard_bytes": _parse_size(max_shard_size)}
     run = _Run(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"])
