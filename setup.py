@@ -12,6 +12,7 @@ from setuptools import Extension, setup
 
 sources = [
     "csrc/adpq.c",
+    "csrc/dequant.c",
     "csrc/outliers.c",
     "csrc/quant.c",
     "csrc/quant_avx2.c",

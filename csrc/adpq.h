@@ -1,0 +1,129 @@
+/*
+ * adpq.h - the public C API of the adpq core.
+ *
+ * AdpQ (Ghaffari et al., arXiv 2405.13358): outliers are separated from the rest of a weight
+ * matrix by an Adaptive-LASSO soft threshold, and inliers and outliers of each group get their
+ * own low-bit quantizer. This header is plain C99/C11: no Python in it. Every function reports
+ * errors with an adpq_status code and, where it takes one, a message in `err` (ADPQ_ERRLEN bytes).
+ *
+ * Conventions (documented for readers of the format, see README "The adpq format"):
+ *  - A matrix has `rows` x `cols` weights; a group is `group_size` consecutive weights of one row.
+ *    A row whose length is not a multiple of group_size ends in a shorter group.
+ *  - Codes are one b-bit unsigned integer per weight, row-major, in one little-endian bit stream:
+ *    weight i occupies bits [i*b, i*b+b) (for b=3: 8 codes in 3 bytes).
+ *  - w_hat = (q - z) * s with float32 arithmetic, (s, z) the inlier or outlier quantizer of the
+ *    weight's group; symmetric quantizers store no z: z = 2^(b-1).
+ *  - Rounding: round-half-to-even (rint in the default FP environment), then clamp to [0, 2^b-1].
+ */
+#ifndef ADPQ_H
+#define ADPQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ADPQ_ERRLEN 256
+
+typedef enum {
+    ADPQ_OK = 0,
+    ADPQ_ERR_ARG = 1,       /* a bad argument (size, option, inconsistent arrays) */
+    ADPQ_ERR_NOMEM = 2,     /* an allocation failed */
+    ADPQ_ERR_NONFINITE = 3, /* NaN or Inf in the input */
+    ADPQ_ERR_RANGE = 4      /* a value does not fit the storage dtype (e.g. a float16 scale) */
+} adpq_status;
+
+typedef enum { ADPQ_F32 = 0, ADPQ_F16 = 1, ADPQ_BF16 = 2 } adpq_dtype;
+typedef enum { ADPQ_SCOPE_TENSOR = 0, ADPQ_SCOPE_GROUP = 1 } adpq_scope;
+typedef enum { ADPQ_OUTLIERS_GROUP = 0, ADPQ_OUTLIERS_FP16 = 1 } adpq_outlier_format;
+
+typedef struct {
+    int bits;               /* 2, 3, 4 or 8 */
+    int64_t group_size;     /* >= 2, or -1 for one group per row (per-channel) */
+    int scope;              /* adpq_scope: one lambda per matrix or one per group */
+    int use_lam;            /* 0: solve lambda so that |O| = round(outlier_ratio * n) per scope;
+                               1: explicit lambda `lam` on weights normalised by the scope's scale */
+    double outlier_ratio;   /* in [0, 0.5]; 0 with use_lam == 0 is plain RTN */
+    double lam;             /* >= 0, the LASSO penalty lambda (lambda' = lam / 2) */
+    double gamma;           /* > 0, the adaptive weight exponent */
+    int symmetric;          /* 0: scale + zero-point; 1: scale only, z = 2^(bits-1) */
+    int outlier_format;     /* adpq_outlier_format */
+    int scale_dtype;        /* adpq_dtype of scales and zero-points */
+    int threads;            /* >= 1 */
+} adpq_config;
+
+typedef struct {
+    const void *data;       /* first weight */
+    int dtype;              /* adpq_dtype */
+    int64_t rows, cols;     /* >= 1 */
+    int64_t row_stride;     /* distance between rows, in elements (>= cols); columns contiguous */
+} adpq_matrix;
+
+/* Sizes derived from (rows, cols, config): the layout every array follows. */
+typedef struct {
+    int64_t group_size;       /* effective: cols when config.group_size == -1 */
+    int64_t groups_per_row;   /* ceil(cols / group_size) */
+    int64_t num_groups;       /* rows * groups_per_row */
+    int64_t code_bytes;       /* ceil(rows * cols * bits / 8) */
+    int count_bytes;          /* bytes of one outlier count: 1, 2 or 4 (holds group_size) */
+    int index_bits;           /* ceil(log2(group_size)) bits per outlier position */
+    int scale_bytes;          /* 2 or 4 */
+} adpq_layout;
+
+/*
+ * A quantized matrix. For adpq_quantize the caller provides `codes`, `scales` and `zeros`
+ * (zeros NULL when symmetric) sized by adpq_layout; the core allocates the outlier arrays with
+ * malloc (NULL when there are no outliers) and the caller frees them with adpq_free_outliers.
+ * For adpq_dequantize every array is the caller's.
+ */
+typedef struct {
+    int64_t rows, cols;
+    uint8_t *codes;            /* code_bytes */
+    void *scales;              /* num_groups scale_dtype values: the inlier scale of each group */
+    void *zeros;               /* num_groups: inlier zero-points (NULL when symmetric) */
+    int64_t num_outliers;
+    int64_t num_outlier_groups;/* groups with at least one outlier */
+    void *outlier_counts;      /* num_groups counts of count_bytes each, or NULL if no outliers */
+    void *outlier_scales;      /* num_outlier_groups scales (format GROUP), in group order */
+    void *outlier_zeros;       /* num_outlier_groups zero-points (format GROUP, asymmetric) */
+    uint8_t *outlier_indices;  /* ceil(num_outliers * index_bits / 8) bytes: position in group,
+                                  ascending within a group, groups in order */
+    uint16_t *outlier_values;  /* num_outliers float16 values (format FP16) */
+} adpq_qmatrix;
+
+const char *adpq_version(void);
+
+/* Fills *layout; ADPQ_ERR_ARG for sizes or options out of range. */
+adpq_status adpq_layout_of(int64_t rows, int64_t cols, const adpq_config *cfg, adpq_layout *layout,
+                           char *err);
+
+/* Quantizes m into q (see adpq_qmatrix for who allocates what). */
+adpq_status adpq_quantize(const adpq_matrix *m, const adpq_config *cfg, adpq_qmatrix *q, char *err);
+
+/* Frees the outlier arrays that adpq_quantize allocated and sets them to NULL. */
+void adpq_free_outliers(adpq_qmatrix *q);
+
+/* Writes the outlier mask (1 = outlier) of m under cfg, rows x cols bytes, row-major.
+ * It is exactly the set adpq_quantize uses. */
+adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint8_t *mask, char *err);
+
+/* Dequantizes q to float32 (rows x cols, row-major). Validates counts and indices. */
+adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, float *out, char *err);
+
+/* Kernel selection: "scalar" (the reference), "avx2" (x86-64 with AVX2+F16C), or "auto".
+ * Returns 0 on success, -1 if that kernel set is not available on this CPU. */
+int adpq_set_kernels(const char *name);
+const char *adpq_kernels_name(void);
+
+/* Scalar conversions, round-to-nearest-even; exposed for tests. */
+uint16_t adpq_f32_to_f16(float f);
+float adpq_f16_to_f32(uint16_t h);
+uint16_t adpq_f32_to_bf16(float f);
+float adpq_bf16_to_f32(uint16_t h);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ADPQ_H */

@@ -1,0 +1,326 @@
+/* adpqmodule.c - the thin CPython/NumPy wrapper over the C core (adpq._core).
+ * It checks arguments and array sizes, releases the GIL around the C work, and moves results
+ * into NumPy arrays. It does no arithmetic on weights. The Python layer (adpq/core.py) converts
+ * user input (dtypes, 1-D, strides) before calling here; these checks are the last line. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <numpy/arrayobject.h>
+
+#include "adpq.h"
+
+static int parse_config(PyObject *tuple, adpq_config *cfg) {
+    long long gs;
+    if (!PyArg_ParseTuple(tuple, "iLiidddiiii", &cfg->bits, &gs, &cfg->scope, &cfg->use_lam, &cfg->outlier_ratio,
+                          &cfg->lam, &cfg->gamma, &cfg->symmetric, &cfg->outlier_format, &cfg->scale_dtype,
+                          &cfg->threads))
+        return -1;
+    cfg->group_size = (int64_t)gs;
+    return 0;
+}
+
+static PyObject *raise_status(adpq_status st, const char *err) {
+    PyObject *exc = st == ADPQ_ERR_NOMEM ? PyExc_MemoryError : PyExc_ValueError;
+    PyErr_SetString(exc, err[0] ? err : "adpq: error");
+    return NULL;
+}
+
+/* A 2-D weight array as the core sees it: rows contiguous, any positive row stride. */
+static int as_matrix(PyObject *obj, int dtype, adpq_matrix *m) {
+    if (!PyArray_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "w must be a numpy.ndarray");
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    int itemsize = dtype == ADPQ_F32 ? 4 : 2;
+    if (dtype != ADPQ_F32 && dtype != ADPQ_F16 && dtype != ADPQ_BF16) {
+        PyErr_SetString(PyExc_ValueError, "unknown dtype code");
+        return -1;
+    }
+    if (PyArray_NDIM(a) != 2) {
+        PyErr_SetString(PyExc_ValueError, "w must be 2-D here");
+        return -1;
+    }
+    if (PyArray_ITEMSIZE(a) != itemsize) {
+        PyErr_SetString(PyExc_TypeError, "w itemsize does not match its dtype code");
+        return -1;
+    }
+    npy_intp *st = PyArray_STRIDES(a), *sh = PyArray_DIMS(a);
+    if (sh[0] < 1 || sh[1] < 1) {
+        PyErr_SetString(PyExc_ValueError, "w is empty");
+        return -1;
+    }
+    if ((sh[1] > 1 && st[1] != itemsize) || (sh[0] > 1 && (st[0] <= 0 || st[0] % itemsize))) {
+        PyErr_SetString(PyExc_ValueError, "w must have contiguous rows and a positive row stride");
+        return -1;
+    }
+    if (!PyArray_ISALIGNED(a)) {
+        PyErr_SetString(PyExc_ValueError, "w must be aligned");
+        return -1;
+    }
+    m->data = PyArray_DATA(a);
+    m->dtype = dtype;
+    m->rows = sh[0];
+    m->cols = sh[1];
+    m->row_stride = sh[0] > 1 ? st[0] / itemsize : sh[1];
+    if (m->row_stride < m->cols) {
+        PyErr_SetString(PyExc_ValueError, "w rows overlap");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *new_array_from(const void *src, npy_intp n, int typenum) {
+    PyObject *arr = PyArray_SimpleNew(1, &n, typenum);
+    if (arr && n > 0 && src) memcpy(PyArray_DATA((PyArrayObject *)arr), src, (size_t)PyArray_NBYTES((PyArrayObject *)arr));
+    return arr;
+}
+
+static int set_item(PyObject *d, const char *key, PyObject *v) {
+    if (!v) return -1;
+    int rc = PyDict_SetItemString(d, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static int count_typenum(int bytes) { return bytes == 1 ? NPY_UINT8 : bytes == 2 ? NPY_UINT16 : NPY_UINT32; }
+
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *w, *cfgt;
+    int dtype;
+    adpq_config cfg;
+    adpq_matrix m;
+    adpq_layout lay;
+    char err[ADPQ_ERRLEN] = {0};
+    if (!PyArg_ParseTuple(args, "OiO!", &w, &dtype, &PyTuple_Type, &cfgt)) return NULL;
+    if (parse_config(cfgt, &cfg) || as_matrix(w, dtype, &m)) return NULL;
+    adpq_status st = adpq_layout_of(m.rows, m.cols, &cfg, &lay, err);
+    if (st) return raise_status(st, err);
+
+    int stype = cfg.scale_dtype == ADPQ_F32 ? NPY_FLOAT32 : NPY_UINT16;
+    npy_intp cdim = lay.code_bytes, sdim[2] = {m.rows, lay.groups_per_row};
+    PyObject *codes = PyArray_SimpleNew(1, &cdim, NPY_UINT8);
+    PyObject *scales = PyArray_SimpleNew(2, sdim, stype);
+    PyObject *zeros = cfg.symmetric ? NULL : PyArray_SimpleNew(2, sdim, stype);
+    PyObject *out = PyDict_New();
+    if (!codes || !scales || (!cfg.symmetric && !zeros) || !out) goto fail;
+
+    adpq_qmatrix q;
+    memset(&q, 0, sizeof(q));
+    q.codes = (uint8_t *)PyArray_DATA((PyArrayObject *)codes);
+    q.scales = PyArray_DATA((PyArrayObject *)scales);
+    q.zeros = zeros ? PyArray_DATA((PyArrayObject *)zeros) : NULL;
+    Py_BEGIN_ALLOW_THREADS st = adpq_quantize(&m, &cfg, &q, err);
+    Py_END_ALLOW_THREADS if (st) {
+        Py_DECREF(codes);
+        Py_DECREF(scales);
+        Py_XDECREF(zeros);
+        Py_DECREF(out);
+        return raise_status(st, err);
+    }
+    int ok = set_item(out, "codes", codes) == 0 && set_item(out, "scales", scales) == 0;
+    codes = scales = NULL;
+    if (ok && zeros) {
+        ok = set_item(out, "zeros", zeros) == 0;
+        zeros = NULL;
+    }
+    if (ok && q.num_outliers > 0) {
+        int sb = lay.scale_bytes;
+        npy_intp n_idx = (q.num_outliers * lay.index_bits + 7) / 8;
+        PyObject *counts = PyArray_SimpleNew(2, sdim, count_typenum(lay.count_bytes));
+        if (counts)
+            memcpy(PyArray_DATA((PyArrayObject *)counts), q.outlier_counts,
+                   (size_t)lay.num_groups * (size_t)lay.count_bytes);
+        ok = set_item(out, "outlier_counts", counts) == 0;
+        if (ok) ok = set_item(out, "outlier_indices", new_array_from(q.outlier_indices, n_idx, NPY_UINT8)) == 0;
+        if (ok && q.outlier_scales) {
+            (void)sb;
+            ok = set_item(out, "outlier_scales", new_array_from(q.outlier_scales, q.num_outlier_groups, stype)) == 0;
+        }
+        if (ok && q.outlier_zeros)
+            ok = set_item(out, "outlier_zeros", new_array_from(q.outlier_zeros, q.num_outlier_groups, stype)) == 0;
+        if (ok && q.outlier_values)
+            ok = set_item(out, "outlier_values", new_array_from(q.outlier_values, q.num_outliers, NPY_UINT16)) == 0;
+    }
+    adpq_free_outliers(&q);
+    if (!ok) goto fail;
+    return out;
+fail:
+    Py_XDECREF(codes);
+    Py_XDECREF(scales);
+    Py_XDECREF(zeros);
+    Py_XDECREF(out);
+    if (!PyErr_Occurred()) PyErr_NoMemory();
+    return NULL;
+}
+
+static PyObject *py_outlier_mask(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *w, *cfgt;
+    int dtype;
+    adpq_config cfg;
+    adpq_matrix m;
+    char err[ADPQ_ERRLEN] = {0};
+    if (!PyArg_ParseTuple(args, "OiO!", &w, &dtype, &PyTuple_Type, &cfgt)) return NULL;
+    if (parse_config(cfgt, &cfg) || as_matrix(w, dtype, &m)) return NULL;
+    npy_intp dims[2] = {m.rows, m.cols};
+    PyObject *mask = PyArray_SimpleNew(2, dims, NPY_BOOL);
+    if (!mask) return NULL;
+    adpq_status st;
+    Py_BEGIN_ALLOW_THREADS st = adpq_outlier_mask(&m, &cfg, (uint8_t *)PyArray_DATA((PyArrayObject *)mask), err);
+    Py_END_ALLOW_THREADS if (st) {
+        Py_DECREF(mask);
+        return raise_status(st, err);
+    }
+    return mask;
+}
+
+/* Checks that obj is a C-contiguous array of exactly `nbytes` bytes and returns its data. */
+static int get_array(PyObject *obj, const char *name, npy_intp nbytes, void **data) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray", name);
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (!PyArray_IS_C_CONTIGUOUS(a)) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous", name);
+        return -1;
+    }
+    if (PyArray_NBYTES(a) != nbytes) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd bytes, expected %zd for this shape and config", name,
+                     (Py_ssize_t)PyArray_NBYTES(a), (Py_ssize_t)nbytes);
+        return -1;
+    }
+    *data = PyArray_DATA(a);
+    return 0;
+}
+
+static PyObject *py_dequantize(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cfgt, *codes, *scales, *zeros, *counts, *oscales, *ozeros, *indices, *values;
+    long long rows, cols, n_out, n_grp;
+    adpq_config cfg;
+    adpq_layout lay;
+    char err[ADPQ_ERRLEN] = {0};
+    if (!PyArg_ParseTuple(args, "LLO!LLOOOOOOOO", &rows, &cols, &PyTuple_Type, &cfgt, &n_out, &n_grp, &codes, &scales,
+                          &zeros, &counts, &oscales, &ozeros, &indices, &values))
+        return NULL;
+    if (parse_config(cfgt, &cfg)) return NULL;
+    adpq_status st = adpq_layout_of(rows, cols, &cfg, &lay, err);
+    if (st) return raise_status(st, err);
+    if (n_out < 0 || n_grp < 0 || n_out > rows * cols || n_grp > lay.num_groups) {
+        PyErr_SetString(PyExc_ValueError, "outlier counts out of range");
+        return NULL;
+    }
+    adpq_qmatrix q;
+    memset(&q, 0, sizeof(q));
+    q.rows = rows;
+    q.cols = cols;
+    q.num_outliers = n_out;
+    q.num_outlier_groups = n_grp;
+    npy_intp sb = lay.scale_bytes;
+    if (get_array(codes, "codes", lay.code_bytes, (void **)&q.codes)) return NULL;
+    if (get_array(scales, "scales", lay.num_groups * sb, &q.scales)) return NULL;
+    if (!cfg.symmetric && get_array(zeros, "zeros", lay.num_groups * sb, &q.zeros)) return NULL;
+    if (n_out > 0) {
+        if (get_array(counts, "outlier_counts", lay.num_groups * lay.count_bytes, &q.outlier_counts)) return NULL;
+        if (get_array(indices, "outlier_indices", (n_out * lay.index_bits + 7) / 8, (void **)&q.outlier_indices))
+            return NULL;
+        if (cfg.outlier_format == ADPQ_OUTLIERS_GROUP) {
+            if (get_array(oscales, "outlier_scales", n_grp * sb, &q.outlier_scales)) return NULL;
+            if (!cfg.symmetric && get_array(ozeros, "outlier_zeros", n_grp * sb, &q.outlier_zeros)) return NULL;
+        } else if (get_array(values, "outlier_values", n_out * 2, (void **)&q.outlier_values)) {
+            return NULL;
+        }
+    }
+    npy_intp dims[2] = {rows, cols};
+    PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!out) return NULL;
+    Py_BEGIN_ALLOW_THREADS st = adpq_dequantize(&q, &cfg, (float *)PyArray_DATA((PyArrayObject *)out), err);
+    Py_END_ALLOW_THREADS if (st) {
+        Py_DECREF(out);
+        return raise_status(st, err);
+    }
+    return out;
+}
+
+static PyObject *py_layout(PyObject *self, PyObject *args) {
+    (void)self;
+    long long rows, cols;
+    PyObject *cfgt;
+    adpq_config cfg;
+    adpq_layout lay;
+    char err[ADPQ_ERRLEN] = {0};
+    if (!PyArg_ParseTuple(args, "LLO!", &rows, &cols, &PyTuple_Type, &cfgt)) return NULL;
+    if (parse_config(cfgt, &cfg)) return NULL;
+    adpq_status st = adpq_layout_of(rows, cols, &cfg, &lay, err);
+    if (st) return raise_status(st, err);
+    return Py_BuildValue("{s:L,s:L,s:L,s:L,s:i,s:i,s:i}", "group_size", (long long)lay.group_size, "groups_per_row",
+                         (long long)lay.groups_per_row, "num_groups", (long long)lay.num_groups, "code_bytes",
+                         (long long)lay.code_bytes, "count_bytes", lay.count_bytes, "index_bits", lay.index_bits,
+                         "scale_bytes", lay.scale_bytes);
+}
+
+static PyObject *py_set_kernels(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    const char *prev = adpq_kernels_name();
+    if (adpq_set_kernels(name) != 0) {
+        PyErr_Format(PyExc_ValueError, "kernels %R are not available on this CPU (use 'scalar', 'avx2' or 'auto')",
+                     PyTuple_GET_ITEM(args, 0));
+        return NULL;
+    }
+    return PyUnicode_FromString(prev);
+}
+
+static PyObject *py_kernels(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(adpq_kernels_name());
+}
+
+/* float32 -> float16 / bfloat16 bits with the core's conversion (tests compare with NumPy). */
+static PyObject *py_round_f32(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *obj;
+    int to;
+    if (!PyArg_ParseTuple(args, "Oi", &obj, &to)) return NULL;
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 1, 1, NPY_ARRAY_CARRAY_RO);
+    if (!a) return NULL;
+    npy_intp n = PyArray_SIZE(a);
+    PyObject *out = PyArray_SimpleNew(1, &n, NPY_UINT16);
+    if (!out) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    const float *src = (const float *)PyArray_DATA(a);
+    uint16_t *dst = (uint16_t *)PyArray_DATA((PyArrayObject *)out);
+    for (npy_intp i = 0; i < n; i++) dst[i] = to == ADPQ_BF16 ? adpq_f32_to_bf16(src[i]) : adpq_f32_to_f16(src[i]);
+    Py_DECREF(a);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"quantize", py_quantize, METH_VARARGS, "quantize(w2d, dtype_code, config_tuple) -> dict of arrays"},
+    {"outlier_mask", py_outlier_mask, METH_VARARGS, "outlier_mask(w2d, dtype_code, config_tuple) -> bool array"},
+    {"dequantize", py_dequantize, METH_VARARGS,
+     "dequantize(rows, cols, config_tuple, num_outliers, num_outlier_groups, codes, scales, zeros, counts, "
+     "outlier_scales, outlier_zeros, outlier_indices, outlier_values) -> float32 array"},
+    {"layout", py_layout, METH_VARARGS, "layout(rows, cols, config_tuple) -> dict"},
+    {"set_kernels", py_set_kernels, METH_VARARGS, "set_kernels('scalar'|'avx2'|'auto') -> previous name"},
+    {"kernels", py_kernels, METH_NOARGS, "name of the active kernel set"},
+    {"round_f32", py_round_f32, METH_VARARGS, "round_f32(float32 array, 1=float16|2=bfloat16) -> uint16 bits"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core", "adpq C core", -1, methods,
+                                       NULL,                  NULL,    NULL,           NULL};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    adpq_set_kernels("auto");
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    PyModule_AddStringConstant(m, "version", adpq_version());
+    return m;
+}

@@ -1,0 +1,89 @@
+/* internal.h - declarations shared by the core's translation units (not part of the API). */
+#ifndef ADPQ_INTERNAL_H
+#define ADPQ_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "adpq.h"
+
+/* Magnitude key of a float: the bits of |x|. For finite x the keys order like |x|. */
+static inline uint32_t adpq_abs_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u & 0x7fffffffu;
+}
+static inline float adpq_key_to_float(uint32_t key) {
+    float f;
+    memcpy(&f, &key, 4);
+    return f;
+}
+
+void adpq_set_err(char *err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/*
+ * Kernels: the hot loops, one scalar reference implementation and one AVX2 implementation
+ * with identical results (same float32 operations in the same order, no FMA).
+ */
+typedef struct {
+    const char *name;
+    /* 1 if every value is finite */
+    int (*all_finite)(const float *w, int64_t n);
+    /* mask[i] = |w[i]| > t; returns the count */
+    int64_t (*mask_gt)(const float *w, int64_t n, float t, uint8_t *mask);
+    /* min and max of w */
+    void (*minmax)(const float *w, int64_t n, float *mn, float *mx);
+    /* min/max of the unmasked (inlier) and masked (outlier) values; empty sets give +inf/-inf */
+    void (*minmax_split)(const float *w, const uint8_t *mask, int64_t n, float *in_mn, float *in_mx,
+                         float *out_mn, float *out_mx);
+    /* codes[i] = clamp(rint(w[i] * inv + z), 0, qmax) */
+    void (*codes)(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes);
+    /* as codes, with (inv_o, z_o) where mask[i] != 0 */
+    void (*codes_split)(const float *w, const uint8_t *mask, int64_t n, float inv, float z,
+                        float inv_o, float z_o, int qmax, uint8_t *codes);
+    /* count |w[i]| > t and append the magnitude keys of those to keys; returns the count */
+    int64_t (*gather_gt)(const float *w, int64_t n, float t, uint32_t *keys);
+    /* out[i] = ((float)codes[i] - z) * s */
+    void (*dequant)(const uint8_t *codes, int64_t n, float s, float z, float *out);
+    /* converts n values of a 16-bit float dtype to float32 */
+    void (*f16_to_f32)(const uint16_t *src, int64_t n, float *dst);
+    void (*bf16_to_f32)(const uint16_t *src, int64_t n, float *dst);
+} adpq_kernels;
+
+extern const adpq_kernels adpq_kernels_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+#define ADPQ_HAVE_AVX2_KERNELS 1
+extern const adpq_kernels adpq_kernels_avx2;
+#endif
+const adpq_kernels *adpq_active_kernels(void);
+
+/* pack.c: little-endian bit streams; value i of a stream occupies bits [i*b, i*b+b). */
+/* Writes n codes (each < 2^bits, bits in {2,3,4,8}) at code position `first` of dst. Bytes
+ * shared with codes outside [first, first+n) are OR-ed, so dst must start zeroed. */
+void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits);
+void adpq_unpack_codes(const uint8_t *src, int64_t first, int64_t n, int bits, uint8_t *codes);
+/* Same for values of 1..32 bits. */
+void adpq_pack_u32(uint8_t *dst, int64_t first, const uint32_t *vals, int64_t n, int bits);
+void adpq_unpack_u32(const uint8_t *src, int64_t first, int64_t n, int bits, uint32_t *vals);
+
+/* outliers.c */
+/* The k-th largest key of keys[0..n) (1 <= k <= n); permutes keys. O(n) expected. */
+uint32_t adpq_select_kth_largest(uint32_t *keys, int64_t n, int64_t k);
+/* The largest float32 <= t (t >= 0, finite). */
+float adpq_float_floor(double t);
+/* (lam / 2)^(1 / (1 + gamma)): the threshold, in units of the scope's scale, of an explicit lam */
+double adpq_lam_factor(double lam, double gamma);
+/* floor(ratio * n + 0.5): the outlier count of a scope of n weights */
+int64_t adpq_outlier_count(double ratio, int64_t n);
+
+/* threads.c: runs fn(ctx, task, worker) for task in [0, ntasks) on up to `threads` workers
+ * (worker in [0, threads)). Returns the first non-zero value fn returned, else 0. */
+typedef int (*adpq_task_fn)(void *ctx, int64_t task, int worker);
+int adpq_parallel_for(int threads, int64_t ntasks, adpq_task_fn fn, void *ctx);
+
+#endif /* ADPQ_INTERNAL_H */

@@ -1,0 +1,86 @@
+/* outliers.c - the pieces of the Adaptive-LASSO outlier selection (DESIGN.md 2.1).
+ *
+ * With the identity design, b_i = sign(w_i) max(|w_i| - lambda' / |w_i|^gamma, 0), so the outliers
+ * O = {i : b_i != 0} = {i : |w_i|^(1+gamma) > lambda'}: the weights of largest magnitude. Solving
+ * lambda' for a target count is therefore a selection (the k-th largest |w|), never a sort.
+ * Ties at the threshold are taken in row-major order; weights equal to 0 are never outliers.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+static inline void swap_u32(uint32_t *a, uint32_t *b) {
+    uint32_t t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Exact k-th largest by three histogram passes over 11/11/10-bit digits: O(n), no allocation.
+ * The quickselect below falls back to it when its pivots degrade, so selection stays O(n). */
+static uint32_t radix_kth_largest(const uint32_t *keys, int64_t n, int64_t k) {
+    static const int shifts[3] = {21, 10, 0};
+    static const uint32_t widths[3] = {11, 11, 10};
+    int64_t hist[2048];
+    uint32_t prefix = 0, prefix_mask = 0;
+    int64_t above = 0;
+    for (int p = 0; p < 3; p++) {
+        int nb = 1 << widths[p];
+        memset(hist, 0, sizeof(int64_t) * (size_t)nb);
+        for (int64_t i = 0; i < n; i++)
+            if ((keys[i] & prefix_mask) == prefix) hist[(keys[i] >> shifts[p]) & (uint32_t)(nb - 1)]++;
+        int d = nb - 1;
+        for (; d > 0; d--) {
+            if (above + hist[d] >= k) break;
+            above += hist[d];
+        }
+        prefix |= (uint32_t)d << shifts[p];
+        prefix_mask |= (uint32_t)(nb - 1) << shifts[p];
+    }
+    return prefix;
+}
+
+uint32_t adpq_select_kth_largest(uint32_t *keys, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1; /* index in descending order */
+    int rounds = 0;
+    while (hi > lo) {
+        if (++rounds > 64) return radix_kth_largest(keys + lo, hi - lo + 1, want - lo + 1);
+        int64_t mid = lo + (hi - lo) / 2;
+        /* median of three, descending */
+        if (keys[mid] > keys[lo]) swap_u32(&keys[mid], &keys[lo]);
+        if (keys[hi] > keys[lo]) swap_u32(&keys[hi], &keys[lo]);
+        if (keys[hi] > keys[mid]) swap_u32(&keys[hi], &keys[mid]);
+        uint32_t pivot = keys[mid];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (keys[i] > pivot) i++;
+            while (keys[j] < pivot) j--;
+            if (i <= j) {
+                swap_u32(&keys[i], &keys[j]);
+                i++;
+                j--;
+            }
+        }
+        if (want <= j)
+            hi = j;
+        else if (want >= i)
+            lo = i;
+        else
+            return keys[want];
+    }
+    return keys[want];
+}
+
+float adpq_float_floor(double t) {
+    float f = (float)t;
+    if ((double)f > t) f = nextafterf(f, 0.0f);
+    return f;
+}
+
+double adpq_lam_factor(double lam, double gamma) {
+    return pow(lam * 0.5, 1.0 / (1.0 + gamma));
+}
+
+int64_t adpq_outlier_count(double ratio, int64_t n) {
+    return (int64_t)floor(ratio * (double)n + 0.5);
+}

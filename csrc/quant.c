@@ -1,0 +1,168 @@
+/* quant.c - group quantizer parameters (DESIGN.md 2.2) and the scalar reference kernels.
+ *
+ * Every kernel here has an AVX2 twin in quant_avx2.c that must give identical results: the same
+ * float32 operations in the same order (the build disables FMA contraction), round half to even.
+ */
+#include <math.h>
+
+#include "internal.h"
+#include "quant.h"
+
+/* Largest |zero-point| aimed for: a zero-point stored in a 16-bit float keeps at least an
+ * integer resolution up to here, so near-constant groups far from 0 stay accurate. */
+static float zero_limit(int scale_dtype) {
+    switch (scale_dtype) {
+    case ADPQ_F16: return 1024.0f;
+    case ADPQ_BF16: return 128.0f;
+    default: return 4194304.0f;
+    }
+}
+
+/* Rounds v to the storage dtype; returns 0, or -1 when it overflows. Scales that would be
+ * smaller in magnitude than `tiny` become +-tiny so that 1/s stays finite. */
+static int to_storage(float v, int dtype, int is_scale, float *value, uint32_t *stored) {
+    static const float tiny_f16 = 5.9604644775390625e-08f; /* 2^-24, smallest float16 */
+    static const float tiny_f32 = 1.1754943508222875e-38f; /* 2^-126 */
+    if (dtype == ADPQ_F16) {
+        uint16_t h = adpq_f32_to_f16(v);
+        if ((h & 0x7c00u) == 0x7c00u) return -1;
+        float r = adpq_f16_to_f32(h);
+        if (is_scale && r == 0.0f) {
+            r = copysignf(tiny_f16, v);
+            h = adpq_f32_to_f16(r);
+        }
+        *value = r;
+        *stored = h;
+    } else if (dtype == ADPQ_BF16) {
+        uint16_t h = adpq_f32_to_bf16(v);
+        if ((h & 0x7f80u) == 0x7f80u) return -1;
+        float r = adpq_bf16_to_f32(h);
+        if (is_scale && fabsf(r) < tiny_f32) {
+            r = copysignf(tiny_f32, v);
+            h = adpq_f32_to_bf16(r);
+        }
+        *value = r;
+        *stored = h;
+    } else {
+        if (!isfinite(v)) return -1;
+        if (is_scale && fabsf(v) < tiny_f32) v = copysignf(tiny_f32, v);
+        *value = v;
+        memcpy(stored, &v, 4);
+    }
+    return 0;
+}
+
+int adpq_group_params(float mn, float mx, int bits, int symmetric, int scale_dtype, adpq_qparams *p) {
+    if (mn > mx) mn = mx = 0.0f; /* empty set (every weight of the group is an outlier) */
+    if (symmetric) {
+        float half = (float)(1 << (bits - 1));
+        float vmax = (mx >= -mn) ? mx : mn; /* the value of largest magnitude, + on ties */
+        float s = vmax / -half;             /* vmax maps to code 0, as in ggml's Q4_0 */
+        if (s == 0.0f) s = 1.0f;
+        if (to_storage(s, scale_dtype, 1, &p->s, &p->s_stored)) return ADPQ_ERR_RANGE;
+        p->z = half;
+        p->z_stored = 0;
+    } else {
+        float qmax = (float)((1 << bits) - 1);
+        float range = mx - mn;
+        if (!isfinite(range)) return ADPQ_ERR_RANGE;
+        float s = range / qmax;
+        float s_min = fabsf(mn) / zero_limit(scale_dtype);
+        if (s < s_min) s = s_min;
+        if (s == 0.0f) s = 1.0f; /* all zero */
+        if (to_storage(s, scale_dtype, 1, &p->s, &p->s_stored)) return ADPQ_ERR_RANGE;
+        float z = -mn / p->s;
+        if (to_storage(z, scale_dtype, 0, &p->z, &p->z_stored)) return ADPQ_ERR_RANGE;
+    }
+    p->inv = 1.0f / p->s;
+    return ADPQ_OK;
+}
+
+float adpq_stored_to_float(uint32_t stored, int dtype) {
+    if (dtype == ADPQ_F16) return adpq_f16_to_f32((uint16_t)stored);
+    if (dtype == ADPQ_BF16) return adpq_bf16_to_f32((uint16_t)stored);
+    float f;
+    memcpy(&f, &stored, 4);
+    return f;
+}
+
+/* ---- scalar reference kernels ---- */
+
+static int s_all_finite(const float *w, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(w[i])) return 0;
+    return 1;
+}
+
+static int64_t s_mask_gt(const float *w, int64_t n, float t, uint8_t *mask) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) {
+        mask[i] = fabsf(w[i]) > t;
+        c += mask[i];
+    }
+    return c;
+}
+
+static void s_minmax(const float *w, int64_t n, float *mn, float *mx) {
+    float a = INFINITY, b = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        a = w[i] < a ? w[i] : a;
+        b = w[i] > b ? w[i] : b;
+    }
+    *mn = a;
+    *mx = b;
+}
+
+static void s_minmax_split(const float *w, const uint8_t *mask, int64_t n, float *in_mn, float *in_mx,
+                           float *out_mn, float *out_mx) {
+    float a = INFINITY, b = -INFINITY, c = INFINITY, d = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        if (mask[i]) {
+            c = w[i] < c ? w[i] : c;
+            d = w[i] > d ? w[i] : d;
+        } else {
+            a = w[i] < a ? w[i] : a;
+            b = w[i] > b ? w[i] : b;
+        }
+    }
+    *in_mn = a;
+    *in_mx = b;
+    *out_mn = c;
+    *out_mx = d;
+}
+
+static void s_codes(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes) {
+    float q = (float)qmax;
+    for (int64_t i = 0; i < n; i++) codes[i] = adpq_code_of(w[i], inv, z, q);
+}
+
+static void s_codes_split(const float *w, const uint8_t *mask, int64_t n, float inv, float z, float inv_o,
+                          float z_o, int qmax, uint8_t *codes) {
+    float q = (float)qmax;
+    for (int64_t i = 0; i < n; i++)
+        codes[i] = mask[i] ? adpq_code_of(w[i], inv_o, z_o, q) : adpq_code_of(w[i], inv, z, q);
+}
+
+static int64_t s_gather_gt(const float *w, int64_t n, float t, uint32_t *keys) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (fabsf(w[i]) > t) keys[c++] = adpq_abs_key(w[i]);
+    return c;
+}
+
+static void s_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = ((float)codes[i] - z) * s;
+}
+
+static void s_f16_to_f32(const uint16_t *src, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = adpq_f16_to_f32(src[i]);
+}
+
+static void s_bf16_to_f32(const uint16_t *src, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = adpq_bf16_to_f32(src[i]);
+}
+
+const adpq_kernels adpq_kernels_scalar = {
+    "scalar",      s_all_finite, s_mask_gt, s_minmax,     s_minmax_split, s_codes,
+    s_codes_split, s_gather_gt,  s_dequant, s_f16_to_f32, s_bf16_to_f32,
+};

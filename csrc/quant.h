@@ -1,0 +1,63 @@
+/* quant.h - group quantizer parameters, shared by the quantize and dequantize drivers. */
+#ifndef ADPQ_QUANT_H
+#define ADPQ_QUANT_H
+
+#include <math.h>
+
+#include "internal.h"
+
+/* One code: clamp(rint(w * inv + z), 0, qmax), round half to even. */
+static inline uint8_t adpq_code_of(float w, float inv, float z, float qmax) {
+    float x = rintf(w * inv + z);
+    x = x < 0.0f ? 0.0f : x;
+    x = x > qmax ? qmax : x;
+    return (uint8_t)x;
+}
+
+typedef struct {
+    float s, z, inv;     /* scale and zero-point as stored (rounded), and 1/s */
+    uint32_t s_stored;   /* storage bits: float16/bfloat16 in the low 16 bits, or float32 */
+    uint32_t z_stored;
+} adpq_qparams;
+
+/* Parameters of a b-bit quantizer for values in [mn, mx] (mn > mx: empty set). ADPQ_ERR_RANGE
+ * when a scale or zero-point overflows the storage dtype. */
+int adpq_group_params(float mn, float mx, int bits, int symmetric, int scale_dtype, adpq_qparams *p);
+float adpq_stored_to_float(uint32_t stored, int dtype);
+int adpq_avx2_supported(void);
+
+
+/* element i of an array of 1/2/4-byte counts, or of 2/4-byte stored scales */
+static inline void adpq_put_stored(void *arr, int64_t i, uint32_t v, int bytes) {
+    if (bytes == 2) {
+        uint16_t h = (uint16_t)v;
+        memcpy((uint8_t *)arr + 2 * i, &h, 2);
+    } else {
+        memcpy((uint8_t *)arr + 4 * i, &v, 4);
+    }
+}
+static inline uint32_t adpq_get_stored(const void *arr, int64_t i, int bytes) {
+    if (bytes == 2) {
+        uint16_t h;
+        memcpy(&h, (const uint8_t *)arr + 2 * i, 2);
+        return h;
+    }
+    uint32_t v;
+    memcpy(&v, (const uint8_t *)arr + 4 * i, 4);
+    return v;
+}
+static inline void adpq_put_count(void *arr, int64_t i, int64_t v, int bytes) {
+    if (bytes == 1)
+        ((uint8_t *)arr)[i] = (uint8_t)v;
+    else if (bytes == 2)
+        ((uint16_t *)arr)[i] = (uint16_t)v;
+    else
+        ((uint32_t *)arr)[i] = (uint32_t)v;
+}
+static inline int64_t adpq_get_count(const void *arr, int64_t i, int bytes) {
+    if (bytes == 1) return ((const uint8_t *)arr)[i];
+    if (bytes == 2) return ((const uint16_t *)arr)[i];
+    return ((const uint32_t *)arr)[i];
+}
+
+#endif

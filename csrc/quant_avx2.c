@@ -1,0 +1,207 @@
+/* quant_avx2.c - AVX2 (+F16C) twins of the scalar kernels in quant.c, selected at run time.
+ * Same float32 operations in the same order as the scalar code, so results are bit-identical
+ * (tests/test_kernels.py checks this). Tails shorter than 8 use the scalar formulas. */
+#include "internal.h"
+#include "quant.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#include <math.h>
+
+#define AVX2 __attribute__((target("avx2,f16c")))
+
+/* 8-bit lane masks -> 8 bytes of 0/1 */
+static uint64_t mask_bytes[256];
+static int mask_bytes_ready = 0;
+
+static void init_mask_bytes(void) {
+    for (int m = 0; m < 256; m++) {
+        uint64_t v = 0;
+        for (int b = 0; b < 8; b++)
+            if (m & (1 << b)) v |= (uint64_t)1 << (8 * b);
+        mask_bytes[m] = v;
+    }
+    mask_bytes_ready = 1;
+}
+
+AVX2 static inline __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+
+AVX2 static inline __m256 lane_mask(const uint8_t *mask) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)mask);
+    __m256i v = _mm256_cvtepu8_epi32(b);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(v, _mm256_setzero_si256()));
+}
+
+AVX2 static inline void store_codes8(uint8_t *dst, __m256 x) {
+    __m256i q = _mm256_cvttps_epi32(x);
+    __m128i p16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64((__m128i *)dst, _mm_packus_epi16(p16, p16));
+}
+
+AVX2 static inline __m256 quant8(__m256 w, __m256 inv, __m256 z, __m256 qmax) {
+    __m256 x = _mm256_add_ps(_mm256_mul_ps(w, inv), z);
+    x = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_max_ps(x, _mm256_setzero_ps());
+    return _mm256_min_ps(x, qmax);
+}
+
+AVX2 static int v_all_finite(const float *w, int64_t n) {
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) ok = _mm256_and_ps(ok, _mm256_cmp_ps(abs8(_mm256_loadu_ps(w + i)), inf, _CMP_LT_OQ));
+    if (_mm256_movemask_ps(ok) != 0xff) return 0;
+    for (; i < n; i++)
+        if (!isfinite(w[i])) return 0;
+    return 1;
+}
+
+AVX2 static int64_t v_mask_gt(const float *w, int64_t n, float t, uint8_t *mask) {
+    const __m256 tv = _mm256_set1_ps(t);
+    int64_t c = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        int m = _mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(w + i)), tv, _CMP_GT_OQ));
+        memcpy(mask + i, &mask_bytes[m], 8);
+        c += __builtin_popcount((unsigned)m);
+    }
+    for (; i < n; i++) {
+        mask[i] = fabsf(w[i]) > t;
+        c += mask[i];
+    }
+    return c;
+}
+
+AVX2 static inline float hmin8(__m256 v) {
+    __m128 a = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_min_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_min_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+}
+AVX2 static inline float hmax8(__m256 v) {
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+}
+
+/* Minimum and maximum are exact whatever the order; callers canonicalise -0 to +0. */
+AVX2 static void v_minmax(const float *w, int64_t n, float *mn, float *mx) {
+    __m256 a = _mm256_set1_ps(INFINITY), b = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(w + i);
+        a = _mm256_min_ps(a, x);
+        b = _mm256_max_ps(b, x);
+    }
+    float lo = hmin8(a), hi = hmax8(b);
+    for (; i < n; i++) {
+        lo = w[i] < lo ? w[i] : lo;
+        hi = w[i] > hi ? w[i] : hi;
+    }
+    *mn = lo;
+    *mx = hi;
+}
+
+AVX2 static void v_minmax_split(const float *w, const uint8_t *mask, int64_t n, float *in_mn, float *in_mx,
+                                float *out_mn, float *out_mx) {
+    const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 a = pinf, b = ninf, c = pinf, d = ninf;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(w + i);
+        __m256 m = lane_mask(mask + i);
+        a = _mm256_min_ps(a, _mm256_blendv_ps(x, pinf, m));
+        b = _mm256_max_ps(b, _mm256_blendv_ps(x, ninf, m));
+        c = _mm256_min_ps(c, _mm256_blendv_ps(pinf, x, m));
+        d = _mm256_max_ps(d, _mm256_blendv_ps(ninf, x, m));
+    }
+    float ia = hmin8(a), ib = hmax8(b), oc = hmin8(c), od = hmax8(d);
+    for (; i < n; i++) {
+        if (mask[i]) {
+            oc = w[i] < oc ? w[i] : oc;
+            od = w[i] > od ? w[i] : od;
+        } else {
+            ia = w[i] < ia ? w[i] : ia;
+            ib = w[i] > ib ? w[i] : ib;
+        }
+    }
+    *in_mn = ia;
+    *in_mx = ib;
+    *out_mn = oc;
+    *out_mx = od;
+}
+
+AVX2 static void v_codes(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes) {
+    const __m256 iv = _mm256_set1_ps(inv), zv = _mm256_set1_ps(z), qv = _mm256_set1_ps((float)qmax);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) store_codes8(codes + i, quant8(_mm256_loadu_ps(w + i), iv, zv, qv));
+    for (; i < n; i++) codes[i] = adpq_code_of(w[i], inv, z, (float)qmax);
+}
+
+AVX2 static void v_codes_split(const float *w, const uint8_t *mask, int64_t n, float inv, float z, float inv_o,
+                               float z_o, int qmax, uint8_t *codes) {
+    const __m256 iv = _mm256_set1_ps(inv), zv = _mm256_set1_ps(z), qv = _mm256_set1_ps((float)qmax);
+    const __m256 iov = _mm256_set1_ps(inv_o), zov = _mm256_set1_ps(z_o);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 m = lane_mask(mask + i);
+        store_codes8(codes + i,
+                     quant8(_mm256_loadu_ps(w + i), _mm256_blendv_ps(iv, iov, m), _mm256_blendv_ps(zv, zov, m), qv));
+    }
+    for (; i < n; i++)
+        codes[i] = mask[i] ? adpq_code_of(w[i], inv_o, z_o, (float)qmax) : adpq_code_of(w[i], inv, z, (float)qmax);
+}
+
+AVX2 static int64_t v_gather_gt(const float *w, int64_t n, float t, uint32_t *keys) {
+    const __m256 tv = _mm256_set1_ps(t);
+    int64_t c = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(w + i)), tv, _CMP_GT_OQ));
+        while (m) {
+            int b = __builtin_ctz(m);
+            keys[c++] = adpq_abs_key(w[i + b]);
+            m &= m - 1;
+        }
+    }
+    for (; i < n; i++)
+        if (fabsf(w[i]) > t) keys[c++] = adpq_abs_key(w[i]);
+    return c;
+}
+
+AVX2 static void v_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {
+    const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_sub_ps(q, zv), sv));
+    }
+    for (; i < n; i++) out[i] = ((float)codes[i] - z) * s;
+}
+
+AVX2 static void v_f16_to_f32(const uint16_t *src, int64_t n, float *dst) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = adpq_f16_to_f32(src[i]);
+}
+
+AVX2 static void v_bf16_to_f32(const uint16_t *src, int64_t n, float *dst) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_slli_epi32(v, 16));
+    }
+    for (; i < n; i++) dst[i] = adpq_bf16_to_f32(src[i]);
+}
+
+const adpq_kernels adpq_kernels_avx2 = {
+    "avx2",        v_all_finite, v_mask_gt, v_minmax,     v_minmax_split, v_codes,
+    v_codes_split, v_gather_gt,  v_dequant, v_f16_to_f32, v_bf16_to_f32,
+};
+
+int adpq_avx2_supported(void) {
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))) return 0;
+    if (!mask_bytes_ready) init_mask_bytes();
+    return 1;
+}
+#endif

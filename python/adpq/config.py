@@ -1,0 +1,142 @@
+"""QuantConfig: every parameter of the AdpQ quantizer, validated, as one dataclass."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+BITS = (2, 3, 4, 8)
+SCOPES = ("tensor", "group")
+OUTLIER_FORMATS = ("group", "fp16")
+SCALE_DTYPES = ("float16", "bfloat16", "float32")
+MAX_OUTLIER_RATIO = 0.5
+
+# codes shared with the C core (csrc/adpq.h)
+_DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2}
+_SCOPE_CODE = {"tensor": 0, "group": 1}
+_FORMAT_CODE = {"group": 0, "fp16": 1}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def default_threads() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Parameters of the AdpQ quantizer (DESIGN.md section 2).
+
+    bits            code width: 2, 3, 4 or 8.
+    group_size      weights per group along a row (>= 8), or -1 for one group per row.
+                    A row whose length is not a multiple of it ends in a shorter group.
+    outlier_ratio   fraction of weights made outliers when lambda is solved, in [0, 0.5];
+                    0 is plain round-to-nearest (RTN).
+    outlier_scope   "tensor": one lambda per matrix (outlier counts vary per group);
+                    "group": one lambda per group (a fixed count per group).
+    gamma           adaptive-LASSO exponent (> 0): b = sign(w) max(|w| - lambda'/|w|^gamma, 0).
+    lam             None: solve lambda from outlier_ratio. A number >= 0: the LASSO penalty
+                    lambda applied to weights divided by the scope's robust scale (the lower
+                    median of its nonzero |w|); outliers are |w/scale|^(1+gamma) > lam / 2.
+    symmetric       False: scale + zero-point per quantizer; True: scale only.
+    outlier_format  "group": a b-bit quantizer of its own for each group's outliers (the paper);
+                    "fp16": outliers stored as exact float16 values (an upper bound, more bits).
+    scale_dtype     storage of scales and zero-points: "float16" (default), "bfloat16", "float32".
+    threads         worker threads; None uses every core this process may run on.
+    """
+
+    bits: int = 3
+    group_size: int = 128
+    outlier_ratio: float = 0.01
+    outlier_scope: str = "tensor"
+    gamma: float = 1.0
+    lam: Optional[float] = None
+    symmetric: bool = False
+    outlier_format: str = "group"
+    scale_dtype: str = "float16"
+    threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.bits):
+            raise TypeError(f"bits must be an int, got {type(self.bits).__name__}")
+        if self.bits not in BITS:
+            raise ValueError(f"bits must be one of {BITS}, got {self.bits}")
+        if not _is_int(self.group_size):
+            raise TypeError(f"group_size must be an int, got {type(self.group_size).__name__}")
+        if self.group_size != -1 and self.group_size < 8:
+            raise ValueError(f"group_size must be -1 (one group per row) or >= 8, got {self.group_size}")
+        if not _is_real(self.outlier_ratio):
+            raise TypeError(f"outlier_ratio must be a number, got {type(self.outlier_ratio).__name__}")
+        if not (0.0 <= float(self.outlier_ratio) <= MAX_OUTLIER_RATIO):
+            raise ValueError(f"outlier_ratio must be in [0, {MAX_OUTLIER_RATIO}], got {self.outlier_ratio}")
+        if self.outlier_scope not in SCOPES:
+            raise ValueError(f"outlier_scope must be one of {SCOPES}, got {self.outlier_scope!r}")
+        if not _is_real(self.gamma):
+            raise TypeError(f"gamma must be a number, got {type(self.gamma).__name__}")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise ValueError(f"gamma must be > 0 and finite, got {self.gamma}")
+        if self.lam is not None:
+            if not _is_real(self.lam):
+                raise TypeError(f"lam must be a number or None, got {type(self.lam).__name__}")
+            if not (math.isfinite(self.lam) and self.lam >= 0):
+                raise ValueError(f"lam must be >= 0 and finite, got {self.lam}")
+        if not isinstance(self.symmetric, (bool,)) and not (_is_int(self.symmetric) and self.symmetric in (0, 1)):
+            raise TypeError(f"symmetric must be a bool, got {self.symmetric!r}")
+        if self.outlier_format not in OUTLIER_FORMATS:
+            raise ValueError(f"outlier_format must be one of {OUTLIER_FORMATS}, got {self.outlier_format!r}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES}, got {self.scale_dtype!r}")
+        if self.threads is not None:
+            if not _is_int(self.threads):
+                raise TypeError(f"threads must be an int or None, got {type(self.threads).__name__}")
+            if self.threads < 1:
+                raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def replace(self, **changes: Any) -> "QuantConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown QuantConfig field(s): {sorted(unknown)}")
+        return cls(**dict(d))
+
+    @property
+    def uses_outliers(self) -> bool:
+        return self.lam is not None or self.outlier_ratio > 0
+
+    def core_tuple(self, threads: Optional[int] = None) -> tuple:
+        """The config as the C core takes it (see csrc/adpq.h adpq_config)."""
+        t = threads if threads is not None else (self.threads or default_threads())
+        return (
+            int(self.bits),
+            int(self.group_size),
+            _SCOPE_CODE[self.outlier_scope],
+            int(self.lam is not None),
+            float(self.outlier_ratio),
+            float(self.lam if self.lam is not None else 0.0),
+            float(self.gamma),
+            int(bool(self.symmetric)),
+            _FORMAT_CODE[self.outlier_format],
+            _DTYPE_CODE[self.scale_dtype],
+            int(t),
+        )

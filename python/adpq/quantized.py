@@ -1,0 +1,168 @@
+"""QuantizedTensor: the packed arrays of one quantized matrix, and what can be read from them."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+import ml_dtypes
+import numpy as np
+
+from . import _core
+from .config import QuantConfig
+from .layout import ARRAY_NAMES, CODE_ARRAYS, OUTLIER_ARRAYS, SCALE_ARRAYS, layout_of, scale_np_dtype, unpack_bits
+
+INPUT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def np_dtype(name: str) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def _raw(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The bytes the C core reads: 16-bit floats as uint16, contiguous."""
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a)
+    if a.dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
+        return a.view(np.uint16)
+    return a
+
+
+class QuantizedTensor:
+    """A matrix quantized with AdpQ. Holds NumPy arrays only (see adpq.layout for the format).
+
+    Build one with adpq.quantize(w, ...) or QuantizedTensor.from_arrays(...).
+    """
+
+    __slots__ = ("_arrays", "shape", "config", "dtype", "layout", "num_outliers", "num_outlier_groups")
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], shape: Tuple[int, ...], config: QuantConfig,
+                 dtype: str = "float32"):
+        if not isinstance(config, QuantConfig):
+            raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
+        shape = tuple(int(s) for s in shape)
+        if len(shape) not in (1, 2) or any(s < 1 for s in shape):
+            raise ValueError(f"shape must be 1-D or 2-D with positive sizes, got {shape}")
+        if dtype not in INPUT_DTYPES:
+            raise ValueError(f"dtype must be one of {INPUT_DTYPES}, got {dtype!r}")
+        unknown = set(arrays) - set(ARRAY_NAMES)
+        if unknown:
+            raise ValueError(f"unknown array name(s): {sorted(unknown)}")
+        rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+        lay = layout_of(rows, cols, config)
+        self._arrays = {k: v for k, v in arrays.items() if v is not None}
+        self.shape, self.config, self.dtype, self.layout = shape, config, dtype, lay
+        self._validate()
+
+    # ------------------------------------------------------------------ checks
+    def _expect(self, name: str, dtype: np.dtype, size: int, required: bool = True) -> None:
+        a = self._arrays.get(name)
+        if a is None:
+            if required:
+                raise ValueError(f"array {name!r} is missing")
+            return
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"array {name!r} must be a numpy.ndarray, got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise ValueError(f"array {name!r} has dtype {a.dtype}, expected {dtype}")
+        if a.size != size:
+            raise ValueError(f"array {name!r} has {a.size} elements, expected {size} for shape {self.shape} "
+                             f"and this config")
+
+    def _validate(self) -> None:
+        cfg, lay = self.config, self.layout
+        sdt = scale_np_dtype(cfg.scale_dtype)
+        self._expect("codes", np.dtype(np.uint8), lay.code_bytes)
+        self._expect("scales", sdt, lay.num_groups)
+        if cfg.symmetric:
+            if "zeros" in self._arrays:
+                raise ValueError("a symmetric quantizer stores no 'zeros'")
+        else:
+            self._expect("zeros", sdt, lay.num_groups)
+        counts = self._arrays.get("outlier_counts")
+        if counts is None:
+            extra = [k for k in OUTLIER_ARRAYS if k in self._arrays]
+            if extra:
+                raise ValueError(f"outlier arrays {extra} given without 'outlier_counts'")
+            self.num_outliers = self.num_outlier_groups = 0
+            return
+        self._expect("outlier_counts", lay.count_dtype, lay.num_groups)
+        self.num_outliers = int(counts.sum(dtype=np.int64))
+        self.num_outlier_groups = int(np.count_nonzero(counts))
+        self._expect("outlier_indices", np.dtype(np.uint8), (self.num_outliers * lay.index_bits + 7) // 8)
+        if cfg.outlier_format == "group":
+            self._expect("outlier_scales", sdt, self.num_outlier_groups)
+            self._expect("outlier_zeros", sdt, self.num_outlier_groups, required=not cfg.symmetric)
+            if cfg.symmetric and "outlier_zeros" in self._arrays:
+                raise ValueError("a symmetric quantizer stores no 'outlier_zeros'")
+            if "outlier_values" in self._arrays:
+                raise ValueError("outlier_format 'group' stores no 'outlier_values'")
+        else:
+            self._expect("outlier_values", np.dtype(np.float16), self.num_outliers)
+            for k in ("outlier_scales", "outlier_zeros"):
+                if k in self._arrays:
+                    raise ValueError(f"outlier_format 'fp16' stores no {k!r}")
+
+    # ------------------------------------------------------------------ API
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], shape: Tuple[int, ...], config: QuantConfig,
+                    dtype: str = "float32") -> "QuantizedTensor":
+        """Rebuilds a tensor from the arrays of arrays(); ValueError if they do not fit shape/config."""
+        return cls(arrays, shape, config, dtype)
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """Every stored array by name; nothing else is needed to rebuild the tensor."""
+        return dict(self._arrays)
+
+    @property
+    def numel(self) -> int:
+        return self.layout.rows * self.layout.cols
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        """8 * (bytes of every stored array) / number of weights."""
+        return 8.0 * self.nbytes / self.numel
+
+    def bits_breakdown(self) -> Dict[str, float]:
+        """Bits per weight split into codes / scales (+ zero-points) / outlier side-channel."""
+        n = self.numel
+
+        def bits(names):
+            return 8.0 * sum(self._arrays[k].nbytes for k in names if k in self._arrays) / n
+
+        return {"codes": bits(CODE_ARRAYS), "scales": bits(SCALE_ARRAYS), "outliers": bits(OUTLIER_ARRAYS)}
+
+    def dequantize(self, dtype: Union[None, str, np.dtype] = None, threads: Optional[int] = None) -> np.ndarray:
+        """w_hat as float32 (default), the input's dtype (dtype="input") or the given float dtype."""
+        a = self._arrays
+        out = _core.dequantize(
+            self.layout.rows, self.layout.cols, self.config.core_tuple(threads), self.num_outliers,
+            self.num_outlier_groups, _raw(a["codes"]), _raw(a["scales"]), _raw(a.get("zeros")),
+            _raw(a.get("outlier_counts")), _raw(a.get("outlier_scales")), _raw(a.get("outlier_zeros")),
+            _raw(a.get("outlier_indices")), _raw(a.get("outlier_values")),
+        ).reshape(self.shape)
+        if dtype is None:
+            return out
+        target = np_dtype(self.dtype) if (isinstance(dtype, str) and dtype == "input") else np.dtype(dtype)
+        if target.kind != "f" and target != np.dtype(ml_dtypes.bfloat16):
+            raise TypeError(f"dtype must be a float dtype, got {target}")
+        return out.astype(target)
+
+    def outlier_mask(self) -> np.ndarray:
+        """Bool array of the tensor's shape, True at outliers (decoded from counts and indices)."""
+        lay = self.layout
+        mask = np.zeros((lay.rows, lay.cols), dtype=bool)
+        if self.num_outliers:
+            counts = self._arrays["outlier_counts"].reshape(-1).astype(np.int64)
+            group = np.repeat(np.arange(lay.num_groups, dtype=np.int64), counts)
+            pos = unpack_bits(self._arrays["outlier_indices"], self.num_outliers, lay.index_bits).astype(np.int64)
+            mask[group // lay.groups_per_row, (group % lay.groups_per_row) * lay.group_size + pos] = True
+        return mask.reshape(self.shape)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"QuantizedTensor(shape={self.shape}, dtype={self.dtype}, bits={c.bits}, group_size={c.group_size}, "
+                f"outliers={self.num_outliers}, bits_per_weight={self.bits_per_weight:.4f})")
