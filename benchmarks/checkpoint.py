@@ -73,7 +73,9 @@ def _child(argv):
     elif mode in ("quantize", "quantize-nometrics"):
         dst = argv[2]
         t0 = time.perf_counter()
-        rep = adpq.quantize_checkpoint(src, dst, adpq.QuantConfig(), progress=False, overwrite=True,
+        from adpq.checkpoint import quantize_checkpoint
+
+        rep = quantize_checkpoint(src, dst, adpq.QuantConfig(), progress=False, overwrite=True,
                                        compute_metrics=(mode == "quantize"))
         out.update(seconds=time.perf_counter() - t0, bytes=rep.input_bytes,
                    bits_per_weight=rep.totals()["bits_per_weight_quantized"],

@@ -159,6 +159,11 @@ def test_kept_tensors_keep_dtype_and_single_file(tmp_path):
     assert bits_equal(ck.tensor("model.extra_ids"), t["model.extra_ids"])
     assert bits_equal(ck.tensor("model.flags"), t["model.flags"])
     assert ck.quantized_tensor("model.layers.0.mlp.up_proj.weight").dtype == "float16"
+    st = pytest.importorskip("safetensors.numpy")  # the header is written in place, padded: still standard
+    lib = st.load_file(str(tmp_path / "q" / "model.safetensors"))
+    assert bits_equal(lib["model.extra_ids"], t["model.extra_ids"])
+    assert bits_equal(lib["model.layers.0.mlp.up_proj.weight.adpq.codes"],
+                      ck.quantized_tensor("model.layers.0.mlp.up_proj.weight").arrays()["codes"])
 
 
 # ------------------------------------------------------------------ selection

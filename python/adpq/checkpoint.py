@@ -354,10 +354,14 @@ def _parse_size(s) -> int:
 class _Run:
     """One conversion run into dst: the manifest, the shard being written, resume bookkeeping."""
 
-    def __init__(self, src: str, dst: str, job: dict, overwrite: bool, resume: bool, max_shard_bytes: int):
+    def __init__(self, src: str, dst: str, job: dict, overwrite: bool, resume: bool, max_shard_bytes: int,
+                 header_estimate: int = 0):
         self.dst = os.path.abspath(dst)
         self.job = job
         self.max_shard_bytes = max_shard_bytes
+        # Header space reserved at the start of each shard so that data is written once, in place
+        # (ShardWriter falls back to a copy if the header turns out larger).
+        self.reserve = min(header_estimate, max_shard_bytes // 64)
         src_abs = os.path.abspath(src)
         if self.dst == src_abs or self.dst.startswith(src_abs + os.sep) or src_abs.startswith(self.dst + os.sep):
             raise CheckpointError(f"destination {dst} and source {src} must be separate folders")
@@ -434,7 +438,8 @@ class _Run:
         if self.writer is None:
             k = len(self.manifest["shards"]) + 1
             self.writer = ShardWriter(os.path.join(self.dst, f"model-part-{k:05d}.safetensors"),
-                                      {"format": "pt", "adpq.format_version": str(FORMAT_VERSION)})
+                                      {"format": "pt", "adpq.format_version": str(FORMAT_VERSION)},
+                                      reserve=self.reserve)
         for n, a in entries:
             self.writer.add(n, a)
         self.writer.metadata.update(metadata)
@@ -607,7 +612,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     job = {"kind": "quantize", "format": format, "config": job_cfg, "include": inc,
            "exclude": exc, "fake_dtype": fake_dtype, "source": src.fingerprint(),
            "format_version": FORMAT_VERSION, "max_shard_bytes": _parse_size(max_shard_size)}
-    run = _Run(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"])
+    est = 256 + sum(9 * len(i.name) + 8 * 120 + 800 if i.name in selected else len(i.name) + 120 for i in infos)
+    run = _Run(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"], header_estimate=est)
     reports: List[TensorReport] = []
     todo = [i for i in infos if not run.is_done(i.name)]
     bar = _Progress(sum(i.nbytes for i in todo), progress, "quantizing")

@@ -101,7 +101,8 @@ def dequantize_checkpoint(src_dir, dst_dir, dtype: Optional[str] = None, progres
     out_dt = _np_dtype_of(dtype)
     job = {"kind": "dequantize", "format": "fake", "dtype": dtype, "source": ck.src.fingerprint(),
            "format_version": FORMAT_VERSION, "max_shard_bytes": _parse_size(max_shard_size)}
-    run = _Run(ck.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"])
+    est = 256 + sum(len(n) + 120 for n in ck.names())
+    run = _Run(ck.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"], header_estimate=est)
     names = ck.names()
     bar = _Progress(sum(ck.stored_bytes(n) for n in names if not run.is_done(n)), progress, "dequantizing")
     t0 = time.perf_counter()

@@ -193,12 +193,12 @@ def _header_bytes(entries: Dict[str, dict], metadata: Optional[Dict[str, str]]) 
     return struct.pack("<Q", len(b)) + b
 
 
-def _copy_file(src_f, dst_f, nbytes: int) -> None:
-    """Copy nbytes from the current offset of src_f to dst_f in the kernel where possible."""
+def _copy_file(src_f, dst_f, nbytes: int, start: int = 0) -> None:
+    """Append nbytes of src_f from offset `start` to dst_f, in the kernel where possible."""
     src_f.flush()
     dst_f.flush()
     fin, fout = src_f.fileno(), dst_f.fileno()
-    left, pos = nbytes, 0
+    left, pos = nbytes, start
     try:
         while left > 0:
             n = os.copy_file_range(fin, fout, left, pos)
@@ -222,16 +222,23 @@ def _copy_file(src_f, dst_f, nbytes: int) -> None:
 class ShardWriter:
     """Streams tensors into one safetensors file without holding them in memory.
 
-    Data goes to a side file as tensors arrive; `close()` writes header + data to `<path>.tmp`
-    (kernel copy) and renames it to `path` (atomic on POSIX). `abort()` removes the temporaries.
+    With `reserve` > 0, data is written straight into `.<name>.tmp` after `8 + reserve` bytes kept
+    for the header; if the final header fits, it is written there, padded with spaces (valid JSON
+    whitespace, as the reference writer pads too). Otherwise (or with reserve=0) the data is copied
+    behind the header into a second temporary (kernel copy). `close()` then renames the temporary to
+    `path` (atomic on POSIX); `abort()` removes the temporaries.
     """
 
-    def __init__(self, path: str, metadata: Optional[Dict[str, str]] = None):
+    def __init__(self, path: str, metadata: Optional[Dict[str, str]] = None, reserve: int = 0):
         self.path = os.fspath(path)
         d, b = os.path.split(self.path)
         self._data_path = os.path.join(d, f".{b}.data.tmp")
         self._tmp_path = os.path.join(d, f".{b}.tmp")
+        self._reserve = (int(reserve) + 7) // 8 * 8
+        self._base = 8 + self._reserve if self._reserve else 0
         self._f = open(self._data_path, "wb")
+        if self._base:
+            self._f.seek(self._base)
         self.entries: Dict[str, dict] = {}
         self.metadata: Dict[str, str] = dict(metadata or {})
         self.size = 0
@@ -254,11 +261,19 @@ class ShardWriter:
 
     def close(self) -> int:
         """Finish the file atomically; returns the file size."""
-        self._f.close()
         hdr = _header_bytes(self.entries, self.metadata)
+        if self._reserve and len(hdr) - 8 <= self._reserve:
+            body = hdr[8:] + b" " * (self._reserve - (len(hdr) - 8))
+            self._f.seek(0)
+            self._f.write(struct.pack("<Q", self._reserve) + body)
+            self._f.close()
+            os.replace(self._data_path, self.path)
+            return self._base + self.size
+        self._f.close()
         with open(self._data_path, "rb") as src, open(self._tmp_path, "wb") as dst:
             dst.write(hdr)
-            _copy_file(src, dst, self.size)
+            src.seek(self._base)
+            _copy_file(src, dst, self.size, self._base)
         os.replace(self._tmp_path, self.path)
         os.unlink(self._data_path)
         return len(hdr) + self.size
