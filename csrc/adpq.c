@@ -157,6 +157,7 @@ typedef struct {
     int64_t k_full, k_tail;  /* group scope, solved: outliers per full / last group */
     double lam_c;            /* explicit lam: threshold in units of the scope's scale */
     float gather_thr;        /* threshold pass: collect keys of |w| > gather_thr */
+    int finite_checked;      /* the threshold pass has checked every weight */
     int64_t *row_cnt;        /* threshold pass: candidates per row */
     adpq_qmatrix *q;
     uint8_t *mask_out;
@@ -188,13 +189,30 @@ static const float *load_span(qctx *c, int64_t r, int64_t off, int64_t len, floa
 }
 
 static inline int64_t count_ones(const uint8_t *mask, int64_t n) {
+    /* mask bytes are 0 or 1: a multiply adds the 8 bytes of a word into its top byte */
     int64_t c = 0, i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t v;
         memcpy(&v, mask + i, 8);
-        c += __builtin_popcountll(v);
+        c += (int64_t)((v * 0x0101010101010101ull) >> 56);
     }
     for (; i < n; i++) c += mask[i];
+    return c;
+}
+
+/* Writes the positions of the set bytes of mask[0..n) to pos; returns their number. */
+static inline int64_t mask_positions(const uint8_t *mask, int64_t n, uint32_t *pos) {
+    int64_t c = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, mask + i, 8);
+        while (v) {
+            pos[c++] = (uint32_t)(i + (__builtin_ctzll(v) >> 3));
+            v &= v - 1;
+        }
+    }
+    for (; i < n; i++)
+        if (mask[i]) pos[c++] = (uint32_t)i;
     return c;
 }
 
@@ -241,7 +259,7 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
     const adpq_config *cfg = c->cfg;
     const int64_t cols = c->m->cols, g = c->lay.group_size, G = c->lay.groups_per_row;
     const float *w = load_span(c, r, 0, cols, s->rowf);
-    if (!K->all_finite(w, cols)) return ADPQ_ERR_NONFINITE;
+    if (!c->finite_checked && !K->all_finite(w, cols)) return ADPQ_ERR_NONFINITE;
 
     int64_t row_cnt = 0;
     if (c->mode == MODE_TENSOR) {
@@ -306,19 +324,20 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
             if (cfg->outlier_format == ADPQ_OUTLIERS_FP16 &&
                 grow((void **)&co->vals, &co->cap_vals, co->n_out + cnt, 2))
                 return ADPQ_ERR_NOMEM;
-            for (int64_t i = 0; i < len; i++) {
-                if (!mg[i]) continue;
-                if (cfg->outlier_format == ADPQ_OUTLIERS_FP16) {
-                    uint16_t h = adpq_f32_to_f16(wg[i]);
+            uint32_t *pos = co->pos + co->n_out;
+            mask_positions(mg, len, pos);
+            if (cfg->outlier_format == ADPQ_OUTLIERS_FP16) {
+                for (int64_t i = 0; i < cnt; i++) {
+                    uint16_t h = adpq_f32_to_f16(wg[pos[i]]);
                     if ((h & 0x7c00u) == 0x7c00u) {
                         co->fail = FAIL_VALUE;
                         co->fail_row = r;
                         return ADPQ_ERR_RANGE;
                     }
-                    co->vals[co->n_out] = h;
+                    co->vals[co->n_out + i] = h;
                 }
-                co->pos[co->n_out++] = (uint32_t)i;
             }
+            co->n_out += cnt;
         }
         adpq_put_stored(c->q->scales, gi, pin.s_stored, c->lay.scale_bytes);
         if (!cfg->symmetric) adpq_put_stored(c->q->zeros, gi, pin.z_stored, c->lay.scale_bytes);
@@ -527,6 +546,7 @@ static int tensor_threshold(qctx *c, int64_t **quota_out, char *err) {
         if (total >= k || gthr == 0.0f) break;
         gthr = 0.0f;
     }
+    c->finite_checked = 1;
     /* 3. exact selection among the candidates */
     int64_t total;
     uint32_t *cand = collect_candidates(c, &total);
@@ -715,7 +735,8 @@ adpq_status adpq_quantize(const adpq_matrix *m, const adpq_config *cfg, adpq_qma
     q->rows = m->rows;
     q->cols = m->cols;
     c.q = q;
-    memset(q->codes, 0, (size_t)c.lay.code_bytes);
+    /* rows share bytes of the code stream only when cols % 8 != 0; those bytes are OR-ed */
+    if (m->cols % 8) memset(q->codes, 0, (size_t)c.lay.code_bytes);
     q->outlier_counts = calloc((size_t)c.lay.num_groups, (size_t)c.lay.count_bytes);
     if (!q->outlier_counts) {
         rc = ADPQ_ERR_NOMEM;

@@ -2,6 +2,10 @@
  * For b = 3 that is 8 codes in 3 bytes, so 3-bit codes cost exactly 3.0 bits. */
 #include "internal.h"
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "adpq: the bit streams are written for little-endian hosts"
+#endif
+
 /* Generic, any alignment: ORs one value into the stream. */
 static inline void put_bits(uint8_t *dst, uint64_t bitpos, uint32_t v, int bits) {
     uint64_t byte = bitpos >> 3;
@@ -67,13 +71,24 @@ void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t 
         i++;
     }
     uint8_t *out = dst + ((first + i) >> 3) * bits;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t c;
-        memcpy(&c, codes + i, 8);
-        uint64_t x = fold8(c, bits);
-        for (int b = 0; b < bits; b++) out[b] = (uint8_t)(x >> (8 * b));
-        out += bits;
+    int64_t body = (n - i) / 8 * 8;
+    switch (bits) { /* one loop per width, so that fold8 is specialised */
+#define PACK_BODY(B)                                                                                                   \
+    case B:                                                                                                            \
+        for (int64_t k = 0; k < body; k += 8, out += B) {                                                              \
+            uint64_t c;                                                                                                \
+            memcpy(&c, codes + i + k, 8);                                                                              \
+            uint64_t x = fold8(c, B);                                                                                  \
+            memcpy(out, &x, B); /* little-endian host: the low B bytes */                                              \
+        }                                                                                                              \
+        break;
+        PACK_BODY(2)
+        PACK_BODY(3)
+        PACK_BODY(4)
+        PACK_BODY(8)
+#undef PACK_BODY
     }
+    i += body;
     for (; i < n; i++) put_bits(dst, (uint64_t)(first + i) * (uint64_t)bits, codes[i], bits);
 }
 

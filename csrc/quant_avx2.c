@@ -8,7 +8,7 @@
 #include <immintrin.h>
 #include <math.h>
 
-#define AVX2 __attribute__((target("avx2,f16c")))
+#define AVX2 __attribute__((target("avx2,f16c,popcnt")))
 
 /* 8-bit lane masks -> 8 bytes of 0/1 */
 static uint64_t mask_bytes[256];
