@@ -325,3 +325,13 @@ def test_load_matches_fake_quant_folder(tmp_path, tied, dtype):
         assert not torch.equal(o(x).logits, a)
     m32 = adpq.hf.load(tmp_path / "q", dtype="float32")
     assert m32.dtype == torch.float32
+
+
+def test_nonfinite_weight_names_the_tensor(tmp_path):
+    t = llama_tensors(False, np.float32)
+    t["model.layers.1.self_attn.v_proj.weight"][3, 5] = np.nan
+    src = write_checkpoint(tmp_path / "src", t, llama_config(False, "float32"))
+    with pytest.raises(CheckpointError, match="model.layers.1.self_attn.v_proj.weight"):
+        quantize_checkpoint(src, tmp_path / "q", cfg(), progress=False)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        AdpqCheckpoint(tmp_path / "q")

@@ -628,7 +628,10 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
             w = src.get(info.name)
             meta: Dict[str, str] = {}
             if info.name in selected:
-                qt = core.quantize(w, config=cfg)
+                try:
+                    qt = core.quantize(w, config=cfg)
+                except (ValueError, TypeError, MemoryError) as e:
+                    raise CheckpointError(f"tensor {info.name!r} ({os.path.basename(info.path)}): {e}") from e
                 rep = TensorReport(info.name, info.shape, info.dtype, True, info.nbytes, 0,
                                    float(qt.bits_per_weight), _jsonable(dict(qt.bits_breakdown())),
                                    int(qt.num_outliers))

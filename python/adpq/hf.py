@@ -79,8 +79,11 @@ class AdpqCheckpoint:
         core = _core()
         m = self.qmeta[name]
         arrays = {a: np.array(self.src.get(f"{name}.adpq.{a}")) for a in m["arrays"]}
-        cfg = core.QuantConfig.from_dict(m["config"])
-        return core.QuantizedTensor.from_arrays(arrays, tuple(m["shape"]), cfg, dtype=m["dtype"])
+        try:
+            cfg = core.QuantConfig.from_dict(m["config"])
+            return core.QuantizedTensor.from_arrays(arrays, tuple(m["shape"]), cfg, dtype=m["dtype"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{self.path}: quantized tensor {name!r} is corrupt: {e}") from None
 
     def stored_bytes(self, name: str) -> int:
         if name in self.qmeta:
