@@ -184,8 +184,8 @@ def bench(src, runs, label):
 
 def table(results):
     lines = []
-    hdr = (f"| checkpoint | model MB | largest tensor MB | mode | median s | GB/s | x read | peak RSS MiB | "
-           f"RSS - idle MiB |")
+    hdr = ("| checkpoint | model MB | largest tensor MB | mode | median s | GB/s | x read | peak RSS MiB | "
+           "RSS - idle MiB |")
     lines += [hdr, "|" + "---|" * 9]
     for r in results:
         idle = r["idle_maxrss_bytes"]

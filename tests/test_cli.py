@@ -86,3 +86,14 @@ def test_user_errors(tmp_path):
         fh.truncate(os.path.getsize(bad) - 1)
     _user_error(run_cli("quantize", src, tmp_path / "q2"), "truncated", "model-00001-of-00002.safetensors")
     assert not os.path.exists(tmp_path / "q2")
+
+
+def test_models_list_and_help():
+    r = run_cli("models", "list", check=0)
+    assert "smollm2-135m" in r.stdout
+    r = run_cli("quantize", "--help", check=0)
+    for opt in ("--bits", "--group-size", "--outlier-ratio", "--outlier-scope", "--symmetric", "--format",
+                "--include", "--exclude", "--threads", "--overwrite", "--no-progress"):
+        assert opt in r.stdout
+    r = run_cli()
+    assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from typing import List, Optional
 
@@ -202,6 +203,14 @@ def cmd_eval(args) -> int:
         kw["max_windows"] = args.max_windows
     if args.dtype is not None:
         kw["dtype"] = args.dtype
+    cfg_path = os.path.join(args.dir, "config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            qc = json.load(f).get("quantization_config")
+        if isinstance(qc, dict) and qc.get("quant_method") == "adpq":
+            from .hf import load
+
+            kw["loader"] = lambda p: load(p, device=args.device, dtype=args.dtype)
     res = adpq_eval.perplexity(args.dir, **kw)
     if args.json:
         d = res.to_dict() if hasattr(res, "to_dict") else res
