@@ -188,34 +188,6 @@ static const float *load_span(qctx *c, int64_t r, int64_t off, int64_t len, floa
     return buf;
 }
 
-static inline int64_t count_ones(const uint8_t *mask, int64_t n) {
-    /* mask bytes are 0 or 1: a multiply adds the 8 bytes of a word into its top byte */
-    int64_t c = 0, i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t v;
-        memcpy(&v, mask + i, 8);
-        c += (int64_t)((v * 0x0101010101010101ull) >> 56);
-    }
-    for (; i < n; i++) c += mask[i];
-    return c;
-}
-
-/* Writes the positions of the set bytes of mask[0..n) to pos; returns their number. */
-static inline int64_t mask_positions(const uint8_t *mask, int64_t n, uint32_t *pos) {
-    int64_t c = 0, i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t v;
-        memcpy(&v, mask + i, 8);
-        while (v) {
-            pos[c++] = (uint32_t)(i + (__builtin_ctzll(v) >> 3));
-            v &= v - 1;
-        }
-    }
-    for (; i < n; i++)
-        if (mask[i]) pos[c++] = (uint32_t)i;
-    return c;
-}
-
 /* mask = |w| > key T, plus weights with key == T in order until k are marked (never zeros) */
 static int64_t mask_top_k(const adpq_kernels *K, const float *w, int64_t n, uint32_t T, int64_t k, uint8_t *mask) {
     int64_t cnt = K->mask_gt(w, n, adpq_key_to_float(T), mask);
@@ -280,7 +252,7 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
         uint8_t *mg = s->mask + off;
         int64_t cnt = 0;
         if (c->mode == MODE_TENSOR)
-            cnt = row_cnt ? count_ones(mg, len) : 0;
+            cnt = row_cnt ? K->count_mask(mg, len) : 0;
         else if (c->mode == MODE_GROUP_SOLVE || c->mode == MODE_GROUP_LAM)
             cnt = group_mask(c, wg, len, mg, s->keys);
         if (c->mask_out) {
@@ -298,7 +270,7 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
             K->minmax(wg, len, &imn, &imx);
             imn += 0.0f; /* canonical +0: SIMD and scalar min/max may differ in the sign of 0 */
             imx += 0.0f;
-            if (adpq_group_params(imn, imx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pin)) goto fail_scale;
+            if (adpq_group_params(K, imn, imx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pin)) goto fail_scale;
             K->codes(wg, len, pin.inv, pin.z, (int)c->qmax, codes);
         } else {
             K->minmax_split(wg, mg, len, &imn, &imx, &omn, &omx);
@@ -306,9 +278,9 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
             imx += 0.0f;
             omn += 0.0f;
             omx += 0.0f;
-            if (adpq_group_params(imn, imx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pin)) goto fail_scale;
+            if (adpq_group_params(K, imn, imx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pin)) goto fail_scale;
             if (cfg->outlier_format == ADPQ_OUTLIERS_GROUP) {
-                if (adpq_group_params(omn, omx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pout)) goto fail_scale;
+                if (adpq_group_params(K, omn, omx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pout)) goto fail_scale;
                 K->codes_split(wg, mg, len, pin.inv, pin.z, pout.inv, pout.z, (int)c->qmax, codes);
                 if (grow((void **)&co->osc, &co->cap_osc, co->n_grp + 1, 4) ||
                     grow((void **)&co->ozp, &co->cap_ozp, co->n_grp + 1, 4))
@@ -325,7 +297,7 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
                 grow((void **)&co->vals, &co->cap_vals, co->n_out + cnt, 2))
                 return ADPQ_ERR_NOMEM;
             uint32_t *pos = co->pos + co->n_out;
-            mask_positions(mg, len, pos);
+            K->mask_positions(mg, len, pos);
             if (cfg->outlier_format == ADPQ_OUTLIERS_FP16) {
                 for (int64_t i = 0; i < cnt; i++) {
                     uint16_t h = adpq_f32_to_f16(wg[pos[i]]);
@@ -371,9 +343,9 @@ static int gather_task(void *ctx, int64_t t, int worker) {
     if (r1 > c->m->rows) r1 = c->m->rows;
     for (int64_t r = r0; r < r1; r++) {
         const float *w = load_span(c, r, 0, cols, c->scr[worker].rowf);
-        if (!c->K->all_finite(w, cols)) return ADPQ_ERR_NONFINITE;
         if (grow((void **)&co->gkeys, &co->cap_keys, co->n_keys + cols, 4)) return ADPQ_ERR_NOMEM;
         int64_t n = c->K->gather_gt(w, cols, c->gather_thr, co->gkeys + co->n_keys);
+        if (n < 0) return ADPQ_ERR_NONFINITE;
         c->row_cnt[r] = n;
         co->n_keys += n;
     }

@@ -46,13 +46,22 @@ typedef struct {
     /* as codes, with (inv_o, z_o) where mask[i] != 0 */
     void (*codes_split)(const float *w, const uint8_t *mask, int64_t n, float inv, float z,
                         float inv_o, float z_o, int qmax, uint8_t *codes);
-    /* count |w[i]| > t and append the magnitude keys of those to keys; returns the count */
+    /* count |w[i]| > t and append the magnitude keys of those to keys; returns the count, or -1
+     * if w holds a NaN or Inf */
     int64_t (*gather_gt)(const float *w, int64_t n, float t, uint32_t *keys);
     /* out[i] = ((float)codes[i] - z) * s */
     void (*dequant)(const uint8_t *codes, int64_t n, float s, float z, float *out);
     /* converts n values of a 16-bit float dtype to float32 */
     void (*f16_to_f32)(const uint16_t *src, int64_t n, float *dst);
     void (*bf16_to_f32)(const uint16_t *src, int64_t n, float *dst);
+    /* packs n codes (n % 8 == 0) of `bits` in {2,3,4,8} into exactly n*bits/8 bytes */
+    void (*pack_body)(const uint8_t *codes, int64_t n, int bits, uint8_t *out);
+    /* float32 -> float16 bits, round to nearest even, and back */
+    uint16_t (*to_f16)(float v);
+    float (*from_f16)(uint16_t h);
+    /* number of nonzero bytes of a 0/1 mask, and their positions */
+    int64_t (*count_mask)(const uint8_t *mask, int64_t n);
+    int64_t (*mask_positions)(const uint8_t *mask, int64_t n, uint32_t *pos);
 } adpq_kernels;
 
 extern const adpq_kernels adpq_kernels_scalar;
@@ -67,6 +76,8 @@ const adpq_kernels *adpq_active_kernels(void);
  * shared with codes outside [first, first+n) are OR-ed, so dst must start zeroed. */
 void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits);
 void adpq_unpack_codes(const uint8_t *src, int64_t first, int64_t n, int bits, uint8_t *codes);
+/* the scalar body of adpq_pack_codes (n % 8 == 0, dst at a multiple of 8 codes) */
+void adpq_pack_body_scalar(const uint8_t *codes, int64_t n, int bits, uint8_t *out);
 /* Same for values of 1..32 bits. */
 void adpq_pack_u32(uint8_t *dst, int64_t first, const uint32_t *vals, int64_t n, int bits);
 void adpq_unpack_u32(const uint8_t *src, int64_t first, int64_t n, int bits, uint32_t *vals);

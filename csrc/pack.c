@@ -63,21 +63,13 @@ static inline uint64_t unfold8(uint64_t x, int bits) {
     }
 }
 
-void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits) {
-    int64_t i = 0;
-    /* head: until the code position is a multiple of 8 (a byte boundary for every b) */
-    while (i < n && ((first + i) & 7)) {
-        put_bits(dst, (uint64_t)(first + i) * (uint64_t)bits, codes[i], bits);
-        i++;
-    }
-    uint8_t *out = dst + ((first + i) >> 3) * bits;
-    int64_t body = (n - i) / 8 * 8;
+void adpq_pack_body_scalar(const uint8_t *codes, int64_t n, int bits, uint8_t *out) {
     switch (bits) { /* one loop per width, so that fold8 is specialised */
 #define PACK_BODY(B)                                                                                                   \
     case B:                                                                                                            \
-        for (int64_t k = 0; k < body; k += 8, out += B) {                                                              \
+        for (int64_t k = 0; k < n; k += 8, out += B) {                                                                 \
             uint64_t c;                                                                                                \
-            memcpy(&c, codes + i + k, 8);                                                                              \
+            memcpy(&c, codes + k, 8);                                                                                  \
             uint64_t x = fold8(c, B);                                                                                  \
             memcpy(out, &x, B); /* little-endian host: the low B bytes */                                              \
         }                                                                                                              \
@@ -88,6 +80,17 @@ void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t 
         PACK_BODY(8)
 #undef PACK_BODY
     }
+}
+
+void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits) {
+    int64_t i = 0;
+    /* head: until the code position is a multiple of 8 (a byte boundary for every b) */
+    while (i < n && ((first + i) & 7)) {
+        put_bits(dst, (uint64_t)(first + i) * (uint64_t)bits, codes[i], bits);
+        i++;
+    }
+    int64_t body = (n - i) / 8 * 8;
+    adpq_active_kernels()->pack_body(codes + i, body, bits, dst + ((first + i) >> 3) * bits);
     i += body;
     for (; i < n; i++) put_bits(dst, (uint64_t)(first + i) * (uint64_t)bits, codes[i], bits);
 }

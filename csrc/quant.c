@@ -20,17 +20,14 @@ static float zero_limit(int scale_dtype) {
 
 /* Rounds v to the storage dtype; returns 0, or -1 when it overflows. Scales that would be
  * smaller in magnitude than `tiny` become +-tiny so that 1/s stays finite. */
-static int to_storage(float v, int dtype, int is_scale, float *value, uint32_t *stored) {
-    static const float tiny_f16 = 5.9604644775390625e-08f; /* 2^-24, smallest float16 */
+static inline int to_storage(const adpq_kernels *K, float v, int dtype, int is_scale, float *value,
+                             uint32_t *stored) {
     static const float tiny_f32 = 1.1754943508222875e-38f; /* 2^-126 */
     if (dtype == ADPQ_F16) {
-        uint16_t h = adpq_f32_to_f16(v);
+        uint16_t h = K->to_f16(v);
         if ((h & 0x7c00u) == 0x7c00u) return -1;
-        float r = adpq_f16_to_f32(h);
-        if (is_scale && r == 0.0f) {
-            r = copysignf(tiny_f16, v);
-            h = adpq_f32_to_f16(r);
-        }
+        if (is_scale && (h & 0x7fffu) == 0) h |= 1; /* +-2^-24, the smallest float16 */
+        float r = K->from_f16(h);
         *value = r;
         *stored = h;
     } else if (dtype == ADPQ_BF16) {
@@ -52,14 +49,15 @@ static int to_storage(float v, int dtype, int is_scale, float *value, uint32_t *
     return 0;
 }
 
-int adpq_group_params(float mn, float mx, int bits, int symmetric, int scale_dtype, adpq_qparams *p) {
+int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int symmetric, int scale_dtype,
+                      adpq_qparams *p) {
     if (mn > mx) mn = mx = 0.0f; /* empty set (every weight of the group is an outlier) */
     if (symmetric) {
         float half = (float)(1 << (bits - 1));
         float vmax = (mx >= -mn) ? mx : mn; /* the value of largest magnitude, + on ties */
         float s = vmax / -half;             /* vmax maps to code 0, as in ggml's Q4_0 */
         if (s == 0.0f) s = 1.0f;
-        if (to_storage(s, scale_dtype, 1, &p->s, &p->s_stored)) return ADPQ_ERR_RANGE;
+        if (to_storage(K, s, scale_dtype, 1, &p->s, &p->s_stored)) return ADPQ_ERR_RANGE;
         p->z = half;
         p->z_stored = 0;
     } else {
@@ -70,9 +68,9 @@ int adpq_group_params(float mn, float mx, int bits, int symmetric, int scale_dty
         float s_min = fabsf(mn) / zero_limit(scale_dtype);
         if (s < s_min) s = s_min;
         if (s == 0.0f) s = 1.0f; /* all zero */
-        if (to_storage(s, scale_dtype, 1, &p->s, &p->s_stored)) return ADPQ_ERR_RANGE;
+        if (to_storage(K, s, scale_dtype, 1, &p->s, &p->s_stored)) return ADPQ_ERR_RANGE;
         float z = -mn / p->s;
-        if (to_storage(z, scale_dtype, 0, &p->z, &p->z_stored)) return ADPQ_ERR_RANGE;
+        if (to_storage(K, z, scale_dtype, 0, &p->z, &p->z_stored)) return ADPQ_ERR_RANGE;
     }
     p->inv = 1.0f / p->s;
     return ADPQ_OK;
@@ -145,8 +143,23 @@ static void s_codes_split(const float *w, const uint8_t *mask, int64_t n, float 
 
 static int64_t s_gather_gt(const float *w, int64_t n, float t, uint32_t *keys) {
     int64_t c = 0;
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(w[i])) return -1;
         if (fabsf(w[i]) > t) keys[c++] = adpq_abs_key(w[i]);
+    }
+    return c;
+}
+
+static int64_t s_count_mask(const uint8_t *mask, int64_t n) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) c += mask[i];
+    return c;
+}
+
+static int64_t s_mask_positions(const uint8_t *mask, int64_t n, uint32_t *pos) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (mask[i]) pos[c++] = (uint32_t)i;
     return c;
 }
 
@@ -163,6 +176,7 @@ static void s_bf16_to_f32(const uint16_t *src, int64_t n, float *dst) {
 }
 
 const adpq_kernels adpq_kernels_scalar = {
-    "scalar",      s_all_finite, s_mask_gt, s_minmax,     s_minmax_split, s_codes,
-    s_codes_split, s_gather_gt,  s_dequant, s_f16_to_f32, s_bf16_to_f32,
+    "scalar",      s_all_finite, s_mask_gt,    s_minmax,      s_minmax_split,        s_codes,
+    s_codes_split, s_gather_gt,  s_dequant,    s_f16_to_f32,  s_bf16_to_f32, adpq_pack_body_scalar,
+    adpq_f32_to_f16, adpq_f16_to_f32, s_count_mask, s_mask_positions,
 };

@@ -22,7 +22,8 @@ typedef struct {
 
 /* Parameters of a b-bit quantizer for values in [mn, mx] (mn > mx: empty set). ADPQ_ERR_RANGE
  * when a scale or zero-point overflows the storage dtype. */
-int adpq_group_params(float mn, float mx, int bits, int symmetric, int scale_dtype, adpq_qparams *p);
+int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int symmetric, int scale_dtype,
+                      adpq_qparams *p);
 float adpq_stored_to_float(uint32_t stored, int dtype);
 int adpq_avx2_supported(void);
 

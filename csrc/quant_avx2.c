@@ -153,20 +153,57 @@ AVX2 static void v_codes_split(const float *w, const uint8_t *mask, int64_t n, f
 }
 
 AVX2 static int64_t v_gather_gt(const float *w, int64_t n, float t, uint32_t *keys) {
-    const __m256 tv = _mm256_set1_ps(t);
+    const __m256 tv = _mm256_set1_ps(t), inf = _mm256_set1_ps(INFINITY);
+    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
     int64_t c = 0, i = 0;
     for (; i + 8 <= n; i += 8) {
-        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(abs8(_mm256_loadu_ps(w + i)), tv, _CMP_GT_OQ));
+        __m256 a = abs8(_mm256_loadu_ps(w + i));
+        ok = _mm256_and_ps(ok, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));
+        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(a, tv, _CMP_GT_OQ));
         while (m) {
             int b = __builtin_ctz(m);
             keys[c++] = adpq_abs_key(w[i + b]);
             m &= m - 1;
         }
     }
-    for (; i < n; i++)
+    if (_mm256_movemask_ps(ok) != 0xff) return -1;
+    for (; i < n; i++) {
+        if (!isfinite(w[i])) return -1;
         if (fabsf(w[i]) > t) keys[c++] = adpq_abs_key(w[i]);
+    }
     return c;
 }
+
+AVX2 static int64_t v_count_mask(const uint8_t *mask, int64_t n) {
+    __m256i acc = _mm256_setzero_si256();
+    int64_t i = 0, c = 0;
+    for (; i + 32 <= n; i += 32)
+        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(mask + i)),
+                                                    _mm256_setzero_si256()));
+    int64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, acc);
+    c = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    for (; i < n; i++) c += mask[i];
+    return c;
+}
+
+AVX2 static int64_t v_mask_positions(const uint8_t *mask, int64_t n, uint32_t *pos) {
+    int64_t i = 0, c = 0;
+    for (; i + 32 <= n; i += 32) {
+        /* bytes are 0/1: shifting 16-bit lanes left by 7 moves each byte's bit 0 to its bit 7 */
+        unsigned m = (unsigned)_mm256_movemask_epi8(
+            _mm256_slli_epi16(_mm256_loadu_si256((const __m256i *)(mask + i)), 7));
+        while (m) {
+            pos[c++] = (uint32_t)(i + __builtin_ctz(m));
+            m &= m - 1;
+        }
+    }
+    for (; i < n; i++)
+        if (mask[i]) pos[c++] = (uint32_t)i;
+    return c;
+}
+
+AVX2 static float v_from_f16(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
 
 AVX2 static void v_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {
     const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
@@ -193,9 +230,57 @@ AVX2 static void v_bf16_to_f32(const uint16_t *src, int64_t n, float *dst) {
     for (; i < n; i++) dst[i] = adpq_bf16_to_f32(src[i]);
 }
 
+/* 32 codes per step: fold each 8-byte lane to 8*bits bits (as pack.c's fold8), gather the
+ * low bytes of the lanes with a shuffle, store. Each step stores 16 bytes at out and at
+ * out + 2*bits, past the 4*bits bytes it owns; the bytes past are rewritten by the next step,
+ * and the last steps (where that would pass the n*bits/8 bytes of out) run the scalar body. */
+AVX2 static void v_pack_body(const uint8_t *codes, int64_t n, int bits, uint8_t *out) {
+    int64_t k = 0;
+    if (bits == 8) {
+        memcpy(out, codes, (size_t)n);
+        return;
+    }
+    __m256i m1, m2, m3, shuf;
+    int s1, s2, s3;
+    if (bits == 2) {
+        m1 = _mm256_set1_epi64x(0x000f000f000f000fll), m2 = _mm256_set1_epi64x(0x000000ff000000ffll),
+        m3 = _mm256_set1_epi64x(0xffffll), s1 = 6, s2 = 12, s3 = 24;
+        shuf = _mm256_setr_epi8(0, 1, 8, 9, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 8, 9, -1, -1, -1,
+                                -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    } else if (bits == 3) {
+        m1 = _mm256_set1_epi64x(0x003f003f003f003fll), m2 = _mm256_set1_epi64x(0x00000fff00000fffll),
+        m3 = _mm256_set1_epi64x(0xffffffll), s1 = 5, s2 = 10, s3 = 20;
+        shuf = _mm256_setr_epi8(0, 1, 2, 8, 9, 10, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1,
+                                -1, -1, -1, -1, -1, -1, -1, -1);
+    } else {
+        m1 = _mm256_set1_epi64x(0x00ff00ff00ff00ffll), m2 = _mm256_set1_epi64x(0x0000ffff0000ffffll),
+        m3 = _mm256_set1_epi64x(0xffffffffll), s1 = 4, s2 = 8, s3 = 16;
+        shuf = _mm256_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2, 3, 8, 9, 10, 11,
+                                -1, -1, -1, -1, -1, -1, -1, -1);
+    }
+    const __m128i c1 = _mm_cvtsi32_si128(s1), c2 = _mm_cvtsi32_si128(s2), c3 = _mm_cvtsi32_si128(s3);
+    /* a step at code k writes bytes [k*bits/8, k*bits/8 + 2*bits + 16) */
+    for (; (n - k) * bits >= 16 * bits + 128; k += 32) {
+        __m256i c = _mm256_loadu_si256((const __m256i *)(codes + k));
+        c = _mm256_and_si256(_mm256_or_si256(c, _mm256_srl_epi64(c, c1)), m1);
+        c = _mm256_and_si256(_mm256_or_si256(c, _mm256_srl_epi64(c, c2)), m2);
+        c = _mm256_and_si256(_mm256_or_si256(c, _mm256_srl_epi64(c, c3)), m3);
+        c = _mm256_shuffle_epi8(c, shuf);
+        _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(c));
+        _mm_storeu_si128((__m128i *)(out + 2 * bits), _mm256_extracti128_si256(c, 1));
+        out += 4 * bits;
+    }
+    adpq_pack_body_scalar(codes + k, n - k, bits, out);
+}
+
+AVX2 static uint16_t v_to_f16(float v) {
+    return (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
+}
+
 const adpq_kernels adpq_kernels_avx2 = {
     "avx2",        v_all_finite, v_mask_gt, v_minmax,     v_minmax_split, v_codes,
-    v_codes_split, v_gather_gt,  v_dequant, v_f16_to_f32, v_bf16_to_f32,
+    v_codes_split, v_gather_gt,  v_dequant, v_f16_to_f32, v_bf16_to_f32, v_pack_body, v_to_f16,
+    v_from_f16,    v_count_mask, v_mask_positions,
 };
 
 int adpq_avx2_supported(void) {

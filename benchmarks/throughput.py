@@ -1,0 +1,114 @@
+"""Quantizer throughput: adpq against a plain memory pass over the same array, in the same run.
+
+    python benchmarks/throughput.py                 # full table (issue 3), ~2 minutes on 2 cores
+    python benchmarks/throughput.py --quick         # one shape, fewer runs
+
+For each case it prints the median of --repeats runs: weights/s per core, input GB/s and the ratio
+of adpq's time to a plain NumPy read of the same array (np.bitwise_xor.reduce over its bytes, which
+touches every byte once at memory speed). Machines are shared and noisy: the ratio is measured in
+one run, each timing a median. Results go to benchmarks/results/throughput.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+import adpq
+from adpq import _core, reference
+from adpq.config import default_threads
+
+SHAPES = [(4096, 4096), (4096, 11008)]
+
+
+def median_time(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def plain_read(w):
+    flat = w.reshape(-1).view(np.uint64)
+    return np.bitwise_xor.reduce(flat)
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
+    args = ap.parse_args(argv)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    repeats = 3 if args.quick else args.repeats
+    default_ratio = adpq.QuantConfig().outlier_ratio
+    all_cores = default_threads()
+    rng = np.random.default_rng(0)
+    rows = []
+    print(f"adpq {adpq.__version__}, kernels {_core.kernels()}, {all_cores} cores: {cpu_name()}")
+    hdr = (f"{'shape':>12} {'dtype':>8} {'bits':>4} {'ratio':>6} {'thr':>3} {'ms':>8} {'Gw/s/core':>9} "
+           f"{'GB/s':>6} {'read ms':>8} {'x read':>6}")
+    print(hdr)
+    print("-" * len(hdr))
+    for shape in shapes:
+        w32 = (rng.standard_t(5, size=shape) * 0.02).astype(np.float32)
+        for dtype in ("float32", "bfloat16"):
+            w = w32 if dtype == "float32" else w32.astype(ml_dtypes.bfloat16)
+            plain_read(w)  # warm
+            for bits in (3, 4):
+                for ratio in (0.0, default_ratio):
+                    for threads in sorted({1, all_cores}):
+                        cfg = adpq.QuantConfig(bits=bits, group_size=128, outlier_ratio=ratio, threads=threads)
+                        adpq.quantize(w, config=cfg)  # warm
+                        # interleave: the read and the quantizer see the same machine state
+                        t_q = median_time(lambda: adpq.quantize(w, config=cfg), repeats)
+                        t_r = median_time(lambda: plain_read(w), repeats)
+                        n = w.size
+                        row = dict(shape=list(shape), dtype=dtype, bits=bits, outlier_ratio=ratio, threads=threads,
+                                   seconds=t_q, weights_per_s_per_core=n / t_q / threads,
+                                   input_gb_per_s=w.nbytes / t_q / 1e9, read_seconds=t_r,
+                                   ratio_to_read=t_q / t_r)
+                        rows.append(row)
+                        print(f"{'x'.join(map(str, shape)):>12} {dtype:>8} {bits:>4} {ratio:>6} {threads:>3} "
+                              f"{t_q * 1e3:8.1f} {row['weights_per_s_per_core'] / 1e9:9.3f} "
+                              f"{row['input_gb_per_s']:6.2f} {t_r * 1e3:8.1f} {row['ratio_to_read']:6.2f}")
+    # the NumPy reference, on a slice (it is slow on purpose: it is written to be read)
+    ws = w32[:256]
+    cfg = adpq.QuantConfig(bits=3, group_size=128, outlier_ratio=default_ratio)
+    t_ref = median_time(lambda: reference.quantize(ws, cfg), 1 if args.quick else 3)
+    t_c = median_time(lambda: adpq.quantize(ws, config=cfg.replace(threads=1)), 5)
+    print(f"\nreference.quantize on {ws.shape}: {ws.size / t_ref / 1e6:.2f} Mw/s; "
+          f"C core on 1 thread: {ws.size / t_c / 1e6:.1f} Mw/s ({t_ref / t_c:.0f}x faster)")
+    result = dict(
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=f"{cpu_name()}, {all_cores} cores",
+        python=sys.version.split()[0], numpy=np.__version__, kernels=_core.kernels(), command="python "
+        + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
+        rows=rows, reference=dict(shape=list(ws.shape), weights_per_s=ws.size / t_ref, c_weights_per_s=ws.size / t_c),
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
