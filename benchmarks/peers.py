@@ -404,8 +404,16 @@ def gptq_model(src_dir, bits, group_size, *, nsamples=128, seqlen=2048, seed=0,
         layer = layers[li]
         lins = {n: m for n, m in layer.named_modules()
                 if isinstance(m, torch.nn.Linear) and QUANT_RE.search(n + ".weight")}
-        Hs = {n: torch.zeros(m.in_features, m.in_features) for n, m in lins.items()}
-        cnt = {n: 0 for n in lins}
+        # linears fed by the same input share one Hessian (k,v with q; up with gate): same numbers as
+        # separate accumulation, computed once
+        share = {}
+        for n in lins:
+            for a, b in (("k_proj", "q_proj"), ("v_proj", "q_proj"), ("up_proj", "gate_proj")):
+                if n.endswith(a) and n[: -len(a)] + b in lins:
+                    share[n] = n[: -len(a)] + b
+        owners = [n for n in lins if n not in share]
+        Hs = {n: torch.zeros(lins[n].in_features, lins[n].in_features) for n in owners}
+        cnt = {n: 0 for n in owners}
 
         def mk_hook(n):
             def hook(mod, inp, out):
@@ -416,14 +424,15 @@ def gptq_model(src_dir, bits, group_size, *, nsamples=128, seqlen=2048, seed=0,
                 x = math.sqrt(2 / cnt[n]) * x
                 Hs[n] += x.t() @ x
             return hook
-        hs = [m.register_forward_hook(mk_hook(n)) for n, m in lins.items()]
+        hs = [lins[n].register_forward_hook(mk_hook(n)) for n in owners]
         with torch.no_grad():
             for x in inps:
                 run_block(layer, x)
         for h in hs:
             h.remove()
         for n, m in lins.items():
-            Wq, ng = gptq_fasterquant(m.weight.data, Hs[n], bits, group_size, blocksize=blocksize,
+            Wq, ng = gptq_fasterquant(m.weight.data, Hs[share.get(n, n)], bits, group_size,
+                                      blocksize=blocksize,
                                       percdamp=percdamp, act_order=act_order,
                                       static_groups=static_groups, sym=sym)
             m.weight.data = Wq.to(m.weight.dtype)
