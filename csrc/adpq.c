@@ -453,7 +453,7 @@ static uint32_t *collect_candidates(qctx *c, int64_t *total) {
     if (!all) return NULL;
     int64_t o = 0;
     for (int64_t t = 0; t < c->nchunks; t++) {
-        memcpy(all + o, c->chunks[t].gkeys, sizeof(uint32_t) * (size_t)c->chunks[t].n_keys);
+        if (c->chunks[t].n_keys) memcpy(all + o, c->chunks[t].gkeys, sizeof(uint32_t) * (size_t)c->chunks[t].n_keys);
         o += c->chunks[t].n_keys;
     }
     *total = n;
@@ -680,7 +680,8 @@ static int assemble_outliers(qctx *c, adpq_qmatrix *q) {
     for (int64_t t = 0; t < c->nchunks; t++) {
         chunk_out *co = &c->chunks[t];
         adpq_pack_u32(q->outlier_indices, o, co->pos, co->n_out, ib);
-        if (q->outlier_values) memcpy(q->outlier_values + o, co->vals, sizeof(uint16_t) * (size_t)co->n_out);
+        if (q->outlier_values && co->n_out)
+            memcpy(q->outlier_values + o, co->vals, sizeof(uint16_t) * (size_t)co->n_out);
         for (int64_t i = 0; i < co->n_grp; i++) {
             adpq_put_stored(q->outlier_scales, og + i, co->osc[i], sb);
             if (q->outlier_zeros) adpq_put_stored(q->outlier_zeros, og + i, co->ozp[i], sb);

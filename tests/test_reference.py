@@ -1,5 +1,6 @@
 """The C core against the NumPy reference, bit for bit, and the scalar kernels against AVX2."""
 import itertools
+import zlib
 
 import ml_dtypes
 import numpy as np
@@ -55,7 +56,7 @@ CONFIGS = [
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_c_matches_reference_many_configs(shape, dtype):
-    rng = np.random.default_rng(hash((shape, dtype)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((shape, dtype)).encode()))
     w = make_weights(shape, dtype, seed=int(rng.integers(1 << 30)))
     for i in rng.choice(len(CONFIGS), size=24, replace=False):
         check_config(w, adpq.QuantConfig(**CONFIGS[i]))
