@@ -488,7 +488,7 @@ static int tensor_threshold(qctx *c, int64_t **quota_out, char *err) {
 
     int64_t k = adpq_outlier_count(cfg->outlier_ratio, n);
     /* 1. a sample gives a threshold a little below the k-th largest |w| */
-    int64_t target = n / 64 > 65536 ? n / 64 : 65536;
+    int64_t target = n / 64 > 4096 ? n / 64 : 4096;
     float gthr = 0.0f;
     if (2 * target < n) {
         int64_t sw = (target + rows - 1) / rows;

@@ -6,8 +6,10 @@
     adpq.metrics(w, qt)
 """
 from . import _core
+from .checkpoint import CheckpointError, CheckpointReport, quantize_checkpoint
 from .config import QuantConfig
 from .core import dequantize, outlier_mask, quantize, soft_threshold
+from .hf import dequantize_checkpoint, inspect_checkpoint, load, load_state_dict
 from .metrics import kl_divergence, metrics
 from .quantized import QuantizedTensor
 
@@ -22,6 +24,13 @@ __all__ = [
     "soft_threshold",
     "metrics",
     "kl_divergence",
+    "quantize_checkpoint",
+    "CheckpointReport",
+    "CheckpointError",
+    "load",
+    "load_state_dict",
+    "dequantize_checkpoint",
+    "inspect_checkpoint",
 ]
 
 
