@@ -19,10 +19,18 @@ def _float64(x: Any, name: str) -> np.ndarray:
     return w2.astype(np.float64).reshape(shape)
 
 
+def _uniform_histogram(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Counts per bin, bin = floor((x - lo) / (hi - lo) * bins), the maximum in the last bin."""
+    idx = ((x - lo) * (bins / (hi - lo))).astype(np.int64)
+    np.clip(idx, 0, bins - 1, out=idx)
+    return np.bincount(idx, minlength=bins)
+
+
 def kl_divergence(w: np.ndarray, w_hat: np.ndarray, bins: int = KL_BINS, eps: float = 1e-10) -> float:
     """KL(P_w || P_w_hat) in nats between histograms of the two weight sets.
 
-    Binning: `bins` equal-width bins over [min, max] of w and w_hat together; each histogram is
+    Binning: `bins` equal-width bins over [min, max] of w and w_hat together (a value's bin is
+    floor((x - min) / (max - min) * bins), the maximum in the last bin); each histogram is
     normalised to a distribution, eps is added to every bin and it is renormalised (so empty bins
     of w_hat stay finite).
     """
@@ -30,8 +38,8 @@ def kl_divergence(w: np.ndarray, w_hat: np.ndarray, bins: int = KL_BINS, eps: fl
     hi = float(max(w.max(), w_hat.max()))
     if hi <= lo:
         return 0.0
-    p, edges = np.histogram(w, bins=bins, range=(lo, hi))
-    q, _ = np.histogram(w_hat, bins=edges)
+    p = _uniform_histogram(w, lo, hi, bins)
+    q = _uniform_histogram(w_hat, lo, hi, bins)
     p = p / p.sum() + eps
     q = q / q.sum() + eps
     p /= p.sum()
