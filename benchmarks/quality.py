@@ -1,0 +1,334 @@
+"""Perplexity against bits per weight: RTN, AdpQ sweeps and the peers, on a real model (issue 5).
+
+    python benchmarks/quality.py --model /work/models/smollm2-135m --quick     # a few windows, CPU
+    python benchmarks/quality.py --model DIR --ctx 2048 512                    # full test set
+    python benchmarks/quality.py --model DIR --report                          # table + plots only
+
+The model is loaded once (float32); for each configuration every selected weight (adpq's default
+selection: the decoder's q/k/v/o/gate/up/down projections) is quantized from the checkpoint's values
+and the dequantized weights are written into the model in place, then WikiText-2 perplexity is
+measured with adpq.eval.perplexity (protocol in its docstring). Bits per weight are counted the same
+way for every method: 8 * (bytes of every stored array) / quantized weights (adpq: its arrays; peers:
+benchmarks/peers.py's accounting). Rows are appended to benchmarks/results/quality_<model>.json as
+they finish, so an interrupted sweep resumes; --report rebuilds the table (RESULTS-style markdown)
+and the plots from that file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ grid
+def grid(quick: bool):
+    """(method, params) pairs. adpq params are QuantConfig fields; peers: bits, group_size."""
+    rows = [("baseline", {})]
+    bits_list = (2, 3, 4)
+    groups = (32, 64, 128, -1)
+    for b in bits_list:
+        for g in groups:
+            rows.append(("rtn", dict(bits=b, group_size=g, outlier_ratio=0.0)))
+    for b in bits_list:
+        for g in ((64, 128) if quick else groups):
+            for r in ((0.005, 0.01) if quick else (0.0025, 0.005, 0.01, 0.02)):
+                rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r)))
+                rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, outlier_format="fp16")))
+            rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, outlier_scope="group")))
+            rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True)))
+    for method in ("hqq", "sinq"):
+        for b in bits_list:
+            for g in ((64, 128) if quick else groups):
+                rows.append((method, dict(bits=b, group_size=g)))
+    for g in (32, 64, 128):
+        rows.append(("nf4", dict(bits=4, group_size=g)))
+    for b in (3, 4):
+        for g in ((128,) if quick else (64, 128)):
+            rows.append(("gptq", dict(bits=b, group_size=g)))
+    return rows
+
+
+def key_of(method, params):
+    return method + ":" + ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+# ---------------------------------------------------------------------------------------- methods
+class Model:
+    """The float32 model, its tokenizer and the checkpoint's original weights."""
+
+    def __init__(self, path: str, threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from peers import is_quantized_name
+
+        torch.set_num_threads(threads)
+        self.path = path
+        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+        self.model.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        from adpq.safetensors_io import SafetensorsFile
+        self.orig = {}
+        params = dict(self.model.named_parameters())
+        for f in sorted(Path(path).glob("*.safetensors")):
+            sf = SafetensorsFile(str(f))
+            for name in sf.names():
+                if is_quantized_name(name, sf.tensors[name].shape) and name in params:
+                    self.orig[name] = np.array(sf.get(name))  # checkpoint dtype (bf16 here)
+        if not self.orig:
+            raise SystemExit(f"no quantizable tensors found in {path}")
+        self.params = params
+
+    def restore(self):
+        import torch
+        for name, w in self.orig.items():
+            self.params[name].data.copy_(torch.from_numpy(w.astype(np.float32)))
+
+    def apply(self, method, params):
+        """Quantize every selected weight; returns (bits_per_weight, seconds, per-tensor metrics)."""
+        import torch
+        import adpq
+        total_bytes = total_n = 0
+        seconds = 0.0
+        per_tensor = {}
+        if method == "gptq":
+            from peers import gptq_model
+            t0 = time.perf_counter()
+            res, stored, _ = gptq_model(Path(self.path), params["bits"], params["group_size"], progress=False)
+            seconds = time.perf_counter() - t0
+            for name, w_hat in res.items():
+                self.params[name].data.copy_(w_hat.float())
+                total_bytes += sum(stored[name].values())
+                total_n += w_hat.numel()
+            return 8 * total_bytes / total_n, seconds, per_tensor
+        for name, w in self.orig.items():
+            if method in ("rtn", "adpq"):
+                t0 = time.perf_counter()
+                qt = adpq.quantize(w, config=adpq.QuantConfig(**params))
+                seconds += time.perf_counter() - t0
+                w_hat = qt.dequantize()
+                nbytes = qt.nbytes
+                m = adpq.metrics(w, w_hat)
+                per_tensor[name] = {k: m[k] for k in ("mse", "kl_divergence", "rel_fro_error")}
+            else:
+                import peers
+                fn = {"hqq": peers.quant_hqq, "sinq": peers.quant_sinq, "nf4": peers.quant_nf4}[method]
+                t = torch.from_numpy(w.astype(np.float32)).to(torch.bfloat16)
+                t0 = time.perf_counter()
+                r = fn(t, params["bits"], params["group_size"])
+                seconds += time.perf_counter() - t0
+                w_hat = r[0].float().numpy()
+                nbytes = sum(r[1].values())
+            self.params[name].data.copy_(torch.from_numpy(np.ascontiguousarray(w_hat, dtype=np.float32)))
+            total_bytes += nbytes
+            total_n += w.size
+        return 8 * total_bytes / total_n, seconds, per_tensor
+
+
+def evaluate(m: Model, ctxs, max_windows):
+    from adpq.eval import perplexity
+    out = {}
+    for ctx in ctxs:
+        r = perplexity(m.model, ctx=ctx, max_windows=max_windows, tokenizer=m.tokenizer, progress=False)
+        out[str(ctx)] = dict(ppl=r.ppl, windows=r.windows, tokens=r.tokens, seconds=r.seconds)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- report
+def load_rows(path: Path):
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def save_rows(path: Path, rows, meta):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(meta, rows=rows), indent=1))
+    tmp.replace(path)
+
+
+def label(row):
+    p = row["params"]
+    if row["method"] == "baseline":
+        return "baseline (bf16, Q4_1-derived)"
+    s = f"{row['method']} b{p['bits']} g{p['group_size']}"
+    if row["method"] == "adpq":
+        s += f" r{p['outlier_ratio']}"
+        for k, v in p.items():
+            if k not in ("bits", "group_size", "outlier_ratio"):
+                s += f" {k}={v}"
+    return s
+
+
+def series_of(row):
+    p = row["params"]
+    if row["method"] != "adpq":
+        return row["method"]
+    extra = [f"{k}={v}" for k, v in sorted(p.items()) if k not in ("bits", "group_size", "outlier_ratio")]
+    return "adpq" + (" " + " ".join(extra) if extra else "")
+
+
+def report(path: Path, model_name: str):
+    rows = load_rows(path)
+    if not rows:
+        raise SystemExit(f"no results in {path}")
+    ctxs = sorted({c for r in rows for c in r["ppl"]}, key=int, reverse=True)
+    lines = [f"| method | config | bits/weight | " + " | ".join(f"PPL ctx {c}" for c in ctxs) + " | quant s |",
+             "|---|---|---|" + "---|" * len(ctxs) + "---|"]
+    for r in sorted(rows, key=lambda r: (r["method"] != "baseline", r["bits_per_weight"])):
+        ppl = " | ".join(f"{r['ppl'][c]['ppl']:.3f}" if c in r["ppl"] else "-" for c in ctxs)
+        lines.append(f"| {r['method']} | {label(r)} | {r['bits_per_weight']:.3f} | {ppl} | {r['seconds']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    plot_pareto(rows, ctxs[0], path.parent / f"pareto_{model_name}.png", model_name)
+    plot_layers(rows, path.parent / f"layers_{model_name}.png", model_name)
+    return table
+
+
+def plot_pareto(rows, ctx, out, model_name):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 6))
+    series = {}
+    for r in rows:
+        if r["method"] == "baseline" or ctx not in r["ppl"]:
+            continue
+        series.setdefault(series_of(r), []).append((r["bits_per_weight"], r["ppl"][ctx]["ppl"]))
+    for name, pts in sorted(series.items()):
+        pts.sort()
+        # the lower envelope: best PPL at each bits/weight or fewer
+        front, best = [], math.inf
+        for b, p in pts:
+            if p < best:
+                front.append((b, p))
+                best = p
+        ax.plot([b for b, _ in front], [p for _, p in front], marker="o", label=name)
+        ax.scatter([b for b, _ in pts], [p for _, p in pts], s=8, alpha=0.3)
+    base = [r for r in rows if r["method"] == "baseline" and ctx in r["ppl"]]
+    if base:
+        ax.axhline(base[0]["ppl"][ctx]["ppl"], color="k", ls="--", label="baseline (Q4_1-derived)")
+    ax.set_xlim(1.9, 5.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (every stored array counted)")
+    ax.set_ylabel(f"WikiText-2 perplexity, ctx {ctx}")
+    ax.set_title(f"{model_name}: perplexity vs bits per weight (Pareto front per method)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    log(f"wrote {out}")
+
+
+def plot_layers(rows, out, model_name):
+    """Per layer, AdpQ's KL divergence and MSE against RTN's at the same bits and group size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pairs = []
+    for r in rows:
+        p = r["params"]
+        if r["method"] != "adpq" or set(p) != {"bits", "group_size", "outlier_ratio"} or not r.get("per_tensor"):
+            continue
+        for q in rows:
+            if q["method"] == "rtn" and q["params"]["bits"] == p["bits"] and \
+                    q["params"]["group_size"] == p["group_size"] and q.get("per_tensor"):
+                pairs.append((r, q))
+    if not pairs:
+        return
+    # one figure: the default-like point (ratio 0.01) per bits, g=128 if present
+    pairs.sort(key=lambda rq: (rq[0]["params"]["group_size"] != 128, abs(rq[0]["params"]["outlier_ratio"] - 0.01)))
+    chosen = {}
+    for r, q in pairs:
+        chosen.setdefault(r["params"]["bits"], (r, q))
+    fig, axes = plt.subplots(2, len(chosen), figsize=(5 * len(chosen), 7), squeeze=False)
+    for col, (bits, (r, q)) in enumerate(sorted(chosen.items())):
+        names = list(r["per_tensor"])
+        x = np.arange(len(names))
+        for row_i, metric in enumerate(("kl_divergence", "mse")):
+            ax = axes[row_i][col]
+            a = [r["per_tensor"][n][metric] for n in names]
+            b = [q["per_tensor"][n][metric] for n in names]
+            ax.semilogy(x, b, ".", label=f"RTN b{bits} g{q['params']['group_size']}")
+            ax.semilogy(x, a, ".", label=f"AdpQ r{r['params']['outlier_ratio']}")
+            ax.set_title(f"{bits}-bit: {metric} per layer ({sum(np.array(a) < np.array(b))}/{len(a)} lower with AdpQ)",
+                         fontsize=9)
+            ax.set_xlabel("tensor (checkpoint order)")
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{model_name}: per-tensor weight error, AdpQ vs RTN")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    log(f"wrote {out}")
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="/work/models/smollm2-135m")
+    ap.add_argument("--name", default=None, help="model name in file names (default: folder name)")
+    ap.add_argument("--quick", action="store_true", help="ctx 512, 4 windows, a smaller grid")
+    ap.add_argument("--ctx", type=int, nargs="+", default=None)
+    ap.add_argument("--max-windows", type=int, default=None)
+    ap.add_argument("--methods", default="baseline,rtn,adpq,hqq,sinq,nf4,gptq")
+    ap.add_argument("--bits", type=int, nargs="+", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--results", default=None, help="JSON file (default benchmarks/results/quality_<name>.json)")
+    ap.add_argument("--report", action="store_true", help="only rebuild the table and plots")
+    ap.add_argument("--force", action="store_true", help="re-run configurations already in the results")
+    args = ap.parse_args(argv)
+    name = args.name or Path(args.model).name
+    path = Path(args.results) if args.results else HERE / "results" / f"quality_{name}.json"
+    if args.report:
+        report(path, name)
+        return
+    ctxs = args.ctx or ([512] if args.quick else [2048, 512])
+    max_windows = args.max_windows if args.max_windows is not None else (4 if args.quick else None)
+    methods = set(args.methods.split(","))
+    todo = [(m, p) for m, p in grid(args.quick) if m in methods and (args.bits is None or p.get("bits") in args.bits
+                                                                   or m == "baseline")]
+    rows = load_rows(path)
+    done = {(r["key"], tuple(sorted(r["ppl"])), r["max_windows"]) for r in rows}
+    meta = dict(model=args.model, command="python " + " ".join([str(Path(__file__).relative_to(HERE.parent))]
+                                                                 + (argv if argv is not None else sys.argv[1:])),
+                machine=f"{platform.machine()} {platform.processor() or ''}".strip())
+    m = Model(args.model, args.threads)
+    log(f"{len(todo)} configurations; ctx {ctxs}, max_windows {max_windows}; results -> {path}")
+    for method, params in todo:
+        k = key_of(method, params)
+        if not args.force and (k, tuple(sorted(str(c) for c in ctxs)), max_windows) in done:
+            continue
+        m.restore()
+        try:
+            bpw, secs, per_tensor = (16.0, 0.0, {}) if method == "baseline" else m.apply(method, params)
+        except Exception as e:  # a peer that cannot run this config: recorded, not hidden
+            log(f"{k}: FAILED {type(e).__name__}: {e}")
+            rows.append(dict(key=k, method=method, params=params, error=f"{type(e).__name__}: {e}",
+                             ppl={}, bits_per_weight=float("nan"), seconds=0.0, max_windows=max_windows,
+                             date=time.strftime("%Y-%m-%d %H:%M:%S %Z")))
+            save_rows(path, rows, meta)
+            continue
+        ppl = evaluate(m, ctxs, max_windows)
+        row = dict(key=k, method=method, params=params, bits_per_weight=bpw, seconds=secs, ppl=ppl,
+                   max_windows=max_windows, per_tensor=per_tensor, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        rows = [r for r in rows if not (r["key"] == k and r["max_windows"] == max_windows
+                                        and sorted(r["ppl"]) == sorted(ppl))] + [row]
+        save_rows(path, rows, meta)
+        log(f"{label(row):55s} bpw {bpw:6.3f}  " + "  ".join(f"ctx{c} {v['ppl']:9.3f}" for c, v in ppl.items())
+            + f"  ({secs:.1f} s quantize)")
+    report(path, name)
+
+
+if __name__ == "__main__":
+    main()
