@@ -29,6 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
+# GPTQ calibration: 16 windows x 512 tokens of WikiText-2 *validation* (see benchmarks/peers.py); the
+# reference setting (128 x 2048) takes hours per config on a 2-core CPU.
+GPTQ_NSAMPLES, GPTQ_SEQLEN = 16, 512
+
+
 def log(*a):
     print(*a, flush=True)
 
@@ -55,9 +60,8 @@ def grid(quick: bool):
                 rows.append((method, dict(bits=b, group_size=g)))
     for g in (32, 64, 128):
         rows.append(("nf4", dict(bits=4, group_size=g)))
-    for b in (3, 4):
-        for g in ((128,) if quick else (64, 128)):
-            rows.append(("gptq", dict(bits=b, group_size=g)))
+    for b, g in ((3, 64), (3, 128), (4, 128)):
+        rows.append(("gptq", dict(bits=b, group_size=g)))
     return rows
 
 
@@ -69,7 +73,7 @@ def key_of(method, params):
 class Model:
     """The float32 model, its tokenizer and the checkpoint's original weights."""
 
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str, threads: int, peer_dir: str):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,6 +81,7 @@ class Model:
 
         torch.set_num_threads(threads)
         self.path = path
+        self.peer_dir = peer_dir
         self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
         self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -97,6 +102,42 @@ class Model:
         for name, w in self.orig.items():
             self.params[name].data.copy_(torch.from_numpy(w.astype(np.float32)))
 
+    def _peer_folder(self, method, params):
+        """A folder benchmarks/peers.py already wrote for this config (GPTQ: GPTQ_NSAMPLES x
+        GPTQ_SEQLEN calibration tokens), or None."""
+        b, g, name = params["bits"], params["group_size"], Path(self.path).name
+        tag = {"gptq": f"{name}-gptq-b{b}-g{g}-n{GPTQ_NSAMPLES}x{GPTQ_SEQLEN}", "nf4": f"{name}-nf4-g{g}-dq"}.get(
+            method, f"{name}-{method}-b{b}-g{g}")
+        folder = Path(self.peer_dir) / tag
+        return folder if (folder / "peer_quantization.json").exists() else None
+
+    def _load_folder(self, folder):
+        """Copies the fake-quantized weights of a peer folder into the model; (bpw, seconds)."""
+        import torch
+        from adpq.safetensors_io import SafetensorsFile
+        info = json.loads((folder / "peer_quantization.json").read_text())
+        for f in sorted(folder.glob("*.safetensors")):
+            sf = SafetensorsFile(str(f))
+            for name in sf.names():
+                if name in self.orig:
+                    self.params[name].data.copy_(torch.from_numpy(np.array(sf.get(name)).astype(np.float32)))
+        log(f"  (weights from {folder})")
+        return info["bits_per_weight"], info["seconds"]
+
+    def _gptq(self, params):
+        """GPTQ needs calibration forward passes (minutes per config on a small CPU)."""
+        from peers import gptq_model
+        t0 = time.perf_counter()
+        res, stored, _ = gptq_model(Path(self.path), params["bits"], params["group_size"], nsamples=GPTQ_NSAMPLES,
+                                    seqlen=GPTQ_SEQLEN, progress=False)
+        seconds = time.perf_counter() - t0
+        total_bytes = total_n = 0
+        for name, w_hat in res.items():
+            self.params[name].data.copy_(w_hat.float())
+            total_bytes += sum(stored[name].values())
+            total_n += w_hat.numel()
+        return 8 * total_bytes / total_n, seconds, {}
+
     def apply(self, method, params):
         """Quantize every selected weight; returns (bits_per_weight, seconds, per-tensor metrics)."""
         import torch
@@ -104,16 +145,12 @@ class Model:
         total_bytes = total_n = 0
         seconds = 0.0
         per_tensor = {}
+        if method not in ("rtn", "adpq"):
+            folder = self._peer_folder(method, params)
+            if folder is not None:
+                return (*self._load_folder(folder), {})
         if method == "gptq":
-            from peers import gptq_model
-            t0 = time.perf_counter()
-            res, stored, _ = gptq_model(Path(self.path), params["bits"], params["group_size"], progress=False)
-            seconds = time.perf_counter() - t0
-            for name, w_hat in res.items():
-                self.params[name].data.copy_(w_hat.float())
-                total_bytes += sum(stored[name].values())
-                total_n += w_hat.numel()
-            return 8 * total_bytes / total_n, seconds, per_tensor
+            return self._gptq(params)
         for name, w in self.orig.items():
             if method in ("rtn", "adpq"):
                 t0 = time.perf_counter()
@@ -284,6 +321,8 @@ def main(argv=None):
     ap.add_argument("--methods", default="baseline,rtn,adpq,hqq,sinq,nf4,gptq")
     ap.add_argument("--bits", type=int, nargs="+", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peer-dir", default="/work/models/peers",
+                    help="folders written by benchmarks/peers.py (GPTQ results are reused from there)")
     ap.add_argument("--results", default=None, help="JSON file (default benchmarks/results/quality_<name>.json)")
     ap.add_argument("--report", action="store_true", help="only rebuild the table and plots")
     ap.add_argument("--force", action="store_true", help="re-run configurations already in the results")
@@ -303,7 +342,7 @@ def main(argv=None):
     meta = dict(model=args.model, command="python " + " ".join([str(Path(__file__).relative_to(HERE.parent))]
                                                                  + (argv if argv is not None else sys.argv[1:])),
                 machine=f"{platform.machine()} {platform.processor() or ''}".strip())
-    m = Model(args.model, args.threads)
+    m = Model(args.model, args.threads, args.peer_dir)
     log(f"{len(todo)} configurations; ctx {ctxs}, max_windows {max_windows}; results -> {path}")
     for method, params in todo:
         k = key_of(method, params)
