@@ -13,6 +13,7 @@ from setuptools import Extension, setup
 sources = [
     "csrc/adpq.c",
     "csrc/dequant.c",
+    "csrc/metrics.c",
     "csrc/outliers.c",
     "csrc/quant.c",
     "csrc/quant_avx2.c",

@@ -112,6 +112,15 @@ adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint
 /* Dequantizes q to float32 (rows x cols, row-major). Validates counts and indices. */
 adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, float *out, char *err);
 
+/* Sums behind the error metrics: in double, sum (w - w_hat)^2, sum w^2, max |w - w_hat|, the joint
+ * min/max of w and w_hat, and histograms of both in `bins` equal bins over [min, max]
+ * (bin = floor((x - min) * bins / (max - min)), clipped to the last bin). */
+typedef struct {
+    double sum_sq_err, sum_sq_ref, max_abs_err, min, max;
+} adpq_error_stats;
+adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bins, int threads,
+                                adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err);
+
 /* Kernel selection: "scalar" (the reference), "avx2" (x86-64 with AVX2+F16C), or "auto".
  * Returns 0 on success, -1 if that kernel set is not available on this CPU. */
 int adpq_set_kernels(const char *name);

@@ -244,6 +244,45 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     return out;
 }
 
+static PyObject *py_error_stats(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *w, *what;
+    int dtype, bins, threads;
+    adpq_matrix m;
+    char err[ADPQ_ERRLEN] = {0};
+    if (!PyArg_ParseTuple(args, "OiOii", &w, &dtype, &what, &bins, &threads)) return NULL;
+    if (as_matrix(w, dtype, &m)) return NULL;
+    if (bins < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "bins and threads must be >= 1");
+        return NULL;
+    }
+    void *hat;
+    if (get_array(what, "w_hat", (npy_intp)(m.rows * m.cols * 4), &hat)) return NULL;
+    if (PyArray_TYPE((PyArrayObject *)what) != NPY_FLOAT32) {
+        PyErr_SetString(PyExc_TypeError, "w_hat must be float32");
+        return NULL;
+    }
+    npy_intp nb = bins;
+    PyObject *hw = PyArray_SimpleNew(1, &nb, NPY_INT64), *hh = PyArray_SimpleNew(1, &nb, NPY_INT64);
+    if (!hw || !hh) {
+        Py_XDECREF(hw);
+        Py_XDECREF(hh);
+        return NULL;
+    }
+    adpq_error_stats s;
+    adpq_status st;
+    Py_BEGIN_ALLOW_THREADS st = adpq_error_stats_of(&m, (const float *)hat, bins, threads, &s,
+                                                    (int64_t *)PyArray_DATA((PyArrayObject *)hw),
+                                                    (int64_t *)PyArray_DATA((PyArrayObject *)hh), err);
+    Py_END_ALLOW_THREADS if (st) {
+        Py_DECREF(hw);
+        Py_DECREF(hh);
+        return raise_status(st, err);
+    }
+    return Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:N,s:N}", "sum_sq_err", s.sum_sq_err, "sum_sq_ref", s.sum_sq_ref,
+                         "max_abs_err", s.max_abs_err, "min", s.min, "max", s.max, "hist_w", hw, "hist_hat", hh);
+}
+
 static PyObject *py_layout(PyObject *self, PyObject *args) {
     (void)self;
     long long rows, cols;
@@ -308,6 +347,8 @@ static PyMethodDef methods[] = {
      "dequantize(rows, cols, config_tuple, num_outliers, num_outlier_groups, codes, scales, zeros, counts, "
      "outlier_scales, outlier_zeros, outlier_indices, outlier_values) -> float32 array"},
     {"layout", py_layout, METH_VARARGS, "layout(rows, cols, config_tuple) -> dict"},
+    {"error_stats", py_error_stats, METH_VARARGS,
+     "error_stats(w2d, dtype_code, w_hat float32 2-D, bins, threads) -> dict of sums and histograms"},
     {"set_kernels", py_set_kernels, METH_VARARGS, "set_kernels('scalar'|'avx2'|'auto') -> previous name"},
     {"kernels", py_kernels, METH_NOARGS, "name of the active kernel set"},
     {"round_f32", py_round_f32, METH_VARARGS, "round_f32(float32 array, 1=float16|2=bfloat16) -> uint16 bits"},

@@ -177,6 +177,33 @@ def test_gil_is_released_during_quantization():
     assert len(ticks) > 100  # the other Python thread ran while C worked
 
 
+def test_metrics_match_a_float64_numpy_computation():
+    w = weights((100, 300), seed=3)
+    for dtype in (np.float32, np.float16):
+        wd = w.astype(dtype)
+        qt = adpq.quantize(wd, bits=3, group_size=64)
+        m = adpq.metrics(wd, qt)
+        a = wd.astype(np.float64)
+        b = qt.dequantize().astype(np.float64)
+        e = a - b
+        assert m["mse"] == pytest.approx(np.mean(e * e), rel=1e-12)
+        assert m["rel_fro_error"] == pytest.approx(np.sqrt((e * e).sum() / (a * a).sum()), rel=1e-12)
+        assert m["max_abs_error"] == np.abs(e).max()
+        lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+
+        def hist(x):
+            i = ((x.ravel() - lo) * (256 / (hi - lo))).astype(np.int64)
+            return np.bincount(np.clip(i, 0, 255), minlength=256)
+
+        p, q = hist(a) / a.size + 1e-10, hist(b) / b.size + 1e-10
+        p, q = p / p.sum(), q / q.sum()
+        assert m["kl_divergence"] == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)
+        assert adpq.metrics(wd, qt.dequantize()) == {k: v for k, v in m.items()
+                                                     if k not in ("num_outliers", "bits_per_weight")}
+    with pytest.raises(ValueError, match="shape"):
+        adpq.metrics(w, w[:, :10])
+
+
 def test_repr_and_metrics():
     w = weights()
     qt = adpq.quantize(w)
