@@ -53,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bos-each-window", action="store_true", help="llama.cpp-style BOS per window (not GPTQ)")
     ap.add_argument("--machine", default=None, help="free-text machine description for the record")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -70,7 +71,8 @@ def main(argv=None):
     runs = []
     for ctx in a.ctx:
         mw = None if a.max_tokens is None else max(1, a.max_tokens // ctx)
-        r = E.perplexity(a.model_dir, ctx=ctx, max_windows=mw, device=a.device, dtype=a.dtype)
+        r = E.perplexity(a.model_dir, ctx=ctx, max_windows=mw, device=a.device, dtype=a.dtype,
+                         bos_each_window=a.bos_each_window)
         print(r, flush=True)
         runs.append(r.to_dict())
     out = {

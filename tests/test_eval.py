@@ -175,3 +175,27 @@ def test_wikitext_matches_hf_gpt2_count(tok):
     # checks that the rows are rebuilt as HF gives them (trailing "\n" kept, blank lines -> "").
     ids = E.tokenize_text(tok, E.wikitext_text(WIKI))
     assert ids.numel() == 287_644
+
+
+def test_bos_each_window(tok, text_file):
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, vocab):
+            super().__init__()
+            self.vocab = vocab
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids):
+            seen.append(input_ids[0].clone())
+            return torch.zeros(1, input_ids.shape[1], self.vocab)
+
+    m = Recorder(len(tok))
+    r = E.perplexity(m, text_file=text_file, ctx=16, tokenizer=tok, progress=False, bos_each_window=True)
+    assert r.bos_each_window and len(seen) == r.windows >= 2
+    assert all(int(s[0]) == tok.bos_token_id for s in seen)
+    assert r.ppl == pytest.approx(len(tok), rel=1e-4)  # a plain module returning a logits tensor works too
+    seen.clear()
+    r0 = E.perplexity(m, text_file=text_file, ctx=16, tokenizer=tok, progress=False)
+    assert not r0.bos_each_window and int(seen[1][0]) != tok.bos_token_id
+    assert r0.tokens == r.tokens
