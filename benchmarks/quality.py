@@ -40,25 +40,36 @@ def log(*a):
 
 # ------------------------------------------------------------------------------------------ grid
 def grid(quick: bool):
-    """(method, params) pairs. adpq params are QuantConfig fields; peers: bits, group_size."""
+    """(method, params) pairs, most informative first. adpq params are QuantConfig fields; peers:
+    bits, group_size. --quick keeps the 3- and 4-bit points that decide the defaults."""
     rows = [("baseline", {})]
-    bits_list = (2, 3, 4)
     groups = (32, 64, 128, -1)
-    for b in bits_list:
-        for g in groups:
+    for b in ((3, 4, 2) if quick else (2, 3, 4)):
+        for g in ((32, 128) if (quick and b == 2) else groups):
             rows.append(("rtn", dict(bits=b, group_size=g, outlier_ratio=0.0)))
-    for b in bits_list:
+    for b in ((3, 4) if quick else (2, 3, 4)):
         for g in ((64, 128) if quick else groups):
             for r in ((0.005, 0.01) if quick else (0.0025, 0.005, 0.01, 0.02)):
                 rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r)))
                 rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, outlier_format="fp16")))
             rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, outlier_scope="group")))
             rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True)))
+    # symmetric quantizers (measured far better than asymmetric ones on SmolLM2 at 3 bits)
+    for b in ((3, 4) if quick else (2, 3, 4)):
+        for g in ((32, 64, 128) if quick else groups):
+            rows.append(("rtn", dict(bits=b, group_size=g, outlier_ratio=0.0, symmetric=True)))
+        for g in ((64, 128) if quick else groups):
+            for r in ((0.005, 0.01, 0.02) if quick else (0.0025, 0.005, 0.01, 0.02)):
+                if r != 0.01:
+                    rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True)))
+                rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True, outlier_format="fp16")))
+            rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True,
+                                      outlier_scope="group")))
     for method in ("hqq", "sinq"):
-        for b in bits_list:
-            for g in ((64, 128) if quick else groups):
-                rows.append((method, dict(bits=b, group_size=g)))
-    for g in (32, 64, 128):
+        for b, g in (((3, 64), (3, 128), (4, 128)) if quick else
+                     [(b, g) for b in (2, 3, 4) for g in groups]):
+            rows.append((method, dict(bits=b, group_size=g)))
+    for g in ((64, 128) if quick else (32, 64, 128)):
         rows.append(("nf4", dict(bits=4, group_size=g)))
     for b, g in ((3, 64), (3, 128), (4, 128)):
         rows.append(("gptq", dict(bits=b, group_size=g)))
@@ -70,6 +81,26 @@ def key_of(method, params):
 
 
 # ---------------------------------------------------------------------------------------- methods
+class _CachingTokenizer:
+    """The model's tokenizer, remembering its last full-text call: the evaluation text is
+    tokenized once per sweep, not once per configuration."""
+
+    def __init__(self, tok):
+        self._tok, self._key, self._value = tok, None, None
+
+    def __call__(self, text, **kw):
+        key = (hash(text), len(text), tuple(sorted(kw.items())))
+        if key != self._key:
+            self._key, self._value = key, self._tok(text, **kw)
+        return self._value
+
+    def __len__(self):
+        return len(self._tok)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
 class Model:
     """The float32 model, its tokenizer and the checkpoint's original weights."""
 
@@ -84,7 +115,7 @@ class Model:
         self.peer_dir = peer_dir
         self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
         self.model.eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = _CachingTokenizer(AutoTokenizer.from_pretrained(path))
         from adpq.safetensors_io import SafetensorsFile
         self.orig = {}
         params = dict(self.model.named_parameters())
@@ -203,18 +234,18 @@ def label(row):
     s = f"{row['method']} b{p['bits']} g{p['group_size']}"
     if row["method"] == "adpq":
         s += f" r{p['outlier_ratio']}"
-        for k, v in p.items():
-            if k not in ("bits", "group_size", "outlier_ratio"):
-                s += f" {k}={v}"
+    for k, v in p.items():
+        if k not in ("bits", "group_size", "outlier_ratio"):
+            s += f" {k}={v}"
     return s
 
 
 def series_of(row):
     p = row["params"]
-    if row["method"] != "adpq":
+    if row["method"] not in ("adpq", "rtn"):
         return row["method"]
     extra = [f"{k}={v}" for k, v in sorted(p.items()) if k not in ("bits", "group_size", "outlier_ratio")]
-    return "adpq" + (" " + " ".join(extra) if extra else "")
+    return row["method"] + (" " + " ".join(extra) if extra else "")
 
 
 def report(path: Path, model_name: str):
