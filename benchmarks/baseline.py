@@ -11,7 +11,6 @@ The protocol is adpq.eval's (GPTQ-style, see its docstring).
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -21,17 +20,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _eval_module():
-    try:
-        from adpq import eval as E
-
-        return E
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("adpq_eval_standalone", REPO / "python" / "adpq" / "eval.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        return mod
 
 
 def _cpu_name():
@@ -63,7 +51,7 @@ def main(argv=None):
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    E = _eval_module()
+    from adpq import eval as E
     prov = {}
     pf = Path(a.model_dir) / "ADPQ_PROVENANCE.json"
     if pf.is_file():

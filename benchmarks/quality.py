@@ -253,7 +253,7 @@ def report(path: Path, model_name: str):
     if not rows:
         raise SystemExit(f"no results in {path}")
     ctxs = sorted({c for r in rows for c in r["ppl"]}, key=int, reverse=True)
-    lines = [f"| method | config | bits/weight | " + " | ".join(f"PPL ctx {c}" for c in ctxs) + " | quant s |",
+    lines = ["| method | config | bits/weight | " + " | ".join(f"PPL ctx {c}" for c in ctxs) + " | quant s |",
              "|---|---|---|" + "---|" * len(ctxs) + "---|"]
     for r in sorted(rows, key=lambda r: (r["method"] != "baseline", r["bits_per_weight"])):
         ppl = " | ".join(f"{r['ppl'][c]['ppl']:.3f}" if c in r["ppl"] else "-" for c in ctxs)

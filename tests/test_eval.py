@@ -3,10 +3,8 @@
 Known window/token counts, PPL of a uniform-logit model == vocabulary size, max_windows, errors.
 """
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,21 +17,9 @@ GPT2_TOK = REPO.parent / "shared" / "assets" / "gpt2-tokenizer"
 WIKI = REPO.parent / "shared" / "assets" / "wikitext-2-raw-v1" / "wiki.test.raw"
 
 
-def _import_eval():
-    try:
-        from adpq import eval as E  # the installed / in-tree package
-
-        return E
-    except ImportError:
-        # The package __init__ may need the C extension, not built yet: load the module on its own.
-        spec = importlib.util.spec_from_file_location("adpq_eval_standalone", REPO / "python" / "adpq" / "eval.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        return mod
 
 
-E = _import_eval()
+from adpq import eval as E  # noqa: E402
 
 LINES = [
     " = Title of the article = \n",

@@ -1,7 +1,5 @@
 """adpq.models: the parts that need no model package (fast): errors, Q/K un-permutation, registry."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +8,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _import_models():
-    try:
-        from adpq import models as M
-
-        return M
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("adpq_models_standalone", REPO / "python" / "adpq" / "models.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        return mod
 
 
-M = _import_models()
+from adpq import models as M  # noqa: E402
 
 
 def _llamacpp_permute(w, n_head):
