@@ -56,15 +56,17 @@ def grid(quick: bool):
             rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True)))
     # symmetric quantizers (measured far better than asymmetric ones on SmolLM2 at 3 bits)
     for b in ((3, 4) if quick else (2, 3, 4)):
-        for g in ((32, 64, 128) if quick else groups):
+        sym_groups = ((64, 128) if b == 3 else (128,)) if quick else groups
+        for g in sym_groups:
             rows.append(("rtn", dict(bits=b, group_size=g, outlier_ratio=0.0, symmetric=True)))
-        for g in ((64, 128) if quick else groups):
-            for r in ((0.005, 0.01, 0.02) if quick else (0.0025, 0.005, 0.01, 0.02)):
-                if r != 0.01:
-                    rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True)))
-                rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True, outlier_format="fp16")))
+            ratios = ((0.005, 0.02) if b == 3 else ()) if quick else (0.0025, 0.005, 0.02)
+            for r in ratios:
+                rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True)))
             rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True,
-                                      outlier_scope="group")))
+                                      outlier_format="fp16")))
+            if not quick:
+                rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True,
+                                          outlier_scope="group")))
     for method in ("hqq", "sinq"):
         for b, g in (((3, 64), (3, 128), (4, 128)) if quick else
                      [(b, g) for b in (2, 3, 4) for g in groups]):
@@ -357,6 +359,7 @@ def main(argv=None):
     ap.add_argument("--results", default=None, help="JSON file (default benchmarks/results/quality_<name>.json)")
     ap.add_argument("--report", action="store_true", help="only rebuild the table and plots")
     ap.add_argument("--force", action="store_true", help="re-run configurations already in the results")
+    ap.add_argument("--match", default=None, help="only configurations whose key contains this text")
     args = ap.parse_args(argv)
     name = args.name or Path(args.model).name
     path = Path(args.results) if args.results else HERE / "results" / f"quality_{name}.json"
@@ -368,6 +371,8 @@ def main(argv=None):
     methods = set(args.methods.split(","))
     todo = [(m, p) for m, p in grid(args.quick) if m in methods and (args.bits is None or p.get("bits") in args.bits
                                                                    or m == "baseline")]
+    if args.match:
+        todo = [(m, p) for m, p in todo if args.match in key_of(m, p)]
     rows = load_rows(path)
     done = {(r["key"], tuple(sorted(r["ppl"])), r["max_windows"]) for r in rows}
     meta = dict(model=args.model, command="python " + " ".join([str(Path(__file__).relative_to(HERE.parent))]
