@@ -270,7 +270,7 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
             K->minmax(wg, len, &imn, &imx);
             imn += 0.0f; /* canonical +0: SIMD and scalar min/max may differ in the sign of 0 */
             imx += 0.0f;
-            if (adpq_group_params(K, imn, imx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pin)) goto fail_scale;
+            if (adpq_group_params(K, imn, imx, cfg->bits, adpq_qmode(cfg), cfg->scale_dtype, &pin)) goto fail_scale;
             K->codes(wg, len, pin.inv, pin.z, (int)c->qmax, codes);
         } else {
             K->minmax_split(wg, mg, len, &imn, &imx, &omn, &omx);
@@ -278,9 +278,9 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
             imx += 0.0f;
             omn += 0.0f;
             omx += 0.0f;
-            if (adpq_group_params(K, imn, imx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pin)) goto fail_scale;
+            if (adpq_group_params(K, imn, imx, cfg->bits, adpq_qmode(cfg), cfg->scale_dtype, &pin)) goto fail_scale;
             if (cfg->outlier_format == ADPQ_OUTLIERS_GROUP) {
-                if (adpq_group_params(K, omn, omx, cfg->bits, cfg->symmetric, cfg->scale_dtype, &pout)) goto fail_scale;
+                if (adpq_group_params(K, omn, omx, cfg->bits, adpq_qmode(cfg), cfg->scale_dtype, &pout)) goto fail_scale;
                 K->codes_split(wg, mg, len, pin.inv, pin.z, pout.inv, pout.z, (int)c->qmax, codes);
                 if (grow((void **)&co->osc, &co->cap_osc, co->n_grp + 1, 4) ||
                     grow((void **)&co->ozp, &co->cap_ozp, co->n_grp + 1, 4))

@@ -52,6 +52,7 @@ typedef struct {
     int outlier_format;     /* adpq_outlier_format */
     int scale_dtype;        /* adpq_dtype of scales and zero-points */
     int threads;            /* >= 1 */
+    int integer_zero;       /* asymmetric only: 1 rounds zero-points to integers, so that 0 is exact */
 } adpq_config;
 
 typedef struct {

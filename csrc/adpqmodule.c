@@ -10,9 +10,9 @@
 
 static int parse_config(PyObject *tuple, adpq_config *cfg) {
     long long gs;
-    if (!PyArg_ParseTuple(tuple, "iLiidddiiii", &cfg->bits, &gs, &cfg->scope, &cfg->use_lam, &cfg->outlier_ratio,
+    if (!PyArg_ParseTuple(tuple, "iLiidddiiiii", &cfg->bits, &gs, &cfg->scope, &cfg->use_lam, &cfg->outlier_ratio,
                           &cfg->lam, &cfg->gamma, &cfg->symmetric, &cfg->outlier_format, &cfg->scale_dtype,
-                          &cfg->threads))
+                          &cfg->threads, &cfg->integer_zero))
         return -1;
     cfg->group_size = (int64_t)gs;
     return 0;

@@ -49,10 +49,10 @@ static inline int to_storage(const adpq_kernels *K, float v, int dtype, int is_s
     return 0;
 }
 
-int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int symmetric, int scale_dtype,
+int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int qmode, int scale_dtype,
                       adpq_qparams *p) {
     if (mn > mx) mn = mx = 0.0f; /* empty set (every weight of the group is an outlier) */
-    if (symmetric) {
+    if (qmode == ADPQ_Q_SYM) {
         float half = (float)(1 << (bits - 1));
         float vmax = (mx >= -mn) ? mx : mn; /* the value of largest magnitude, + on ties */
         float s = vmax / -half;             /* vmax maps to code 0, as in ggml's Q4_0 */
@@ -70,6 +70,8 @@ int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int s
         if (s == 0.0f) s = 1.0f; /* all zero */
         if (to_storage(K, s, scale_dtype, 1, &p->s, &p->s_stored)) return ADPQ_ERR_RANGE;
         float z = -mn / p->s;
+        /* an integer zero-point puts a level exactly at 0 (|z| <= 1024 is exact in float16) */
+        if (qmode == ADPQ_Q_ASYM_INT_ZERO) z = rintf(z);
         if (to_storage(K, z, scale_dtype, 0, &p->z, &p->z_stored)) return ADPQ_ERR_RANGE;
     }
     p->inv = 1.0f / p->s;

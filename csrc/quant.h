@@ -22,7 +22,12 @@ typedef struct {
 
 /* Parameters of a b-bit quantizer for values in [mn, mx] (mn > mx: empty set). ADPQ_ERR_RANGE
  * when a scale or zero-point overflows the storage dtype. */
-int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int symmetric, int scale_dtype,
+/* quantizer kinds */
+enum { ADPQ_Q_ASYM = 0, ADPQ_Q_SYM = 1, ADPQ_Q_ASYM_INT_ZERO = 2 };
+static inline int adpq_qmode(const adpq_config *cfg) {
+    return cfg->symmetric ? ADPQ_Q_SYM : cfg->integer_zero ? ADPQ_Q_ASYM_INT_ZERO : ADPQ_Q_ASYM;
+}
+int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int qmode, int scale_dtype,
                       adpq_qparams *p);
 float adpq_stored_to_float(uint32_t stored, int dtype);
 int adpq_avx2_supported(void);

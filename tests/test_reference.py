@@ -73,8 +73,24 @@ def test_explicit_lambda_matches_reference(scope, lam, gamma):
 @pytest.mark.parametrize("scale_dtype", ["float16", "bfloat16", "float32"])
 def test_scale_dtypes_match_reference(scale_dtype):
     w = make_weights((20, 300), "float32", seed=4)
-    for sym in (False, True):
-        check_config(w, adpq.QuantConfig(bits=4, group_size=64, scale_dtype=scale_dtype, symmetric=sym))
+    for sym, zp in ((False, "float"), (True, "float"), (False, "integer")):
+        check_config(w, adpq.QuantConfig(bits=4, group_size=64, scale_dtype=scale_dtype, symmetric=sym,
+                                          zero_point=zp))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integer_zero_points_match_reference_and_represent_zero(dtype):
+    w = make_weights((16, 576), dtype, seed=6)
+    for bits, ratio, fmt in itertools.product([2, 3, 4], [0.0, 0.01], ["group", "fp16"]):
+        cfg = adpq.QuantConfig(bits=bits, group_size=64, outlier_ratio=ratio, outlier_format=fmt,
+                               zero_point="integer")
+        qt = check_config(w, cfg)
+        z = qt.arrays()["zeros"].astype(np.float32)
+        assert np.array_equal(z, np.rint(z))
+        # a weight equal to 0 is reconstructed exactly when its group's range holds 0
+        w0 = np.array(w, copy=True)
+        w0[:, 5] = 0
+        assert (adpq.quantize(w0, config=cfg).dequantize()[:, 5] == 0).all()
 
 
 def test_degenerate_groups_match_reference_and_are_finite():

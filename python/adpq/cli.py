@@ -51,6 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lam", type=float, help="fixed lambda instead of solving for --outlier-ratio")
     _bool_flag(q, "symmetric", "symmetric quantizers (no zero-points)")
     q.add_argument("--scale-dtype", help="dtype of scales/zero-points: float16, bfloat16, float32")
+    q.add_argument("--zero-point", choices=["float", "integer"], help="asymmetric zero-points: float or integer")
     q.add_argument("--threads", type=int, help="threads for the quantizer core (default: all cores)")
     q.add_argument("--format", choices=["adpq", "fake"], default="adpq",
                    help="adpq: packed arrays (default); fake: ordinary HF folder with dequantized weights")
@@ -103,7 +104,7 @@ def _quant_config(args):
 
     over = {}
     for field in ("bits", "group_size", "outlier_ratio", "outlier_scope", "outlier_format", "gamma", "lam",
-                  "symmetric", "scale_dtype", "threads"):
+                  "symmetric", "scale_dtype", "threads", "zero_point"):
         v = getattr(args, field, None)
         if v is not None:
             over[field] = v

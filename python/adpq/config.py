@@ -12,6 +12,7 @@ BITS = (2, 3, 4, 8)
 SCOPES = ("tensor", "group")
 OUTLIER_FORMATS = ("group", "fp16")
 SCALE_DTYPES = ("float16", "bfloat16", "float32")
+ZERO_POINTS = ("float", "integer")
 MAX_OUTLIER_RATIO = 0.5
 
 # codes shared with the C core (csrc/adpq.h)
@@ -56,6 +57,8 @@ class QuantConfig:
                     "fp16": outliers stored as exact float16 values (an upper bound, more bits).
     scale_dtype     storage of scales and zero-points: "float16" (default), "bfloat16", "float32".
     threads         worker threads; None uses every core this process may run on.
+    zero_point      asymmetric quantizers: "float" (z = -min/s as stored) or "integer"
+                    (z = rint(-min/s): a level sits exactly at 0, as in GPTQ).
     """
 
     bits: int = 3
@@ -68,6 +71,7 @@ class QuantConfig:
     outlier_format: str = "group"
     scale_dtype: str = "float16"
     threads: Optional[int] = None
+    zero_point: str = "float"
 
     def __post_init__(self) -> None:
         if not _is_int(self.bits):
@@ -99,6 +103,8 @@ class QuantConfig:
             raise ValueError(f"outlier_format must be one of {OUTLIER_FORMATS}, got {self.outlier_format!r}")
         if self.scale_dtype not in SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES}, got {self.scale_dtype!r}")
+        if self.zero_point not in ZERO_POINTS:
+            raise ValueError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
         if self.threads is not None:
             if not _is_int(self.threads):
                 raise TypeError(f"threads must be an int or None, got {type(self.threads).__name__}")
@@ -139,4 +145,5 @@ class QuantConfig:
             _FORMAT_CODE[self.outlier_format],
             _DTYPE_CODE[self.scale_dtype],
             int(t),
+            int(self.zero_point == "integer"),
         )

@@ -136,7 +136,8 @@ def _to_storage(v: np.ndarray, dtype: str, is_scale: bool) -> Tuple[np.ndarray, 
     return st, val
 
 
-def group_params(mn: np.ndarray, mx: np.ndarray, bits: int, symmetric: bool, scale_dtype: str):
+def group_params(mn: np.ndarray, mx: np.ndarray, bits: int, symmetric: bool, scale_dtype: str,
+                 integer_zero: bool = False):
     """Mirror of adpq_group_params: (s_stored, s, z_stored or None, z, inv) per group."""
     empty = mn > mx
     mn = np.where(empty, F32(0), mn).astype(F32)
@@ -159,6 +160,8 @@ def group_params(mn: np.ndarray, mx: np.ndarray, bits: int, symmetric: bool, sca
         s = np.where(s == 0, F32(1), s).astype(F32)
         s_st, s_val = _to_storage(s, scale_dtype, True)
         z = -mn / s_val
+        if integer_zero:
+            z = np.rint(z)
         z_st, z_val = _to_storage(z.astype(F32), scale_dtype, False)
     inv = (F32(1) / s_val).astype(F32)
     return s_st, s_val, z_st, z_val, inv
@@ -180,14 +183,16 @@ def quantize(w, config: QuantConfig) -> Dict[str, np.ndarray]:
     out_mx = np.maximum.reduceat(np.where(mask, w2, ninf), starts, axis=1) + F32(0)
     counts = np.add.reduceat(mask.astype(np.int64), starts, axis=1)
 
-    s_st, _, z_st, z_val, inv = group_params(inl_mn, inl_mx, cfg.bits, cfg.symmetric, cfg.scale_dtype)
+    s_st, _, z_st, z_val, inv = group_params(inl_mn, inl_mx, cfg.bits, cfg.symmetric, cfg.scale_dtype,
+                                                 cfg.zero_point == "integer")
     inv_el = np.repeat(inv, lens, axis=1)
     z_el = np.repeat(z_val, lens, axis=1)
     has = counts > 0
     arrays: Dict[str, np.ndarray] = {}
     if cfg.outlier_format == "group" and has.any():
         so_st, _, zo_st, zo_val, inv_o = group_params(np.where(has, out_mn, F32(0)), np.where(has, out_mx, F32(0)),
-                                                      cfg.bits, cfg.symmetric, cfg.scale_dtype)
+                                                      cfg.bits, cfg.symmetric, cfg.scale_dtype,
+                                                 cfg.zero_point == "integer")
         use_o = mask
         inv_el = np.where(use_o, np.repeat(inv_o, lens, axis=1), inv_el)
         z_el = np.where(use_o, np.repeat(zo_val, lens, axis=1), z_el)
