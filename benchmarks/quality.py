@@ -67,6 +67,13 @@ def grid(quick: bool):
             if not quick:
                 rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True,
                                           outlier_scope="group")))
+    # integer zero-points (a level exactly at 0)
+    for b, g in (((3, 64), (3, 128), (4, 128)) if quick else [(b, g) for b in (2, 3, 4) for g in groups]):
+        rows.append(("rtn", dict(bits=b, group_size=g, outlier_ratio=0.0, zero_point="integer")))
+        rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, zero_point="integer")))
+        if b == 3:
+            rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, zero_point="integer",
+                                      outlier_format="fp16")))
     for method in ("hqq", "sinq"):
         for b, g in (((3, 64), (3, 128), (4, 128)) if quick else
                      [(b, g) for b in (2, 3, 4) for g in groups]):
