@@ -56,10 +56,10 @@ def grid(quick: bool):
             rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True)))
     # symmetric quantizers (measured far better than asymmetric ones on SmolLM2 at 3 bits)
     for b in ((3, 4) if quick else (2, 3, 4)):
-        sym_groups = ((64, 128) if b == 3 else (128,)) if quick else groups
+        sym_groups = ((32, 64, 128) if b == 3 else (32, 64, 128)) if quick else groups
         for g in sym_groups:
             rows.append(("rtn", dict(bits=b, group_size=g, outlier_ratio=0.0, symmetric=True)))
-            ratios = ((0.005, 0.02) if b == 3 else ()) if quick else (0.0025, 0.005, 0.02)
+            ratios = ((0.005, 0.02) if (b == 3 and g != 32) else ()) if quick else (0.0025, 0.005, 0.02)
             for r in ratios:
                 rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True)))
             rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True,
@@ -68,7 +68,7 @@ def grid(quick: bool):
                 rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True,
                                           outlier_scope="group")))
     # integer zero-points (a level exactly at 0)
-    for b, g in (((3, 64), (3, 128), (4, 128)) if quick else [(b, g) for b in (2, 3, 4) for g in groups]):
+    for b, g in (((3, 32), (3, 64), (3, 128), (4, 128)) if quick else [(b, g) for b in (2, 3, 4) for g in groups]):
         rows.append(("rtn", dict(bits=b, group_size=g, outlier_ratio=0.0, zero_point="integer")))
         rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, zero_point="integer")))
         if b == 3:
