@@ -30,7 +30,7 @@ def test_config_object_and_keywords_are_the_same():
 
 def test_rows_end_in_a_shorter_group():
     w = weights((8, 576))
-    qt = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0)
+    qt = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=False)
     assert qt.arrays()["scales"].shape == (8, 5)  # 4 groups of 128 and one of 64
     # the last group's scale comes from its 64 weights only
     tail = w[:, 512:]
@@ -71,12 +71,12 @@ def test_zero_weights_are_never_outliers():
 
 def test_ratio_zero_is_rtn():
     w = weights()
-    qt = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0)
+    qt = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=False)
     assert qt.num_outliers == 0
     assert set(qt.arrays()) == {"codes", "scales", "zeros"}
     # plain asymmetric min-max RTN, written out
     g = w.reshape(32, -1, 64)  # group_size 128 with 576 columns is ragged; check a g=64 RTN instead
-    qt64 = adpq.quantize(w, bits=3, group_size=64, outlier_ratio=0)
+    qt64 = adpq.quantize(w, bits=3, group_size=64, outlier_ratio=0, symmetric=False, zero_point="float")
     mn, mx = g.min(2), g.max(2)
     s = ((mx - mn) / np.float32(7)).astype(np.float16).astype(np.float32)
     z = (-mn / s).astype(np.float16).astype(np.float32)
@@ -95,9 +95,11 @@ def test_bits_per_weight_is_measured_from_the_arrays():
         br = qt.bits_breakdown()
         assert sum(br.values()) == pytest.approx(qt.bits_per_weight)
         assert br["codes"] == pytest.approx(qt.config.bits * 1.0, abs=8 / w.size)
-    rtn = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0)
+    rtn = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=False)
     # 3.0 bits of codes + two fp16 numbers per group of 128 (and per short group of 64)
     assert rtn.bits_per_weight == pytest.approx(3 + 2 * 16 * 5 / 576)
+    sym = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=True)
+    assert sym.bits_per_weight == pytest.approx(3 + 16 * 5 / 576)  # no zero-points
 
 
 def test_index_lists_use_ceil_log2_group_bits():
@@ -281,7 +283,7 @@ def test_weights_too_large_for_float16_scales():
     w = weights((4, 64)) * 1e8
     with pytest.raises(ValueError, match="float16"):
         adpq.quantize(w)
-    qt = adpq.quantize(w, scale_dtype="float32")
+    qt = adpq.quantize(w, scale_dtype="float32", outlier_format="group")
     assert np.isfinite(qt.dequantize()).all()
     big = weights((4, 64))
     big[0, 0] = 1e6
@@ -291,7 +293,7 @@ def test_weights_too_large_for_float16_scales():
 
 def test_from_arrays_checks_sizes():
     w = weights((16, 576))
-    qt = adpq.quantize(w, outlier_ratio=0.01)
+    qt = adpq.quantize(w, outlier_ratio=0.01, symmetric=False, outlier_format="group")
     arrays = qt.arrays()
     assert np.array_equal(adpq.QuantizedTensor.from_arrays(arrays, qt.shape, qt.config).dequantize(), qt.dequantize())
     with pytest.raises(ValueError, match="codes"):

@@ -15,29 +15,44 @@ def student_t(shape, df, seed):
     return (rng.standard_t(df, size=shape) * 0.02).astype(np.float32)
 
 
+KINDS = {
+    # the paper's quantizer: asymmetric min-max, float zero-point, b-bit outlier quantizer per group
+    "paper": dict(symmetric=False, zero_point="float", outlier_format="group"),
+    "asym-int": dict(symmetric=False, zero_point="integer", outlier_format="group"),
+    "default": {},
+}
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("df", [2.5, 4])
-def test_adpq_beats_rtn_on_heavy_tailed_weights(bits, df):
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_adpq_beats_rtn_on_heavy_tailed_weights(bits, df, kind):
     w = student_t((256, 1024), df, seed=bits)
-    rtn = adpq.metrics(w, adpq.quantize(w, bits=bits, group_size=128, outlier_ratio=0))
+    kw = KINDS[kind]
+    rtn = adpq.metrics(w, adpq.quantize(w, bits=bits, group_size=128, outlier_ratio=0, **kw))
     for scope in ("tensor", "group"):
-        ad = adpq.metrics(w, adpq.quantize(w, bits=bits, group_size=128, outlier_ratio=0.01, outlier_scope=scope))
+        ad = adpq.metrics(w, adpq.quantize(w, bits=bits, group_size=128, outlier_ratio=0.01, outlier_scope=scope,
+                                           **kw))
         assert ad["mse"] < 0.9 * rtn["mse"], (scope, ad["mse"], rtn["mse"])
-        if bits >= 3:
-            # The paper's claim that AdpQ keeps the weight distribution holds here at 3 and 4 bits;
-            # at 2 bits the histogram KL of AdpQ is measured *higher* than RTN's (see RESULTS.md),
-            # so it is not asserted there.
+        if bits >= 3 and kind == "paper":
+            # The paper's claim that AdpQ keeps the weight distribution holds here at 3 and 4 bits for
+            # its quantizer. Not asserted elsewhere: at 2 bits the histogram KL of AdpQ is measured
+            # *higher* than RTN's, and with integer zero-points / symmetric grids the 256-bin KL
+            # depends on how the grid falls on the bins more than on the outliers (RESULTS.md).
             assert ad["kl_divergence"] < rtn["kl_divergence"]
 
 
 def test_adpq_beats_rtn_at_matched_bits_on_heavy_tails():
-    """3-bit AdpQ (g=128, 0.5% outliers, fp16 side-channel) against RTN with smaller groups that
-    spend at least as many bits: the outliers must be worth their bits."""
+    """3-bit AdpQ (g=128, fp16 side-channel) against RTN with smaller groups that spend at least as
+    many bits: the outliers must be worth their bits."""
     w = student_t((256, 1024), 2.5, seed=0)
-    ad_qt = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0.005, outlier_format="fp16")
-    rtn_qt = adpq.quantize(w, bits=3, group_size=64, outlier_ratio=0)
-    assert rtn_qt.bits_per_weight >= ad_qt.bits_per_weight
-    assert adpq.metrics(w, ad_qt)["mse"] < adpq.metrics(w, rtn_qt)["mse"]
+    # RTN with groups of 64 against AdpQ with groups of 128 and as many outliers as fit in RTN's bits
+    # (symmetric quantizers store no zero-points, so fewer outliers fit)
+    for kw, ratio in ((dict(symmetric=False, zero_point="float"), 0.005), (dict(symmetric=True), 0.0025)):
+        ad_qt = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=ratio, outlier_format="fp16", **kw)
+        rtn_qt = adpq.quantize(w, bits=3, group_size=64, outlier_ratio=0, **kw)
+        assert rtn_qt.bits_per_weight >= ad_qt.bits_per_weight
+        assert adpq.metrics(w, ad_qt)["mse"] < adpq.metrics(w, rtn_qt)["mse"]
 
 
 def test_gaussian_weights_gain_little_but_never_lose_much():

@@ -67,11 +67,11 @@ class QuantConfig:
     outlier_scope: str = "tensor"
     gamma: float = 1.0
     lam: Optional[float] = None
-    symmetric: bool = False
-    outlier_format: str = "group"
+    symmetric: bool = True
+    outlier_format: str = "fp16"
     scale_dtype: str = "float16"
     threads: Optional[int] = None
-    zero_point: str = "float"
+    zero_point: str = "integer"
 
     def __post_init__(self) -> None:
         if not _is_int(self.bits):

@@ -66,16 +66,18 @@ def _resolve_config(config: Optional[QuantConfig], **params: Any) -> QuantConfig
 def quantize(w: Any, bits: int = _UNSET, group_size: int = _UNSET, outlier_ratio: float = _UNSET,
              outlier_scope: str = _UNSET, gamma: float = _UNSET, lam: Optional[float] = _UNSET,
              symmetric: bool = _UNSET, outlier_format: str = _UNSET, threads: Optional[int] = _UNSET,
-             scale_dtype: str = _UNSET, config: Optional[QuantConfig] = None) -> QuantizedTensor:
+             scale_dtype: str = _UNSET, zero_point: str = _UNSET,
+             config: Optional[QuantConfig] = None) -> QuantizedTensor:
     """Quantizes a 1-D or 2-D float array with AdpQ.
 
-    Parameters default to QuantConfig()'s (bits=3, group_size=128, ...); `config` gives them all
+    Parameters default to QuantConfig()'s (bits=3, group_size=128, symmetric, ...); `config` gives them all
     at once and keyword arguments override it. See QuantConfig for their meaning.
     The C core runs multi-threaded with the GIL released.
     """
     cfg = _resolve_config(config, bits=bits, group_size=group_size, outlier_ratio=outlier_ratio,
                           outlier_scope=outlier_scope, gamma=gamma, lam=lam, symmetric=symmetric,
-                          outlier_format=outlier_format, threads=threads, scale_dtype=scale_dtype)
+                          outlier_format=outlier_format, threads=threads, scale_dtype=scale_dtype,
+                          zero_point=zero_point)
     w2, dname, shape = as_weight_matrix(w)
     raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple())
     return QuantizedTensor(_typed_arrays(raw, cfg), shape, cfg, dname)
