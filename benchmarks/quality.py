@@ -369,6 +369,7 @@ def main(argv=None):
     ap.add_argument("--report", action="store_true", help="only rebuild the table and plots")
     ap.add_argument("--force", action="store_true", help="re-run configurations already in the results")
     ap.add_argument("--match", default=None, help="only configurations whose key contains this text")
+    ap.add_argument("--only", default=None, help="only these labels (as the table shows them), ';'-separated")
     args = ap.parse_args(argv)
     name = args.name or Path(args.model).name
     path = Path(args.results) if args.results else HERE / "results" / f"quality_{name}.json"
@@ -382,6 +383,12 @@ def main(argv=None):
                                                                    or m == "baseline")]
     if args.match:
         todo = [(m, p) for m, p in todo if args.match in key_of(m, p)]
+    if args.only:
+        wanted = {x.strip() for x in args.only.split(";")}
+        todo = [(m, p) for m, p in todo if label(dict(method=m, params=p)) in wanted]
+        missing = wanted - {label(dict(method=m, params=p)) for m, p in todo}
+        if missing:
+            raise SystemExit(f"--only: not in the grid: {sorted(missing)}")
     rows = load_rows(path)
     done = {(r["key"], tuple(sorted(r["ppl"])), r["max_windows"]) for r in rows}
     meta = dict(model=args.model, command="python " + " ".join([str(Path(__file__).relative_to(HERE.parent))]
