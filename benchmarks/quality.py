@@ -39,7 +39,16 @@ def log(*a):
 
 
 # ------------------------------------------------------------------------------------------ grid
+# The grid's base quantizer is the paper's (asymmetric min-max, float zero-point, a b-bit quantizer
+# for each group's outliers, one lambda per tensor); entries say what they change.
+PAPER = dict(symmetric=False, zero_point="float", outlier_format="group", outlier_scope="tensor")
+
+
 def grid(quick: bool):
+    return [(m, canon(m, p, PAPER)) for m, p in _grid(quick)]
+
+
+def _grid(quick: bool):
     """(method, params) pairs, most informative first. adpq params are QuantConfig fields; peers:
     bits, group_size. --quick keeps the 3- and 4-bit points that decide the defaults."""
     rows = [("baseline", {})]
@@ -83,6 +92,24 @@ def grid(quick: bool):
     for b, g in ((3, 64), (3, 128), (4, 128)):
         rows.append(("gptq", dict(bits=b, group_size=g)))
     return rows
+
+
+def canon(method, params, defaults=None):
+    """Every quantizer field that changes the result, explicit, so that a row keeps its meaning when
+    QuantConfig's defaults change: rtn -> symmetric (+ zero_point if asymmetric); adpq -> also
+    outlier_format and outlier_scope."""
+    if method not in ("rtn", "adpq"):
+        return dict(params)
+    if defaults is None:
+        import adpq
+        defaults = adpq.QuantConfig().to_dict()
+    p = dict(params)
+    fields = ["symmetric", "zero_point"] + (["outlier_format", "outlier_scope"] if method == "adpq" else [])
+    for f in fields:
+        p.setdefault(f, defaults[f])
+    if p["symmetric"]:
+        p.pop("zero_point")
+    return p
 
 
 def key_of(method, params):
@@ -243,7 +270,7 @@ def label(row):
     s = f"{row['method']} b{p['bits']} g{p['group_size']}"
     if row["method"] == "adpq":
         s += f" r{p['outlier_ratio']}"
-    for k, v in p.items():
+    for k, v in sorted(p.items()):
         if k not in ("bits", "group_size", "outlier_ratio"):
             s += f" {k}={v}"
     return s
@@ -257,19 +284,31 @@ def series_of(row):
     return row["method"] + (" " + " ".join(extra) if extra else "")
 
 
+def merged(rows):
+    """One row per configuration: the PPL of every (ctx, windows) run of it together."""
+    out = {}
+    for r in rows:
+        if r.get("error"):
+            continue
+        m = out.setdefault(r["key"], dict(r, ppl={}))
+        m["ppl"].update(r["ppl"])
+    return list(out.values())
+
+
 def report(path: Path, model_name: str):
-    rows = load_rows(path)
+    rows = merged(load_rows(path))
     if not rows:
         raise SystemExit(f"no results in {path}")
     ctxs = sorted({c for r in rows for c in r["ppl"]}, key=int, reverse=True)
-    lines = ["| method | config | bits/weight | " + " | ".join(f"PPL ctx {c}" for c in ctxs) + " | quant s |",
-             "|---|---|---|" + "---|" * len(ctxs) + "---|"]
+    lines = ["| method | config | bits/weight | " + " | ".join(f"PPL ctx {c} (windows)" for c in ctxs)
+             + " | quantize s |", "|---|---|---|" + "---|" * len(ctxs) + "---|"]
     for r in sorted(rows, key=lambda r: (r["method"] != "baseline", r["bits_per_weight"])):
-        ppl = " | ".join(f"{r['ppl'][c]['ppl']:.3f}" if c in r["ppl"] else "-" for c in ctxs)
+        ppl = " | ".join(f"{r['ppl'][c]['ppl']:.2f} ({r['ppl'][c]['windows']})" if c in r["ppl"] else "-"
+                         for c in ctxs)
         lines.append(f"| {r['method']} | {label(r)} | {r['bits_per_weight']:.3f} | {ppl} | {r['seconds']:.2f} |")
     table = "\n".join(lines)
     print(table)
-    plot_pareto(rows, ctxs[0], path.parent / f"pareto_{model_name}.png", model_name)
+    plot_pareto(rows, "512" if "512" in ctxs else ctxs[0], path.parent / f"pareto_{model_name}.png", model_name)
     plot_layers(rows, path.parent / f"layers_{model_name}.png", model_name)
     return table
 
@@ -284,7 +323,9 @@ def plot_pareto(rows, ctx, out, model_name):
         if r["method"] == "baseline" or ctx not in r["ppl"]:
             continue
         series.setdefault(series_of(r), []).append((r["bits_per_weight"], r["ppl"][ctx]["ppl"]))
-    for name, pts in sorted(series.items()):
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(series), 2)))
+    markers = "osD^v<>pXh*"
+    for i, (name, pts) in enumerate(sorted(series.items())):
         pts.sort()
         # the lower envelope: best PPL at each bits/weight or fewer
         front, best = [], math.inf
@@ -292,8 +333,9 @@ def plot_pareto(rows, ctx, out, model_name):
             if p < best:
                 front.append((b, p))
                 best = p
-        ax.plot([b for b, _ in front], [p for _, p in front], marker="o", label=name)
-        ax.scatter([b for b, _ in pts], [p for _, p in pts], s=8, alpha=0.3)
+        ax.plot([b for b, _ in front], [p for _, p in front], marker=markers[i % len(markers)], color=colors[i],
+                lw=2.2 if name.startswith("adpq") else 1.2, label=name)
+        ax.scatter([b for b, _ in pts], [p for _, p in pts], s=8, alpha=0.3, color=colors[i])
     base = [r for r in rows if r["method"] == "baseline" and ctx in r["ppl"]]
     if base:
         b0 = base[0]["ppl"][ctx]["ppl"]
