@@ -48,7 +48,7 @@ def metrics(w: Any, w_hat: Union[np.ndarray, QuantizedTensor], kl_bins: int = KL
         if hat_arr.shape != shape:
             raise ValueError(f"w has shape {shape} but w_hat has shape {hat_arr.shape}")
         as_weight_matrix(hat_arr, "w_hat")  # the same dtype and shape checks as w
-        hat = hat_arr.astype(np.float32)
+        hat = np.asarray(hat_arr, dtype=np.float32)  # no copy when already float32
     hat = np.ascontiguousarray(hat, dtype=np.float32).reshape(w2.shape)
     s = _core.error_stats(w2, _DTYPE_CODE[dname], hat, int(kl_bins), int(threads or default_threads()))
     n = w2.shape[0] * w2.shape[1]
