@@ -62,6 +62,11 @@ typedef struct {
     /* number of nonzero bytes of a 0/1 mask, and their positions */
     int64_t (*count_mask)(const uint8_t *mask, int64_t n);
     int64_t (*mask_positions)(const uint8_t *mask, int64_t n, uint32_t *pos);
+    /* error sums in double: acc[0] += sum (w-h)^2, acc[1] += sum w^2, acc[2] = max(acc[2], max |w-h|);
+     * mm[0..3] = min/max of w, min/max of h, updated */
+    void (*error_sums)(const float *w, const float *h, int64_t n, double *acc, float *mm);
+    /* hist[floor((x - lo) * scale)]++, clipped to [0, bins) */
+    void (*histogram)(const float *x, int64_t n, double lo, double scale, int bins, int64_t *hist);
 } adpq_kernels;
 
 extern const adpq_kernels adpq_kernels_scalar;

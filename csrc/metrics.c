@@ -35,22 +35,13 @@ static int sums_task(void *ctx, int64_t t, int worker) {
     const int64_t cols = c->w->cols;
     int64_t r0 = t * c->rows_per_task, r1 = r0 + c->rows_per_task;
     if (r1 > c->w->rows) r1 = c->w->rows;
-    double se = 0, sw = 0, maxe = 0;
-    float mn = INFINITY, mx = -INFINITY, hmn = INFINITY, hmx = -INFINITY;
-    for (int64_t r = r0; r < r1; r++) {
-        const float *w = row_f32(c, r, c->buf[worker]);
-        const float *h = c->w_hat + r * cols;
-        for (int64_t i = 0; i < cols; i++) {
-            double a = w[i], e = a - (double)h[i];
-            se += e * e;
-            sw += a * a;
-            maxe = fabs(e) > maxe ? fabs(e) : maxe;
-            mn = w[i] < mn ? w[i] : mn;
-            mx = w[i] > mx ? w[i] : mx;
-            hmn = h[i] < hmn ? h[i] : hmn;
-            hmx = h[i] > hmx ? h[i] : hmx;
-        }
-    }
+    const adpq_kernels *K = adpq_active_kernels();
+    double acc[3] = {0, 0, 0};
+    float mm[4] = {INFINITY, -INFINITY, INFINITY, -INFINITY};
+    for (int64_t r = r0; r < r1; r++)
+        K->error_sums(row_f32(c, r, c->buf[worker]), c->w_hat + r * cols, cols, acc, mm);
+    double se = acc[0], sw = acc[1], maxe = acc[2];
+    float mn = mm[0], mx = mm[1], hmn = mm[2], hmx = mm[3];
     p->sum_sq_err = se;
     p->sum_sq_ref = sw;
     p->max_abs_err = maxe;
@@ -59,24 +50,16 @@ static int sums_task(void *ctx, int64_t t, int worker) {
     return 0;
 }
 
-static inline int64_t bin_of(double x, double lo, double scale, int bins) {
-    int64_t b = (int64_t)((x - lo) * scale);
-    return b < 0 ? 0 : b >= bins ? bins - 1 : b;
-}
-
 static int hist_task(void *ctx, int64_t t, int worker) {
     mctx *c = (mctx *)ctx;
     const int64_t cols = c->w->cols;
     int64_t *hw = c->hist_w + t * c->bins, *hh = c->hist_hat + t * c->bins;
     int64_t r0 = t * c->rows_per_task, r1 = r0 + c->rows_per_task;
     if (r1 > c->w->rows) r1 = c->w->rows;
+    const adpq_kernels *K = adpq_active_kernels();
     for (int64_t r = r0; r < r1; r++) {
-        const float *w = row_f32(c, r, c->buf[worker]);
-        const float *h = c->w_hat + r * cols;
-        for (int64_t i = 0; i < cols; i++) {
-            hw[bin_of(w[i], c->lo, c->scale, c->bins)]++;
-            hh[bin_of(h[i], c->lo, c->scale, c->bins)]++;
-        }
+        K->histogram(row_f32(c, r, c->buf[worker]), cols, c->lo, c->scale, c->bins, hw);
+        K->histogram(c->w_hat + r * cols, cols, c->lo, c->scale, c->bins, hh);
     }
     return 0;
 }

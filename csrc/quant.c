@@ -177,8 +177,32 @@ static void s_bf16_to_f32(const uint16_t *src, int64_t n, float *dst) {
     for (int64_t i = 0; i < n; i++) dst[i] = adpq_bf16_to_f32(src[i]);
 }
 
+static void s_error_sums(const float *w, const float *h, int64_t n, double *acc, float *mm) {
+    double se = acc[0], sw = acc[1], me = acc[2];
+    for (int64_t i = 0; i < n; i++) {
+        double a = w[i], e = a - (double)h[i];
+        se += e * e;
+        sw += a * a;
+        me = fabs(e) > me ? fabs(e) : me;
+        mm[0] = w[i] < mm[0] ? w[i] : mm[0];
+        mm[1] = w[i] > mm[1] ? w[i] : mm[1];
+        mm[2] = h[i] < mm[2] ? h[i] : mm[2];
+        mm[3] = h[i] > mm[3] ? h[i] : mm[3];
+    }
+    acc[0] = se;
+    acc[1] = sw;
+    acc[2] = me;
+}
+
+static void s_histogram(const float *x, int64_t n, double lo, double scale, int bins, int64_t *hist) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t b = (int64_t)(((double)x[i] - lo) * scale);
+        hist[b < 0 ? 0 : b >= bins ? bins - 1 : b]++;
+    }
+}
+
 const adpq_kernels adpq_kernels_scalar = {
     "scalar",      s_all_finite, s_mask_gt,    s_minmax,      s_minmax_split,        s_codes,
     s_codes_split, s_gather_gt,  s_dequant,    s_f16_to_f32,  s_bf16_to_f32, adpq_pack_body_scalar,
-    adpq_f32_to_f16, adpq_f16_to_f32, s_count_mask, s_mask_positions,
+    adpq_f32_to_f16, adpq_f16_to_f32, s_count_mask, s_mask_positions, s_error_sums, s_histogram,
 };

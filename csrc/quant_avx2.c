@@ -277,10 +277,79 @@ AVX2 static uint16_t v_to_f16(float v) {
     return (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT), 0);
 }
 
+/* Four double lanes per half-vector; the sums add in another order than the scalar loop
+ * (results agree to rounding, not bit for bit: they feed reports, not codes). */
+AVX2 static void v_error_sums(const float *w, const float *h, int64_t n, double *acc, float *mm) {
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    __m256d se0 = _mm256_setzero_pd(), se1 = se0, sw0 = se0, sw1 = se0, me0 = se0, me1 = se0;
+    __m256 wmn = _mm256_set1_ps(mm[0]), wmx = _mm256_set1_ps(mm[1]), hmn = _mm256_set1_ps(mm[2]),
+           hmx = _mm256_set1_ps(mm[3]);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv = _mm256_loadu_ps(w + i), hv = _mm256_loadu_ps(h + i);
+        wmn = _mm256_min_ps(wmn, wv);
+        wmx = _mm256_max_ps(wmx, wv);
+        hmn = _mm256_min_ps(hmn, hv);
+        hmx = _mm256_max_ps(hmx, hv);
+        __m256d wl = _mm256_cvtps_pd(_mm256_castps256_ps128(wv)), wh = _mm256_cvtps_pd(_mm256_extractf128_ps(wv, 1));
+        __m256d hl = _mm256_cvtps_pd(_mm256_castps256_ps128(hv)), hh = _mm256_cvtps_pd(_mm256_extractf128_ps(hv, 1));
+        __m256d el = _mm256_sub_pd(wl, hl), eh = _mm256_sub_pd(wh, hh);
+        se0 = _mm256_add_pd(se0, _mm256_mul_pd(el, el));
+        se1 = _mm256_add_pd(se1, _mm256_mul_pd(eh, eh));
+        sw0 = _mm256_add_pd(sw0, _mm256_mul_pd(wl, wl));
+        sw1 = _mm256_add_pd(sw1, _mm256_mul_pd(wh, wh));
+        me0 = _mm256_max_pd(me0, _mm256_andnot_pd(sign, el));
+        me1 = _mm256_max_pd(me1, _mm256_andnot_pd(sign, eh));
+    }
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(se0, se1));
+    acc[0] += (t[0] + t[1]) + (t[2] + t[3]);
+    _mm256_storeu_pd(t, _mm256_add_pd(sw0, sw1));
+    acc[1] += (t[0] + t[1]) + (t[2] + t[3]);
+    _mm256_storeu_pd(t, _mm256_max_pd(me0, me1));
+    for (int k = 0; k < 4; k++) acc[2] = t[k] > acc[2] ? t[k] : acc[2];
+    mm[0] = hmin8(wmn);
+    mm[1] = hmax8(wmx);
+    mm[2] = hmin8(hmn);
+    mm[3] = hmax8(hmx);
+    for (; i < n; i++) {
+        double a = w[i], e = a - (double)h[i];
+        acc[0] += e * e;
+        acc[1] += a * a;
+        acc[2] = fabs(e) > acc[2] ? fabs(e) : acc[2];
+        mm[0] = w[i] < mm[0] ? w[i] : mm[0];
+        mm[1] = w[i] > mm[1] ? w[i] : mm[1];
+        mm[2] = h[i] < mm[2] ? h[i] : mm[2];
+        mm[3] = h[i] > mm[3] ? h[i] : mm[3];
+    }
+}
+
+/* The bin of each value with the scalar formula in double (same bins), 8 at a time. */
+AVX2 static void v_histogram(const float *x, int64_t n, double lo, double scale, int bins, int64_t *hist) {
+    const __m256d lov = _mm256_set1_pd(lo), sc = _mm256_set1_pd(scale);
+    const __m128i zero = _mm_setzero_si128(), top = _mm_set1_epi32(bins - 1);
+    int32_t idx[8];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv = _mm256_loadu_ps(x + i);
+        __m256d a = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xv)), lov), sc);
+        __m256d b = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), lov), sc);
+        __m128i ia = _mm_min_epi32(_mm_max_epi32(_mm256_cvttpd_epi32(a), zero), top);
+        __m128i ib = _mm_min_epi32(_mm_max_epi32(_mm256_cvttpd_epi32(b), zero), top);
+        _mm_storeu_si128((__m128i *)idx, ia);
+        _mm_storeu_si128((__m128i *)(idx + 4), ib);
+        for (int k = 0; k < 8; k++) hist[idx[k]]++;
+    }
+    for (; i < n; i++) {
+        int64_t b = (int64_t)(((double)x[i] - lo) * scale);
+        hist[b < 0 ? 0 : b >= bins ? bins - 1 : b]++;
+    }
+}
+
 const adpq_kernels adpq_kernels_avx2 = {
     "avx2",        v_all_finite, v_mask_gt, v_minmax,     v_minmax_split, v_codes,
     v_codes_split, v_gather_gt,  v_dequant, v_f16_to_f32, v_bf16_to_f32, v_pack_body, v_to_f16,
-    v_from_f16,    v_count_mask, v_mask_positions,
+    v_from_f16,    v_count_mask, v_mask_positions, v_error_sums, v_histogram,
 };
 
 int adpq_avx2_supported(void) {
