@@ -75,6 +75,7 @@ extern const adpq_kernels adpq_kernels_scalar;
 extern const adpq_kernels adpq_kernels_avx2;
 #endif
 const adpq_kernels *adpq_active_kernels(void);
+const char *adpq_dtype_name(int dtype);
 
 /* pack.c: little-endian bit streams; value i of a stream occupies bits [i*b, i*b+b). */
 /* Writes n codes (each < 2^bits, bits in {2,3,4,8}) at code position `first` of dst. Bytes
