@@ -16,9 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 GPT2_TOK = REPO.parent / "shared" / "assets" / "gpt2-tokenizer"
 WIKI = REPO.parent / "shared" / "assets" / "wikitext-2-raw-v1" / "wiki.test.raw"
 
-
-
-
 from adpq import eval as E  # noqa: E402
 
 LINES = [
@@ -35,11 +32,25 @@ LINES = [
 ]
 
 
+def _small_bpe_tokenizer():
+    """A byte-level BPE tokenizer trained here on LINES: the protocol tests need *a* tokenizer, and
+    this one exists on any machine (the GPT-2 one comes from ../shared/assets when it is there)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(LINES * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|endoftext|>",
+                                                eos_token="<|endoftext|>")
+
+
 @pytest.fixture(scope="module")
 def tok():
-    if not GPT2_TOK.is_dir():
-        pytest.skip(f"{GPT2_TOK} missing")
-    return transformers.AutoTokenizer.from_pretrained(str(GPT2_TOK))
+    if GPT2_TOK.is_dir():
+        return transformers.AutoTokenizer.from_pretrained(str(GPT2_TOK))
+    return _small_bpe_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +111,7 @@ def test_uniform_logits_give_vocab_size(tok, text_file):
         m.lm_head.weight.zero_()
     r = E.perplexity(m, text_file=text_file, ctx=8, tokenizer=tok, progress=False)
     assert r.ppl == pytest.approx(len(tok), rel=1e-4)
-    assert len(tok) == m.config.vocab_size == 50257
+    assert len(tok) == m.config.vocab_size
 
 
 def test_max_windows(model, tok, text_file):
