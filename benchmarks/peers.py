@@ -335,7 +335,8 @@ def detokenize_wikitext(text: str) -> str:
     return s
 
 
-DEFAULT_CALIB = Path("/work/shared/assets/wikitext-2-v1/wiki.valid.tokens")
+# ../shared/assets beside the repository (see DESIGN.md section 4)
+DEFAULT_CALIB = Path(__file__).resolve().parents[2] / "shared" / "assets" / "wikitext-2-v1" / "wiki.valid.tokens"
 
 
 def calibration_windows(tokenizer, n: int, seqlen: int, seed: int = 0,

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
-GPT2_TOK = REPO.parent / "shared" / "assets" / "gpt2-tokenizer"
 WIKI = REPO.parent / "shared" / "assets" / "wikitext-2-raw-v1" / "wiki.test.raw"
 
+from _tokenizer_util import tokenizer_for_tests as make_tokenizer  # noqa: E402
 from adpq import eval as E  # noqa: E402
 
 LINES = [
@@ -32,25 +32,9 @@ LINES = [
 ]
 
 
-def _small_bpe_tokenizer():
-    """A byte-level BPE tokenizer trained here on LINES: the protocol tests need *a* tokenizer, and
-    this one exists on any machine (the GPT-2 one comes from ../shared/assets when it is there)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    t.train_from_iterator(LINES * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|endoftext|>",
-                                                eos_token="<|endoftext|>")
-
-
 @pytest.fixture(scope="module")
 def tok():
-    if GPT2_TOK.is_dir():
-        return transformers.AutoTokenizer.from_pretrained(str(GPT2_TOK))
-    return _small_bpe_tokenizer()
+    return make_tokenizer(LINES)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _tokenizer_util import tokenizer_for_tests as make_tokenizer  # noqa: E402
+
+CALIB_LINES = [
+    " = Calibration text = \n",
+    " It has words , numbers like 1 @,@ 234 and a few sentences about nothing in particular . \n",
+    " The model only has to see some tokens : " + "lorem ipsum dolor sit amet , " * 8 + "\n",
+]
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
 peers = importlib.util.module_from_spec(_spec)
@@ -151,12 +159,9 @@ def test_detokenize():
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     tr = pytest.importorskip("transformers")
-    tok_dir = Path("/work/shared/assets/gpt2-tokenizer")
-    if not tok_dir.is_dir():
-        pytest.skip("gpt2 tokenizer asset missing")
     d = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
-    tok = tr.AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = make_tokenizer(CALIB_LINES)
     cfg = tr.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=160,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, tie_word_embeddings=True)
@@ -187,7 +192,10 @@ def _check_folder(src, dst, res):
 
 def test_folder_gptq(tiny_llama, tmp_path):
     dst = tmp_path / "gptq"
-    r = peers.quantize_folder(tiny_llama, dst, "gptq", 4, 32, nsamples=4, seqlen=64, progress=False)
+    calib = tmp_path / "calibration.tokens"  # its own text: the test needs no shared asset
+    calib.write_text("".join(CALIB_LINES) * 20, encoding="utf-8")
+    r = peers.quantize_folder(tiny_llama, dst, "gptq", 4, 32, nsamples=4, seqlen=64, progress=False,
+                              calib_path=calib)
     _check_folder(tiny_llama, dst, r)
     assert r["bits_per_weight"] == pytest.approx(4 + 16 / 32 + 4 / 32)
     tr = pytest.importorskip("transformers")
