@@ -14,9 +14,16 @@ enum { FAIL_NONE, FAIL_SCALE, FAIL_VALUE };
 
 typedef struct {
     float *rowf;     /* the row as float32 (16-bit inputs) */
-    uint8_t *mask;   /* cols outlier flags */
+    float *tmp;      /* one group with its outliers replaced by one of its inliers */
+    uint8_t *mask;   /* group scope: one group's outlier flags */
     uint8_t *codes;  /* cols codes, one per byte */
     uint32_t *keys;  /* group_size keys for per-group selection */
+    uint32_t *rpos;  /* the row's outlier columns, increasing */
+    /* per group of the row: first outlier (index into rpos) and count; inlier and outlier
+     * min/max; parameters (1/s, z, stored scale and zero-point) */
+    int64_t *gfirst, *gcnt;
+    float *gmn, *gmx, *omn, *omx, *ginv, *gz;
+    uint32_t *gs, *gzs;
 } scratch;
 
 typedef struct { /* what one chunk of rows produced, in row order */
@@ -26,8 +33,8 @@ typedef struct { /* what one chunk of rows produced, in row order */
     int64_t cap_vals;
     uint32_t *osc, *ozp; /* stored outlier scales / zero-points (format GROUP) */
     int64_t n_grp, cap_osc, cap_ozp;
-    uint32_t *gkeys; /* candidate keys of the threshold pass */
-    int64_t n_keys, cap_keys;
+    uint32_t *gkeys, *gcols; /* threshold pass: candidate keys and their columns, row order */
+    int64_t n_keys, cap_keys, cap_gcols;
     int fail;
     int64_t fail_row;
 } chunk_out;
@@ -39,13 +46,13 @@ typedef struct {
     const adpq_kernels *K;
     float qmax;
     int mode;
-    float thr;               /* tensor scope: outliers are |w| > thr ... */
-    uint32_t thr_key;        /* ... plus tie_quota[r] weights of row r with key == thr_key */
+    /* tensor scope: the outliers are the candidates with key > thr_key, and those with key ==
+     * thr_key: all of them, or (tie_quota set) the first tie_quota[r] of row r */
+    uint32_t thr_key;
     const int64_t *tie_quota;
     int64_t k_full, k_tail;  /* group scope, solved: outliers per full / last group */
     double lam_c;            /* explicit lam: threshold in units of the scope's scale */
     float gather_thr;        /* threshold pass: collect keys of |w| > gather_thr */
-    int finite_checked;      /* the threshold pass has checked every weight */
     int64_t *row_cnt;        /* threshold pass: candidates per row */
     adpq_qmatrix *q;
     uint8_t *mask_out;
@@ -114,96 +121,150 @@ static int64_t group_mask(qctx *c, const float *w, int64_t len, uint8_t *mask, u
     return c->K->mask_gt(w, len, thr, mask);
 }
 
-static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co) {
+/* The outlier columns of row r, increasing, into s->rpos; returns their number. Tensor scope: the
+ * row's candidates (keys, cols: n of them, from the threshold pass) that pass the threshold;
+ * group scope: each group's selection. */
+static int64_t row_outliers(qctx *c, int64_t r, const float *w, scratch *s, const uint32_t *keys,
+                            const uint32_t *cols_of, int64_t n) {
+    int64_t m = 0;
+    if (c->mode == MODE_TENSOR) {
+        const uint32_t T = c->thr_key;
+        int64_t ties = c->tie_quota ? c->tie_quota[r] : INT64_MAX;
+        for (int64_t i = 0; i < n; i++) {
+            if (keys[i] > T || (keys[i] == T && ties > 0)) {
+                if (keys[i] == T) ties--;
+                s->rpos[m++] = cols_of[i];
+            }
+        }
+    } else if (c->mode == MODE_GROUP_SOLVE || c->mode == MODE_GROUP_LAM) {
+        const int64_t cols = c->m->cols, g = c->lay.group_size;
+        for (int64_t off = 0; off < cols; off += g) {
+            int64_t len = (cols - off) < g ? (cols - off) : g;
+            if (group_mask(c, w + off, len, s->mask, s->keys) == 0) continue;
+            int64_t k = c->K->mask_positions(s->mask, len, s->rpos + m);
+            for (int64_t i = 0; i < k; i++) s->rpos[m + i] += (uint32_t)off;
+            m += k;
+        }
+    }
+    return m;
+}
+
+/* Records a group's outliers (positions within the group, float16 values). */
+static int record_outliers(const float *wg, const uint32_t *gp, int64_t cnt, int64_t off, int fp16, chunk_out *co,
+                           int64_t r, uint16_t (*to_f16)(float)) {
+    if (grow((void **)&co->pos, &co->cap_out, co->n_out + cnt, 4)) return ADPQ_ERR_NOMEM;
+    if (fp16 && grow((void **)&co->vals, &co->cap_vals, co->n_out + cnt, 2)) return ADPQ_ERR_NOMEM;
+    for (int64_t i = 0; i < cnt; i++) {
+        co->pos[co->n_out + i] = gp[i] - (uint32_t)off;
+        if (fp16) {
+            uint16_t h = to_f16(wg[gp[i] - off]);
+            if ((h & 0x7c00u) == 0x7c00u) {
+                co->fail = FAIL_VALUE;
+                co->fail_row = r;
+                return ADPQ_ERR_RANGE;
+            }
+            co->vals[co->n_out + i] = h;
+        }
+    }
+    co->n_out += cnt;
+    return ADPQ_OK;
+}
+
+/* Quantizes row r. keys/cols_of/n: the row's threshold-pass candidates (tensor scope).
+ * 1. per group: its outliers (a run of s->rpos) and the min/max of its inliers and outliers;
+ * 2. every group's parameters at once; 3. per group: codes, the outliers' records; 4. pack. */
+static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint32_t *keys, const uint32_t *cols_of,
+                       int64_t n) {
     const adpq_kernels *K = c->K;
     const adpq_config *cfg = c->cfg;
     const int64_t cols = c->m->cols, g = c->lay.group_size, G = c->lay.groups_per_row;
+    const int qmode = adpq_qmode(cfg), fp16 = cfg->outlier_format == ADPQ_OUTLIERS_FP16;
+    const int check = c->mode != MODE_TENSOR; /* (tensor scope: the threshold pass has checked) */
     const float *w = load_span(c, r, 0, cols, s->rowf);
-    if (!c->finite_checked && !K->all_finite(w, cols)) return ADPQ_ERR_NONFINITE;
+    const int64_t n_row = row_outliers(c, r, w, s, keys, cols_of, n);
 
-    int64_t row_cnt = 0;
-    if (c->mode == MODE_TENSOR) {
-        row_cnt = K->mask_gt(w, cols, c->thr, s->mask);
-        if (c->tie_quota && c->tie_quota[r] > 0) {
-            int64_t need = c->tie_quota[r];
-            for (int64_t i = 0; i < cols && need > 0; i++)
-                if (adpq_abs_key(w[i]) == c->thr_key) {
-                    s->mask[i] = 1;
-                    need--;
-                    row_cnt++;
-                }
-        }
-    }
+    int64_t k = 0; /* next outlier of the row */
     for (int64_t j = 0; j < G; j++) {
-        const int64_t off = j * g, len = (cols - off) < g ? (cols - off) : g, gi = r * G + j;
+        const int64_t off = j * g, len = (cols - off) < g ? (cols - off) : g;
         const float *wg = w + off;
-        uint8_t *mg = s->mask + off;
+        const uint32_t *gp = s->rpos + k; /* this group's outlier columns */
         int64_t cnt = 0;
-        if (c->mode == MODE_TENSOR)
-            cnt = row_cnt ? K->count_mask(mg, len) : 0;
-        else if (c->mode == MODE_GROUP_SOLVE || c->mode == MODE_GROUP_LAM)
-            cnt = group_mask(c, wg, len, mg, s->keys);
+        while (k + cnt < n_row && gp[cnt] < (uint32_t)(off + len)) cnt++;
+        s->gfirst[j] = k;
+        s->gcnt[j] = cnt;
+        k += cnt;
         if (c->mask_out) {
-            uint8_t *dst = c->mask_out + r * cols + off;
-            if (cnt)
-                memcpy(dst, mg, (size_t)len);
-            else
-                memset(dst, 0, (size_t)len);
+            uint8_t *dst = c->mask_out + r * cols;
+            memset(dst + off, 0, (size_t)len);
+            for (int64_t i = 0; i < cnt; i++) dst[gp[i]] = 1;
             continue;
         }
-        adpq_qparams pin, pout;
-        float imn, imx, omn, omx;
-        uint8_t *codes = s->codes + off;
+        float imn = INFINITY, imx = -INFINITY, omn = INFINITY, omx = -INFINITY;
+        int finite = 1;
         if (cnt == 0) {
-            K->minmax(wg, len, &imn, &imx);
-            imn += 0.0f; /* canonical +0: SIMD and scalar min/max may differ in the sign of 0 */
-            imx += 0.0f;
-            if (adpq_group_params(K, imn, imx, cfg->bits, adpq_qmode(cfg), cfg->scale_dtype, &pin)) goto fail_scale;
-            K->codes(wg, len, pin.inv, pin.z, (int)c->qmax, codes);
+            finite = K->minmax(wg, len, check, &imn, &imx);
         } else {
-            K->minmax_split(wg, mg, len, &imn, &imx, &omn, &omx);
-            imn += 0.0f;
-            imx += 0.0f;
-            omn += 0.0f;
-            omx += 0.0f;
-            if (adpq_group_params(K, imn, imx, cfg->bits, adpq_qmode(cfg), cfg->scale_dtype, &pin)) goto fail_scale;
-            if (cfg->outlier_format == ADPQ_OUTLIERS_GROUP) {
-                if (adpq_group_params(K, omn, omx, cfg->bits, adpq_qmode(cfg), cfg->scale_dtype, &pout)) goto fail_scale;
-                K->codes_split(wg, mg, len, pin.inv, pin.z, pout.inv, pout.z, (int)c->qmax, codes);
+            if (c->mode == MODE_TENSOR && !c->tie_quota) {
+                /* the outliers are exactly the weights with key >= thr_key */
+                K->minmax_below(wg, len, c->thr_key, &imn, &imx);
+            } else {
+                /* min/max of the inliers: the group with each outlier replaced by its first inlier */
+                int64_t first = 0;
+                for (int64_t i = 0; i < cnt && gp[i] - off == (uint32_t)first; i++) first++;
+                if (first < len) {
+                    memcpy(s->tmp, wg, sizeof(float) * (size_t)len);
+                    for (int64_t i = 0; i < cnt; i++) s->tmp[gp[i] - off] = wg[first];
+                    finite = K->minmax(s->tmp, len, check, &imn, &imx);
+                }
+            }
+            for (int64_t i = 0; i < cnt; i++) {
+                float v = w[gp[i]];
+                finite &= isfinite(v) != 0;
+                omn = v < omn ? v : omn;
+                omx = v > omx ? v : omx;
+            }
+        }
+        if (!finite) return ADPQ_ERR_NONFINITE;
+        /* canonical +0: SIMD and scalar min/max may differ in the sign of 0 */
+        s->gmn[j] = imn + 0.0f;
+        s->gmx[j] = imx + 0.0f;
+        s->omn[j] = omn + 0.0f;
+        s->omx[j] = omx + 0.0f;
+    }
+    if (c->mask_out) return ADPQ_OK;
+
+    if (K->params(s->gmn, s->gmx, G, cfg->bits, qmode, cfg->scale_dtype, s->ginv, s->gz, s->gs, s->gzs))
+        goto fail_scale;
+
+    for (int64_t j = 0; j < G; j++) {
+        const int64_t off = j * g, len = (cols - off) < g ? (cols - off) : g, gi = r * G + j, cnt = s->gcnt[j];
+        const float *wg = w + off;
+        uint8_t *codes = s->codes + off;
+        K->codes(wg, len, s->ginv[j], s->gz[j], (int)c->qmax, codes);
+        if (cnt) {
+            const uint32_t *gp = s->rpos + s->gfirst[j];
+            if (!fp16) {
+                /* the outliers' own quantizer; with fp16 they keep the inlier codes, clamped */
+                adpq_qparams pout;
+                if (adpq_group_params(K, s->omn[j], s->omx[j], cfg->bits, qmode, cfg->scale_dtype, &pout))
+                    goto fail_scale;
+                for (int64_t i = 0; i < cnt; i++)
+                    codes[gp[i] - off] = adpq_code_of(w[gp[i]], pout.inv, pout.z, c->qmax);
                 if (grow((void **)&co->osc, &co->cap_osc, co->n_grp + 1, 4) ||
                     grow((void **)&co->ozp, &co->cap_ozp, co->n_grp + 1, 4))
                     return ADPQ_ERR_NOMEM;
                 co->osc[co->n_grp] = pout.s_stored;
                 co->ozp[co->n_grp] = pout.z_stored;
                 co->n_grp++;
-            } else {
-                /* outliers are stored exactly as float16; their codes are the inlier codes, clamped */
-                K->codes(wg, len, pin.inv, pin.z, (int)c->qmax, codes);
             }
-            if (grow((void **)&co->pos, &co->cap_out, co->n_out + cnt, 4)) return ADPQ_ERR_NOMEM;
-            if (cfg->outlier_format == ADPQ_OUTLIERS_FP16 &&
-                grow((void **)&co->vals, &co->cap_vals, co->n_out + cnt, 2))
-                return ADPQ_ERR_NOMEM;
-            uint32_t *pos = co->pos + co->n_out;
-            K->mask_positions(mg, len, pos);
-            if (cfg->outlier_format == ADPQ_OUTLIERS_FP16) {
-                for (int64_t i = 0; i < cnt; i++) {
-                    uint16_t h = adpq_f32_to_f16(wg[pos[i]]);
-                    if ((h & 0x7c00u) == 0x7c00u) {
-                        co->fail = FAIL_VALUE;
-                        co->fail_row = r;
-                        return ADPQ_ERR_RANGE;
-                    }
-                    co->vals[co->n_out + i] = h;
-                }
-            }
-            co->n_out += cnt;
+            int rc = record_outliers(wg, gp, cnt, off, fp16, co, r, K->to_f16);
+            if (rc) return rc;
         }
-        adpq_put_stored(c->q->scales, gi, pin.s_stored, c->lay.scale_bytes);
-        if (!cfg->symmetric) adpq_put_stored(c->q->zeros, gi, pin.z_stored, c->lay.scale_bytes);
+        adpq_put_stored(c->q->scales, gi, s->gs[j], c->lay.scale_bytes);
+        if (!cfg->symmetric) adpq_put_stored(c->q->zeros, gi, s->gzs[j], c->lay.scale_bytes);
         adpq_put_count(c->q->outlier_counts, gi, cnt, c->lay.count_bytes);
     }
-    if (!c->mask_out) adpq_pack_codes(c->q->codes, r * cols, s->codes, cols, cfg->bits);
+    adpq_pack_codes(c->q->codes, r * cols, s->codes, cols, cfg->bits);
     return ADPQ_OK;
 fail_scale:
     co->fail = FAIL_SCALE;
@@ -213,16 +274,19 @@ fail_scale:
 
 static int quant_task(void *ctx, int64_t t, int worker) {
     qctx *c = (qctx *)ctx;
-    int64_t r0 = t * c->rows_per_chunk, r1 = r0 + c->rows_per_chunk;
+    chunk_out *co = &c->chunks[t];
+    int64_t r0 = t * c->rows_per_chunk, r1 = r0 + c->rows_per_chunk, o = 0;
     if (r1 > c->m->rows) r1 = c->m->rows;
     for (int64_t r = r0; r < r1; r++) {
-        int rc = process_row(c, r, &c->scr[worker], &c->chunks[t]);
+        int64_t n = c->mode == MODE_TENSOR ? c->row_cnt[r] : 0;
+        int rc = process_row(c, r, &c->scr[worker], co, co->gkeys + o, co->gcols + o, n);
         if (rc) return rc;
+        o += n;
     }
     return 0;
 }
 
-/* threshold pass: candidate keys |w| > gather_thr, per row counts */
+/* threshold pass: candidates |w| > gather_thr (keys and columns), per row counts */
 static int gather_task(void *ctx, int64_t t, int worker) {
     qctx *c = (qctx *)ctx;
     chunk_out *co = &c->chunks[t];
@@ -231,8 +295,10 @@ static int gather_task(void *ctx, int64_t t, int worker) {
     if (r1 > c->m->rows) r1 = c->m->rows;
     for (int64_t r = r0; r < r1; r++) {
         const float *w = load_span(c, r, 0, cols, c->scr[worker].rowf);
-        if (grow((void **)&co->gkeys, &co->cap_keys, co->n_keys + cols, 4)) return ADPQ_ERR_NOMEM;
-        int64_t n = c->K->gather_gt(w, cols, c->gather_thr, co->gkeys + co->n_keys);
+        if (grow((void **)&co->gkeys, &co->cap_keys, co->n_keys + cols, 4) ||
+            grow((void **)&co->gcols, &co->cap_gcols, co->n_keys + cols, 4))
+            return ADPQ_ERR_NOMEM;
+        int64_t n = c->K->gather_gt(w, cols, c->gather_thr, co->gkeys + co->n_keys, co->gcols + co->n_keys);
         if (n < 0) return ADPQ_ERR_NONFINITE;
         c->row_cnt[r] = n;
         co->n_keys += n;
@@ -248,26 +314,22 @@ static void free_chunks(qctx *c) {
             free(c->chunks[t].osc);
             free(c->chunks[t].ozp);
             free(c->chunks[t].gkeys);
+            free(c->chunks[t].gcols);
         }
     free(c->chunks);
     c->chunks = NULL;
     if (c->scr)
         for (int i = 0; i < c->cfg->threads; i++) {
             free(c->scr[i].rowf);
+            free(c->scr[i].tmp);
+            free(c->scr[i].gfirst);
+            free(c->scr[i].rpos);
             free(c->scr[i].mask);
             free(c->scr[i].codes);
             free(c->scr[i].keys);
         }
     free(c->scr);
     c->scr = NULL;
-}
-
-static void release_gather(qctx *c) {
-    for (int64_t t = 0; t < c->nchunks; t++) {
-        free(c->chunks[t].gkeys);
-        c->chunks[t].gkeys = NULL;
-        c->chunks[t].n_keys = c->chunks[t].cap_keys = 0;
-    }
 }
 
 /* Message for NaN/Inf: how many, and where the first one is. */
@@ -333,7 +395,7 @@ static int64_t sample_keys(qctx *c, int64_t sw, uint32_t *keys, float *buf) {
     return m;
 }
 
-/* Concatenates the candidate keys of all chunks (row order). */
+/* A copy of the candidate keys of all chunks. */
 static uint32_t *collect_candidates(qctx *c, int64_t *total) {
     int64_t n = 0;
     for (int64_t t = 0; t < c->nchunks; t++) n += c->chunks[t].n_keys;
@@ -348,29 +410,44 @@ static uint32_t *collect_candidates(qctx *c, int64_t *total) {
     return all;
 }
 
-/* Tensor scope: sets c->thr / thr_key / tie_quota (allocated into *quota_out). */
+/* Runs the threshold pass at gather_thr (every chunk's candidate list restarts). */
+static int gather(qctx *c, float gather_thr, int64_t *total, char *err) {
+    c->gather_thr = gather_thr;
+    for (int64_t t = 0; t < c->nchunks; t++) c->chunks[t].n_keys = 0;
+    int rc = run_pass(c, gather_task, err);
+    *total = 0;
+    for (int64_t t = 0; t < c->nchunks; t++) *total += c->chunks[t].n_keys;
+    return rc;
+}
+
+/* Tensor scope: runs the threshold pass, whose candidates (kept in the chunks for the quantize
+ * pass) include every outlier, and sets thr_key / tie_quota (allocated into *quota_out). */
 static int tensor_threshold(qctx *c, int64_t **quota_out, char *err) {
     const adpq_config *cfg = c->cfg;
     const int64_t rows = c->m->rows, cols = c->m->cols, n = rows * cols;
+    int64_t total;
     int rc;
     c->row_cnt = (int64_t *)calloc((size_t)rows, sizeof(int64_t));
     if (!c->row_cnt) goto nomem;
 
     if (cfg->use_lam) {
         /* lower median of the nonzero |w| of the whole matrix: collect them all */
-        c->gather_thr = 0.0f;
-        if ((rc = run_pass(c, gather_task, err))) return rc;
-        int64_t nnz;
-        uint32_t *all = collect_candidates(c, &nnz);
-        release_gather(c);
+        if ((rc = gather(c, 0.0f, &total, err))) return rc;
+        uint32_t *all = collect_candidates(c, &total);
         if (!all) goto nomem;
-        if (nnz == 0) {
-            c->mode = MODE_NONE;
-        } else {
-            uint32_t med = adpq_select_kth_largest(all, nnz, nnz - (nnz - 1) / 2);
-            c->thr = adpq_float_floor((double)adpq_key_to_float(med) * c->lam_c);
+        float thr = 0.0f;
+        if (total > 0) {
+            uint32_t med = adpq_select_kth_largest(all, total, total - (total - 1) / 2);
+            thr = adpq_float_floor((double)adpq_key_to_float(med) * c->lam_c);
         }
         free(all);
+        if (total == 0) {
+            c->mode = MODE_NONE;
+            return ADPQ_OK;
+        }
+        /* the outliers are |w| > thr: exactly the candidates of a pass at thr */
+        if ((rc = gather(c, thr, &total, err))) return rc;
+        c->thr_key = adpq_abs_key(thr) + 1;
         return ADPQ_OK;
     }
 
@@ -397,62 +474,42 @@ static int tensor_threshold(qctx *c, int64_t **quota_out, char *err) {
         free(buf);
     }
     /* 2. collect every |w| above it; if the sample was unlucky, collect every nonzero |w| */
-    for (;;) {
-        c->gather_thr = gthr;
-        for (int64_t t = 0; t < c->nchunks; t++) c->chunks[t].n_keys = 0;
-        if ((rc = run_pass(c, gather_task, err))) return rc;
-        int64_t total = 0;
-        for (int64_t t = 0; t < c->nchunks; t++) total += c->chunks[t].n_keys;
-        if (total >= k || gthr == 0.0f) break;
-        gthr = 0.0f;
-    }
-    c->finite_checked = 1;
-    /* 3. exact selection among the candidates */
-    int64_t total;
-    uint32_t *cand = collect_candidates(c, &total);
-    release_gather(c);
-    if (!cand) goto nomem;
-    if (total < k) { /* (gthr == 0) fewer nonzero weights than k: every nonzero weight is an outlier */
-        c->thr = 0.0f;
-        free(cand);
+    if ((rc = gather(c, gthr, &total, err))) return rc;
+    if (total < k && gthr != 0.0f && (rc = gather(c, 0.0f, &total, err))) return rc;
+    if (total < k) { /* fewer nonzero weights than k: every nonzero weight is an outlier */
+        c->thr_key = 1;
         return ADPQ_OK;
     }
-    uint32_t *sel = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)total);
-    if (!sel) {
-        free(cand);
-        goto nomem;
-    }
-    memcpy(sel, cand, sizeof(uint32_t) * (size_t)total);
-    uint32_t T = adpq_select_kth_largest(sel, total, k);
-    free(sel);
+    /* 3. exact selection among the candidates */
+    uint32_t *cand = collect_candidates(c, &total);
+    if (!cand) goto nomem;
+    uint32_t T = adpq_select_kth_largest(cand, total, k);
     int64_t n_gt = 0, n_eq = 0;
     for (int64_t i = 0; i < total; i++) {
         n_gt += cand[i] > T;
         n_eq += cand[i] == T;
     }
-    if (n_gt + n_eq == k) {
-        c->thr = adpq_key_to_float(T - 1); /* |w| > thr  <=>  key >= T */
-    } else {
+    free(cand);
+    c->thr_key = T;
+    if (n_gt + n_eq > k) {
         /* partial ties: the first k - n_gt weights equal to T, in row-major order */
         int64_t *quota = (int64_t *)calloc((size_t)rows, sizeof(int64_t));
-        if (!quota) {
-            free(cand);
-            goto nomem;
+        if (!quota) goto nomem;
+        int64_t remaining = k - n_gt, r = 0;
+        for (int64_t t = 0; t < c->nchunks; t++) {
+            const uint32_t *keys = c->chunks[t].gkeys;
+            int64_t o = 0, r1 = (t + 1) * c->rows_per_chunk;
+            for (; r < rows && r < r1; r++) {
+                int64_t e = 0;
+                for (int64_t i = 0; i < c->row_cnt[r]; i++) e += keys[o + i] == T;
+                o += c->row_cnt[r];
+                quota[r] = e < remaining ? e : remaining;
+                remaining -= quota[r];
+            }
         }
-        int64_t remaining = k - n_gt, o = 0;
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t e = 0;
-            for (int64_t i = 0; i < c->row_cnt[r]; i++) e += cand[o + i] == T;
-            o += c->row_cnt[r];
-            quota[r] = e < remaining ? e : remaining;
-            remaining -= quota[r];
-        }
-        c->thr = adpq_key_to_float(T);
-        c->thr_key = T;
         c->tie_quota = quota;
         *quota_out = quota;
     }
-    free(cand);
     return ADPQ_OK;
 nomem:
     adpq_set_err(err, "out of memory");
@@ -493,10 +550,24 @@ static int setup(qctx *c, const adpq_matrix *m, const adpq_config *cfg, int64_t 
     for (int i = 0; i < cfg->threads; i++) {
         scratch *s = &c->scr[i];
         s->rowf = (float *)malloc(sizeof(float) * (size_t)cols);
-        s->mask = (uint8_t *)malloc((size_t)cols + 8);
+        s->tmp = (float *)malloc(sizeof(float) * (size_t)g);
+        s->rpos = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)cols);
+        s->mask = (uint8_t *)malloc((size_t)g);
         s->codes = (uint8_t *)malloc((size_t)cols + 8);
         s->keys = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)g);
-        if (!s->rowf || !s->mask || !s->codes || !s->keys) goto nomem;
+        /* one block for the per-group arrays: 2 int64 + 8 float/uint32 per group */
+        const int64_t G = c->lay.groups_per_row;
+        s->gfirst = (int64_t *)malloc((size_t)G * (2 * sizeof(int64_t) + 8 * sizeof(float)));
+        if (!s->rowf || !s->tmp || !s->rpos || !s->mask || !s->codes || !s->keys || !s->gfirst) goto nomem;
+        s->gcnt = s->gfirst + G;
+        s->gmn = (float *)(s->gcnt + G);
+        s->gmx = s->gmn + G;
+        s->omn = s->gmx + G;
+        s->omx = s->omn + G;
+        s->ginv = s->omx + G;
+        s->gz = s->ginv + G;
+        s->gs = (uint32_t *)(s->gz + G);
+        s->gzs = s->gs + G;
     }
     if (cfg->use_lam) c->lam_c = adpq_lam_factor(cfg->lam, cfg->gamma);
     if (cfg->scope == ADPQ_SCOPE_GROUP) {

@@ -32,23 +32,21 @@ void adpq_set_err(char *err, const char *fmt, ...)
  */
 typedef struct {
     const char *name;
-    /* 1 if every value is finite */
-    int (*all_finite)(const float *w, int64_t n);
     /* mask[i] = |w[i]| > t; returns the count */
     int64_t (*mask_gt)(const float *w, int64_t n, float t, uint8_t *mask);
-    /* min and max of w */
-    void (*minmax)(const float *w, int64_t n, float *mn, float *mx);
-    /* min/max of the unmasked (inlier) and masked (outlier) values; empty sets give +inf/-inf */
-    void (*minmax_split)(const float *w, const uint8_t *mask, int64_t n, float *in_mn, float *in_mx,
-                         float *out_mn, float *out_mx);
+    /* min and max of w (n >= 1); with check, returns 0 if a value is NaN or Inf, else 1 */
+    int (*minmax)(const float *w, int64_t n, int check, float *mn, float *mx);
+    /* min and max of the w[i] whose magnitude key is < key_t (none: +inf / -inf); w finite */
+    void (*minmax_below)(const float *w, int64_t n, uint32_t key_t, float *mn, float *mx);
+    /* the quantizer parameters of n groups with inlier ranges [mn[i], mx[i]], as
+     * adpq_group_params: 1/s, z and the stored scale / zero-point bits; ADPQ_ERR_RANGE on overflow */
+    int (*params)(const float *mn, const float *mx, int64_t n, int bits, int qmode, int scale_dtype, float *inv,
+                  float *z, uint32_t *s_stored, uint32_t *z_stored);
     /* codes[i] = clamp(rint(w[i] * inv + z), 0, qmax) */
     void (*codes)(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes);
-    /* as codes, with (inv_o, z_o) where mask[i] != 0 */
-    void (*codes_split)(const float *w, const uint8_t *mask, int64_t n, float inv, float z,
-                        float inv_o, float z_o, int qmax, uint8_t *codes);
-    /* count |w[i]| > t and append the magnitude keys of those to keys; returns the count, or -1
-     * if w holds a NaN or Inf */
-    int64_t (*gather_gt)(const float *w, int64_t n, float t, uint32_t *keys);
+    /* for each i with |w[i]| > t, in order: keys[c] = its magnitude key, pos[c] = i; returns the
+     * count c, or -1 if w holds a NaN or Inf (then keys/pos hold up to n entries of garbage) */
+    int64_t (*gather_gt)(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos);
     /* out[i] = ((float)codes[i] - z) * s */
     void (*dequant)(const uint8_t *codes, int64_t n, float s, float z, float *out);
     /* converts n values of a 16-bit float dtype to float32 */
@@ -59,8 +57,7 @@ typedef struct {
     /* float32 -> float16 bits, round to nearest even, and back */
     uint16_t (*to_f16)(float v);
     float (*from_f16)(uint16_t h);
-    /* number of nonzero bytes of a 0/1 mask, and their positions */
-    int64_t (*count_mask)(const uint8_t *mask, int64_t n);
+    /* positions of the nonzero bytes of a 0/1 mask */
     int64_t (*mask_positions)(const uint8_t *mask, int64_t n, uint32_t *pos);
     /* error sums in double: acc[0] += sum (w-h)^2, acc[1] += sum w^2, acc[2] = max(acc[2], max |w-h|);
      * mm[0..3] = min/max of w, min/max of h, updated */

@@ -113,7 +113,29 @@ void adpq_unpack_codes(const uint8_t *src, int64_t first, int64_t n, int bits, u
 }
 
 void adpq_pack_u32(uint8_t *dst, int64_t first, const uint32_t *vals, int64_t n, int bits) {
-    for (int64_t i = 0; i < n; i++) put_bits(dst, (uint64_t)(first + i) * (uint64_t)bits, vals[i], bits);
+    if (bits > 24 || n == 0) {
+        for (int64_t i = 0; i < n; i++) put_bits(dst, (uint64_t)(first + i) * (uint64_t)bits, vals[i], bits);
+        return;
+    }
+    /* a 64-bit accumulator, flushed 32 bits at a time; it starts with the bits already in the
+     * first byte (values before `first`) and ORs its last partial byte */
+    const uint64_t bitpos = (uint64_t)first * (uint64_t)bits;
+    uint8_t *out = dst + (bitpos >> 3);
+    int nacc = (int)(bitpos & 7);
+    uint64_t acc = out[0] & ((1u << nacc) - 1u);
+    const uint32_t vmask = (1u << bits) - 1u;
+    for (int64_t i = 0; i < n; i++) {
+        acc |= (uint64_t)(vals[i] & vmask) << nacc;
+        nacc += bits;
+        if (nacc >= 32) {
+            uint32_t lo = (uint32_t)acc;
+            memcpy(out, &lo, 4);
+            out += 4;
+            acc >>= 32;
+            nacc -= 32;
+        }
+    }
+    for (; nacc > 0; nacc -= 8, acc >>= 8) *out++ |= (uint8_t)acc;
 }
 
 void adpq_unpack_u32(const uint8_t *src, int64_t first, int64_t n, int bits, uint32_t *vals) {

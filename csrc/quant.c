@@ -88,12 +88,6 @@ float adpq_stored_to_float(uint32_t stored, int dtype) {
 
 /* ---- scalar reference kernels ---- */
 
-static int s_all_finite(const float *w, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        if (!isfinite(w[i])) return 0;
-    return 1;
-}
-
 static int64_t s_mask_gt(const float *w, int64_t n, float t, uint8_t *mask) {
     int64_t c = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -103,9 +97,23 @@ static int64_t s_mask_gt(const float *w, int64_t n, float t, uint8_t *mask) {
     return c;
 }
 
-static void s_minmax(const float *w, int64_t n, float *mn, float *mx) {
+static int s_minmax(const float *w, int64_t n, int check, float *mn, float *mx) {
+    float a = INFINITY, b = -INFINITY;
+    int finite = 1;
+    for (int64_t i = 0; i < n; i++) {
+        finite &= isfinite(w[i]) != 0;
+        a = w[i] < a ? w[i] : a;
+        b = w[i] > b ? w[i] : b;
+    }
+    *mn = a;
+    *mx = b;
+    return !check || finite;
+}
+
+static void s_minmax_below(const float *w, int64_t n, uint32_t key_t, float *mn, float *mx) {
     float a = INFINITY, b = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
+        if (adpq_abs_key(w[i]) >= key_t) continue;
         a = w[i] < a ? w[i] : a;
         b = w[i] > b ? w[i] : b;
     }
@@ -113,22 +121,23 @@ static void s_minmax(const float *w, int64_t n, float *mn, float *mx) {
     *mx = b;
 }
 
-static void s_minmax_split(const float *w, const uint8_t *mask, int64_t n, float *in_mn, float *in_mx,
-                           float *out_mn, float *out_mx) {
-    float a = INFINITY, b = -INFINITY, c = INFINITY, d = -INFINITY;
+/* n groups: adpq_group_params with the kernels K (whose float16 conversion it uses) */
+int adpq_params_loop(const adpq_kernels *K, const float *mn, const float *mx, int64_t n, int bits, int qmode,
+                     int scale_dtype, float *inv, float *z, uint32_t *s_stored, uint32_t *z_stored) {
     for (int64_t i = 0; i < n; i++) {
-        if (mask[i]) {
-            c = w[i] < c ? w[i] : c;
-            d = w[i] > d ? w[i] : d;
-        } else {
-            a = w[i] < a ? w[i] : a;
-            b = w[i] > b ? w[i] : b;
-        }
+        adpq_qparams p;
+        if (adpq_group_params(K, mn[i], mx[i], bits, qmode, scale_dtype, &p)) return ADPQ_ERR_RANGE;
+        inv[i] = p.inv;
+        z[i] = p.z;
+        s_stored[i] = p.s_stored;
+        z_stored[i] = p.z_stored;
     }
-    *in_mn = a;
-    *in_mx = b;
-    *out_mn = c;
-    *out_mx = d;
+    return ADPQ_OK;
+}
+
+static int s_params(const float *mn, const float *mx, int64_t n, int bits, int qmode, int scale_dtype, float *inv,
+                    float *z, uint32_t *s_stored, uint32_t *z_stored) {
+    return adpq_params_loop(&adpq_kernels_scalar, mn, mx, n, bits, qmode, scale_dtype, inv, z, s_stored, z_stored);
 }
 
 static void s_codes(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes) {
@@ -136,25 +145,15 @@ static void s_codes(const float *w, int64_t n, float inv, float z, int qmax, uin
     for (int64_t i = 0; i < n; i++) codes[i] = adpq_code_of(w[i], inv, z, q);
 }
 
-static void s_codes_split(const float *w, const uint8_t *mask, int64_t n, float inv, float z, float inv_o,
-                          float z_o, int qmax, uint8_t *codes) {
-    float q = (float)qmax;
-    for (int64_t i = 0; i < n; i++)
-        codes[i] = mask[i] ? adpq_code_of(w[i], inv_o, z_o, q) : adpq_code_of(w[i], inv, z, q);
-}
-
-static int64_t s_gather_gt(const float *w, int64_t n, float t, uint32_t *keys) {
+static int64_t s_gather_gt(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
     int64_t c = 0;
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(w[i])) return -1;
-        if (fabsf(w[i]) > t) keys[c++] = adpq_abs_key(w[i]);
+        if (fabsf(w[i]) > t) {
+            keys[c] = adpq_abs_key(w[i]);
+            pos[c++] = (uint32_t)i;
+        }
     }
-    return c;
-}
-
-static int64_t s_count_mask(const uint8_t *mask, int64_t n) {
-    int64_t c = 0;
-    for (int64_t i = 0; i < n; i++) c += mask[i];
     return c;
 }
 
@@ -202,7 +201,20 @@ static void s_histogram(const float *x, int64_t n, double lo, double scale, int 
 }
 
 const adpq_kernels adpq_kernels_scalar = {
-    "scalar",      s_all_finite, s_mask_gt,    s_minmax,      s_minmax_split,        s_codes,
-    s_codes_split, s_gather_gt,  s_dequant,    s_f16_to_f32,  s_bf16_to_f32, adpq_pack_body_scalar,
-    adpq_f32_to_f16, adpq_f16_to_f32, s_count_mask, s_mask_positions, s_error_sums, s_histogram,
+    .name = "scalar",
+    .mask_gt = s_mask_gt,
+    .minmax = s_minmax,
+    .minmax_below = s_minmax_below,
+    .params = s_params,
+    .codes = s_codes,
+    .gather_gt = s_gather_gt,
+    .dequant = s_dequant,
+    .f16_to_f32 = s_f16_to_f32,
+    .bf16_to_f32 = s_bf16_to_f32,
+    .pack_body = adpq_pack_body_scalar,
+    .to_f16 = adpq_f32_to_f16,
+    .from_f16 = adpq_f16_to_f32,
+    .mask_positions = s_mask_positions,
+    .error_sums = s_error_sums,
+    .histogram = s_histogram,
 };

@@ -30,6 +30,8 @@ static inline int adpq_qmode(const adpq_config *cfg) {
 int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int qmode, int scale_dtype,
                       adpq_qparams *p);
 float adpq_stored_to_float(uint32_t stored, int dtype);
+int adpq_params_loop(const adpq_kernels *K, const float *mn, const float *mx, int64_t n, int bits, int qmode,
+                     int scale_dtype, float *inv, float *z, uint32_t *s_stored, uint32_t *z_stored);
 int adpq_avx2_supported(void);
 
 

@@ -26,12 +26,6 @@ static void init_mask_bytes(void) {
 
 AVX2 static inline __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
 
-AVX2 static inline __m256 lane_mask(const uint8_t *mask) {
-    __m128i b = _mm_loadl_epi64((const __m128i *)mask);
-    __m256i v = _mm256_cvtepu8_epi32(b);
-    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(v, _mm256_setzero_si256()));
-}
-
 AVX2 static inline void store_codes8(uint8_t *dst, __m256 x) {
     __m256i q = _mm256_cvttps_epi32(x);
     __m128i p16 = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
@@ -43,17 +37,6 @@ AVX2 static inline __m256 quant8(__m256 w, __m256 inv, __m256 z, __m256 qmax) {
     x = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     x = _mm256_max_ps(x, _mm256_setzero_ps());
     return _mm256_min_ps(x, qmax);
-}
-
-AVX2 static int v_all_finite(const float *w, int64_t n) {
-    const __m256 inf = _mm256_set1_ps(INFINITY);
-    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) ok = _mm256_and_ps(ok, _mm256_cmp_ps(abs8(_mm256_loadu_ps(w + i)), inf, _CMP_LT_OQ));
-    if (_mm256_movemask_ps(ok) != 0xff) return 0;
-    for (; i < n; i++)
-        if (!isfinite(w[i])) return 0;
-    return 1;
 }
 
 AVX2 static int64_t v_mask_gt(const float *w, int64_t n, float t, uint8_t *mask) {
@@ -84,17 +67,58 @@ AVX2 static inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(a);
 }
 
-/* Minimum and maximum are exact whatever the order; callers canonicalise -0 to +0. */
-AVX2 static void v_minmax(const float *w, int64_t n, float *mn, float *mx) {
-    __m256 a = _mm256_set1_ps(INFINITY), b = _mm256_set1_ps(-INFINITY);
+/* Minimum and maximum are exact whatever the order; callers canonicalise -0 to +0. A NaN is
+ * remembered by an unordered compare (min/max drop it); an Inf shows in the result. */
+AVX2 static int v_minmax(const float *w, int64_t n, int check, float *mn, float *mx) {
+    __m256 a = _mm256_set1_ps(INFINITY), b = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+    int64_t i = 0;
+    if (check) {
+        for (; i + 8 <= n; i += 8) {
+            __m256 x = _mm256_loadu_ps(w + i);
+            a = _mm256_min_ps(a, x);
+            b = _mm256_max_ps(b, x);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        }
+    } else {
+        for (; i + 16 <= n; i += 16) {
+            __m256 x = _mm256_loadu_ps(w + i), y = _mm256_loadu_ps(w + i + 8);
+            a = _mm256_min_ps(a, _mm256_min_ps(x, y));
+            b = _mm256_max_ps(b, _mm256_max_ps(x, y));
+        }
+        for (; i + 8 <= n; i += 8) {
+            __m256 x = _mm256_loadu_ps(w + i);
+            a = _mm256_min_ps(a, x);
+            b = _mm256_max_ps(b, x);
+        }
+    }
+    float lo = hmin8(a), hi = hmax8(b);
+    int finite = _mm256_movemask_ps(nan) == 0;
+    for (; i < n; i++) {
+        finite &= isfinite(w[i]) != 0;
+        lo = w[i] < lo ? w[i] : lo;
+        hi = w[i] > hi ? w[i] : hi;
+    }
+    *mn = lo;
+    *mx = hi;
+    return !check || (finite && isfinite(lo) && isfinite(hi));
+}
+
+/* The integer compare of magnitude keys selects the lanes below key_t; the others become -+inf. */
+AVX2 static void v_minmax_below(const float *w, int64_t n, uint32_t key_t, float *mn, float *mx) {
+    const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
+    /* key >= key_t <=> key > key_t - 1 (signed; key_t = 0 gives -1: every key) */
+    const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk1 = _mm256_set1_epi32((int)(key_t - 1u));
+    __m256 a = pinf, b = ninf;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 x = _mm256_loadu_ps(w + i);
-        a = _mm256_min_ps(a, x);
-        b = _mm256_max_ps(b, x);
+        __m256 out = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x), absm), tk1));
+        a = _mm256_min_ps(a, _mm256_blendv_ps(x, pinf, out));
+        b = _mm256_max_ps(b, _mm256_blendv_ps(x, ninf, out));
     }
     float lo = hmin8(a), hi = hmax8(b);
     for (; i < n; i++) {
+        if (adpq_abs_key(w[i]) >= key_t) continue;
         lo = w[i] < lo ? w[i] : lo;
         hi = w[i] > hi ? w[i] : hi;
     }
@@ -102,88 +126,123 @@ AVX2 static void v_minmax(const float *w, int64_t n, float *mn, float *mx) {
     *mx = hi;
 }
 
-AVX2 static void v_minmax_split(const float *w, const uint8_t *mask, int64_t n, float *in_mn, float *in_mx,
-                                float *out_mn, float *out_mx) {
-    const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
-    __m256 a = pinf, b = ninf, c = pinf, d = ninf;
+/* 8 float16 conversions at a time; any overflow (exponent all ones) reports ADPQ_ERR_RANGE. */
+AVX2 static inline int f16_overflows(__m128i h) {
+    const __m128i e = _mm_set1_epi16(0x7c00);
+    return !_mm_testz_si128(_mm_cmpeq_epi16(_mm_and_si128(h, e), e), _mm_set1_epi16(-1));
+}
+
+/* adpq_group_params for 8 groups at a time when the scale dtype is float16 (the same float32
+ * operations, and F16C's round-to-nearest-even conversions); other dtypes and the tail: the loop. */
+AVX2 static int v_params(const float *mn, const float *mx, int64_t n, int bits, int qmode, int scale_dtype, float *inv,
+                         float *z, uint32_t *s_stored, uint32_t *z_stored) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(w + i);
-        __m256 m = lane_mask(mask + i);
-        a = _mm256_min_ps(a, _mm256_blendv_ps(x, pinf, m));
-        b = _mm256_max_ps(b, _mm256_blendv_ps(x, ninf, m));
-        c = _mm256_min_ps(c, _mm256_blendv_ps(pinf, x, m));
-        d = _mm256_max_ps(d, _mm256_blendv_ps(ninf, x, m));
-    }
-    float ia = hmin8(a), ib = hmax8(b), oc = hmin8(c), od = hmax8(d);
-    for (; i < n; i++) {
-        if (mask[i]) {
-            oc = w[i] < oc ? w[i] : oc;
-            od = w[i] > od ? w[i] : od;
-        } else {
-            ia = w[i] < ia ? w[i] : ia;
-            ib = w[i] > ib ? w[i] : ib;
+    if (scale_dtype == ADPQ_F16) {
+        const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+        const __m256 half = _mm256_set1_ps((float)(1 << (bits - 1))), qmax = _mm256_set1_ps((float)((1 << bits) - 1));
+        const __m256 pinf = _mm256_set1_ps(INFINITY), zlim = _mm256_set1_ps(1024.0f);
+        const __m128i mag = _mm_set1_epi16(0x7fff), lsb = _mm_set1_epi16(1);
+        for (; i + 8 <= n; i += 8) {
+            __m256 a = _mm256_loadu_ps(mn + i), b = _mm256_loadu_ps(mx + i);
+            __m256 empty = _mm256_cmp_ps(a, b, _CMP_GT_OQ); /* every weight an outlier: [0, 0] */
+            a = _mm256_andnot_ps(empty, a);
+            b = _mm256_andnot_ps(empty, b);
+            __m256 s, zz;
+            if (qmode == ADPQ_Q_SYM) {
+                __m256 vmax = _mm256_blendv_ps(a, b, _mm256_cmp_ps(b, _mm256_xor_ps(a, sign), _CMP_GE_OQ));
+                s = _mm256_div_ps(vmax, _mm256_xor_ps(half, sign));
+                zz = half;
+            } else {
+                __m256 range = _mm256_sub_ps(b, a);
+                if (_mm256_movemask_ps(_mm256_cmp_ps(range, pinf, _CMP_EQ_OQ))) return ADPQ_ERR_RANGE;
+                s = _mm256_div_ps(range, qmax);
+                __m256 s_min = _mm256_div_ps(_mm256_andnot_ps(sign, a), zlim);
+                s = _mm256_blendv_ps(s, s_min, _mm256_cmp_ps(s, s_min, _CMP_LT_OQ));
+                zz = zero;
+            }
+            s = _mm256_blendv_ps(s, one, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+            __m128i hs = _mm256_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT);
+            if (f16_overflows(hs)) return ADPQ_ERR_RANGE;
+            hs = _mm_or_si128(hs, _mm_and_si128(_mm_cmpeq_epi16(_mm_and_si128(hs, mag), _mm_setzero_si128()), lsb));
+            s = _mm256_cvtph_ps(hs);
+            __m256i zst = _mm256_setzero_si256();
+            if (qmode != ADPQ_Q_SYM) {
+                zz = _mm256_div_ps(_mm256_xor_ps(a, sign), s);
+                if (qmode == ADPQ_Q_ASYM_INT_ZERO) zz = _mm256_round_ps(zz, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m128i hz = _mm256_cvtps_ph(zz, _MM_FROUND_TO_NEAREST_INT);
+                if (f16_overflows(hz)) return ADPQ_ERR_RANGE;
+                zz = _mm256_cvtph_ps(hz);
+                zst = _mm256_cvtepu16_epi32(hz);
+            }
+            _mm256_storeu_ps(inv + i, _mm256_div_ps(one, s));
+            _mm256_storeu_ps(z + i, zz);
+            _mm256_storeu_si256((__m256i *)(s_stored + i), _mm256_cvtepu16_epi32(hs));
+            _mm256_storeu_si256((__m256i *)(z_stored + i), zst);
         }
     }
-    *in_mn = ia;
-    *in_mx = ib;
-    *out_mn = oc;
-    *out_mx = od;
+    return adpq_params_loop(&adpq_kernels_avx2, mn + i, mx + i, n - i, bits, qmode, scale_dtype, inv + i, z + i,
+                            s_stored + i, z_stored + i);
+}
+
+/* Eight codes as int32: rounding by the conversion (MXCSR's round-to-nearest-even, as rintf),
+ * clamping to qmax before it and to 0 by the unsigned saturation of the packs that follow. */
+AVX2 static inline __m256i code8i(const float *w, __m256 inv, __m256 z, __m256 qmax) {
+    return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(w), inv), z), qmax));
 }
 
 AVX2 static void v_codes(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes) {
     const __m256 iv = _mm256_set1_ps(inv), zv = _mm256_set1_ps(z), qv = _mm256_set1_ps((float)qmax);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i ab = _mm256_packus_epi32(code8i(w + i, iv, zv, qv), code8i(w + i + 8, iv, zv, qv));
+        __m256i cd = _mm256_packus_epi32(code8i(w + i + 16, iv, zv, qv), code8i(w + i + 24, iv, zv, qv));
+        /* per 128-bit lane: 4 codes of each of the 4 vectors; the permute restores their order */
+        __m256i q = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
+        _mm256_storeu_si256((__m256i *)(codes + i), q);
+    }
     for (; i + 8 <= n; i += 8) store_codes8(codes + i, quant8(_mm256_loadu_ps(w + i), iv, zv, qv));
     for (; i < n; i++) codes[i] = adpq_code_of(w[i], inv, z, (float)qmax);
 }
 
-AVX2 static void v_codes_split(const float *w, const uint8_t *mask, int64_t n, float inv, float z, float inv_o,
-                               float z_o, int qmax, uint8_t *codes) {
-    const __m256 iv = _mm256_set1_ps(inv), zv = _mm256_set1_ps(z), qv = _mm256_set1_ps((float)qmax);
-    const __m256 iov = _mm256_set1_ps(inv_o), zov = _mm256_set1_ps(z_o);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 m = lane_mask(mask + i);
-        store_codes8(codes + i,
-                     quant8(_mm256_loadu_ps(w + i), _mm256_blendv_ps(iv, iov, m), _mm256_blendv_ps(zv, zov, m), qv));
-    }
-    for (; i < n; i++)
-        codes[i] = mask[i] ? adpq_code_of(w[i], inv_o, z_o, (float)qmax) : adpq_code_of(w[i], inv, z, (float)qmax);
-}
-
-AVX2 static int64_t v_gather_gt(const float *w, int64_t n, float t, uint32_t *keys) {
-    const __m256 tv = _mm256_set1_ps(t), inf = _mm256_set1_ps(INFINITY);
-    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+/* Compares magnitude keys as integers (|w| > t <=> key(w) > key(t) for finite values), 32 weights
+ * per step with one branch; the largest key tells whether a NaN or Inf was seen. */
+AVX2 static int64_t v_gather_gt(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
+    const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk = _mm256_set1_epi32((int)adpq_abs_key(t));
+    __m256i kmax = _mm256_setzero_si256();
     int64_t c = 0, i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 a = abs8(_mm256_loadu_ps(w + i));
-        ok = _mm256_and_ps(ok, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));
-        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(a, tv, _CMP_GT_OQ));
+    for (; i + 32 <= n; i += 32) {
+        __m256i k0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i)), absm);
+        __m256i k1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i + 8)), absm);
+        __m256i k2 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i + 16)), absm);
+        __m256i k3 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i + 24)), absm);
+        kmax = _mm256_max_epu32(kmax, _mm256_max_epu32(_mm256_max_epu32(k0, k1), _mm256_max_epu32(k2, k3)));
+        __m256i g0 = _mm256_cmpgt_epi32(k0, tk), g1 = _mm256_cmpgt_epi32(k1, tk);
+        __m256i g2 = _mm256_cmpgt_epi32(k2, tk), g3 = _mm256_cmpgt_epi32(k3, tk);
+        __m256i any = _mm256_or_si256(_mm256_or_si256(g0, g1), _mm256_or_si256(g2, g3));
+        if (_mm256_testz_si256(any, any)) continue;
+        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g0)) |
+                     (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g1)) << 8 |
+                     (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g2)) << 16 |
+                     (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g3)) << 24;
         while (m) {
             int b = __builtin_ctz(m);
-            keys[c++] = adpq_abs_key(w[i + b]);
+            keys[c] = adpq_abs_key(w[i + b]);
+            pos[c++] = (uint32_t)(i + b);
             m &= m - 1;
         }
     }
-    if (_mm256_movemask_ps(ok) != 0xff) return -1;
+    uint32_t km[8];
+    _mm256_storeu_si256((__m256i *)km, kmax);
+    for (int k = 0; k < 8; k++)
+        if (km[k] >= 0x7f800000u) return -1;
     for (; i < n; i++) {
         if (!isfinite(w[i])) return -1;
-        if (fabsf(w[i]) > t) keys[c++] = adpq_abs_key(w[i]);
+        if (fabsf(w[i]) > t) {
+            keys[c] = adpq_abs_key(w[i]);
+            pos[c++] = (uint32_t)i;
+        }
     }
-    return c;
-}
-
-AVX2 static int64_t v_count_mask(const uint8_t *mask, int64_t n) {
-    __m256i acc = _mm256_setzero_si256();
-    int64_t i = 0, c = 0;
-    for (; i + 32 <= n; i += 32)
-        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(mask + i)),
-                                                    _mm256_setzero_si256()));
-    int64_t lanes[4];
-    _mm256_storeu_si256((__m256i *)lanes, acc);
-    c = lanes[0] + lanes[1] + lanes[2] + lanes[3];
-    for (; i < n; i++) c += mask[i];
     return c;
 }
 
@@ -347,9 +406,22 @@ AVX2 static void v_histogram(const float *x, int64_t n, double lo, double scale,
 }
 
 const adpq_kernels adpq_kernels_avx2 = {
-    "avx2",        v_all_finite, v_mask_gt, v_minmax,     v_minmax_split, v_codes,
-    v_codes_split, v_gather_gt,  v_dequant, v_f16_to_f32, v_bf16_to_f32, v_pack_body, v_to_f16,
-    v_from_f16,    v_count_mask, v_mask_positions, v_error_sums, v_histogram,
+    .name = "avx2",
+    .mask_gt = v_mask_gt,
+    .minmax = v_minmax,
+    .minmax_below = v_minmax_below,
+    .params = v_params,
+    .codes = v_codes,
+    .gather_gt = v_gather_gt,
+    .dequant = v_dequant,
+    .f16_to_f32 = v_f16_to_f32,
+    .bf16_to_f32 = v_bf16_to_f32,
+    .pack_body = v_pack_body,
+    .to_f16 = v_to_f16,
+    .from_f16 = v_from_f16,
+    .mask_positions = v_mask_positions,
+    .error_sums = v_error_sums,
+    .histogram = v_histogram,
 };
 
 int adpq_avx2_supported(void) {
