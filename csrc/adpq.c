@@ -170,6 +170,21 @@ static int record_outliers(const float *wg, const uint32_t *gp, int64_t cnt, int
     return ADPQ_OK;
 }
 
+/* Row r's stored scales, zero-points and outlier counts. */
+static void store_group_arrays(qctx *c, int64_t r, const scratch *s) {
+    const int64_t G = c->lay.groups_per_row, g0 = r * G;
+    const int sb = c->lay.scale_bytes, cb = c->lay.count_bytes;
+    if (sb == 2) {
+        uint16_t *sc = (uint16_t *)c->q->scales + g0, *zp = c->cfg->symmetric ? NULL : (uint16_t *)c->q->zeros + g0;
+        for (int64_t j = 0; j < G; j++) sc[j] = (uint16_t)s->gs[j];
+        for (int64_t j = 0; zp && j < G; j++) zp[j] = (uint16_t)s->gzs[j];
+    } else {
+        memcpy((uint32_t *)c->q->scales + g0, s->gs, sizeof(uint32_t) * (size_t)G);
+        if (!c->cfg->symmetric) memcpy((uint32_t *)c->q->zeros + g0, s->gzs, sizeof(uint32_t) * (size_t)G);
+    }
+    for (int64_t j = 0; j < G; j++) adpq_put_count(c->q->outlier_counts, g0 + j, s->gcnt[j], cb);
+}
+
 /* Quantizes row r. keys/cols_of/n: the row's threshold-pass candidates (tensor scope).
  * 1. per group: its outliers (a run of s->rpos) and the min/max of its inliers and outliers;
  * 2. every group's parameters at once; 3. per group: codes, the outliers' records; 4. pack. */
@@ -183,47 +198,53 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint
     const float *w = load_span(c, r, 0, cols, s->rowf);
     const int64_t n_row = row_outliers(c, r, w, s, keys, cols_of, n);
 
-    int64_t k = 0; /* next outlier of the row */
-    for (int64_t j = 0; j < G; j++) {
+    /* each group's run of outliers in s->rpos */
+    for (int64_t j = 0, f = 0; j < G; j++) { /* (a walk: no division per outlier) */
+        const uint32_t end = (uint32_t)((j + 1) * g < cols ? (j + 1) * g : cols);
+        int64_t e = f;
+        while (e < n_row && s->rpos[e] < end) e++;
+        s->gfirst[j] = f;
+        s->gcnt[j] = e - f;
+        f = e;
+    }
+    if (c->mask_out) {
+        uint8_t *dst = c->mask_out + r * cols;
+        memset(dst, 0, (size_t)cols);
+        for (int64_t i = 0; i < n_row; i++) dst[s->rpos[i]] = 1;
+        return ADPQ_OK;
+    }
+    /* 1. inlier (and outlier) ranges: groups without outliers in one call */
+    /* one ordered pass (the prefetcher's stream); tensor scope without partial ties: the outliers
+     * are exactly the weights with key >= thr_key, so the inliers' range is a masked min/max */
+    const uint32_t below = c->mode == MODE_TENSOR && !c->tie_quota ? c->thr_key : 0;
+    if (!K->minmax_groups(w, cols, g, check, n_row ? s->gcnt : NULL, below, s->gmn, s->gmx)) return ADPQ_ERR_NONFINITE;
+    for (int64_t j = 0; n_row && j < G; j++) {
+        const int64_t cnt = s->gcnt[j];
+        if (!cnt) continue;
         const int64_t off = j * g, len = (cols - off) < g ? (cols - off) : g;
         const float *wg = w + off;
-        const uint32_t *gp = s->rpos + k; /* this group's outlier columns */
-        int64_t cnt = 0;
-        while (k + cnt < n_row && gp[cnt] < (uint32_t)(off + len)) cnt++;
-        s->gfirst[j] = k;
-        s->gcnt[j] = cnt;
-        k += cnt;
-        if (c->mask_out) {
-            uint8_t *dst = c->mask_out + r * cols;
-            memset(dst + off, 0, (size_t)len);
-            for (int64_t i = 0; i < cnt; i++) dst[gp[i]] = 1;
-            continue;
-        }
-        float imn = INFINITY, imx = -INFINITY, omn = INFINITY, omx = -INFINITY;
+        const uint32_t *gp = s->rpos + s->gfirst[j];
+        float imn = s->gmn[j], imx = s->gmx[j], omn = INFINITY, omx = -INFINITY;
         int finite = 1;
-        if (cnt == 0) {
-            finite = K->minmax(wg, len, check, &imn, &imx);
-        } else {
-            if (c->mode == MODE_TENSOR && !c->tie_quota) {
-                /* the outliers are exactly the weights with key >= thr_key */
-                K->minmax_below(wg, len, c->thr_key, &imn, &imx);
-            } else {
-                /* min/max of the inliers: the group with each outlier replaced by its first inlier */
-                int64_t first = 0;
-                for (int64_t i = 0; i < cnt && gp[i] - off == (uint32_t)first; i++) first++;
-                if (first < len) {
-                    memcpy(s->tmp, wg, sizeof(float) * (size_t)len);
-                    for (int64_t i = 0; i < cnt; i++) s->tmp[gp[i] - off] = wg[first];
-                    finite = K->minmax(s->tmp, len, check, &imn, &imx);
-                }
+        if (!below) {
+            /* min/max of the inliers: the group with each outlier replaced by its first inlier */
+            int64_t first = 0;
+            imn = INFINITY;
+            imx = -INFINITY;
+            for (int64_t i = 0; i < cnt && gp[i] - off == (uint32_t)first; i++) first++;
+            if (first < len) {
+                memcpy(s->tmp, wg, sizeof(float) * (size_t)len);
+                for (int64_t i = 0; i < cnt; i++) s->tmp[gp[i] - off] = wg[first];
+                finite = K->minmax(s->tmp, len, check, &imn, &imx);
             }
+        }
+        if (check || !fp16) /* (the fp16 format needs no outlier range) */
             for (int64_t i = 0; i < cnt; i++) {
                 float v = w[gp[i]];
                 finite &= isfinite(v) != 0;
                 omn = v < omn ? v : omn;
                 omx = v > omx ? v : omx;
             }
-        }
         if (!finite) return ADPQ_ERR_NONFINITE;
         /* canonical +0: SIMD and scalar min/max may differ in the sign of 0 */
         s->gmn[j] = imn + 0.0f;
@@ -231,39 +252,33 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint
         s->omn[j] = omn + 0.0f;
         s->omx[j] = omx + 0.0f;
     }
-    if (c->mask_out) return ADPQ_OK;
 
+    /* 2. parameters; 3. codes, then the outliers' codes and records */
     if (K->params(s->gmn, s->gmx, G, cfg->bits, qmode, cfg->scale_dtype, s->ginv, s->gz, s->gs, s->gzs))
         goto fail_scale;
-
-    for (int64_t j = 0; j < G; j++) {
-        const int64_t off = j * g, len = (cols - off) < g ? (cols - off) : g, gi = r * G + j, cnt = s->gcnt[j];
+    K->codes_groups(w, cols, g, s->ginv, s->gz, (int)c->qmax, s->codes);
+    for (int64_t j = 0; n_row && j < G; j++) {
+        const int64_t cnt = s->gcnt[j], off = j * g;
+        if (!cnt) continue;
         const float *wg = w + off;
-        uint8_t *codes = s->codes + off;
-        K->codes(wg, len, s->ginv[j], s->gz[j], (int)c->qmax, codes);
-        if (cnt) {
-            const uint32_t *gp = s->rpos + s->gfirst[j];
-            if (!fp16) {
-                /* the outliers' own quantizer; with fp16 they keep the inlier codes, clamped */
-                adpq_qparams pout;
-                if (adpq_group_params(K, s->omn[j], s->omx[j], cfg->bits, qmode, cfg->scale_dtype, &pout))
-                    goto fail_scale;
-                for (int64_t i = 0; i < cnt; i++)
-                    codes[gp[i] - off] = adpq_code_of(w[gp[i]], pout.inv, pout.z, c->qmax);
-                if (grow((void **)&co->osc, &co->cap_osc, co->n_grp + 1, 4) ||
-                    grow((void **)&co->ozp, &co->cap_ozp, co->n_grp + 1, 4))
-                    return ADPQ_ERR_NOMEM;
-                co->osc[co->n_grp] = pout.s_stored;
-                co->ozp[co->n_grp] = pout.z_stored;
-                co->n_grp++;
-            }
-            int rc = record_outliers(wg, gp, cnt, off, fp16, co, r, K->to_f16);
-            if (rc) return rc;
+        const uint32_t *gp = s->rpos + s->gfirst[j];
+        if (!fp16) {
+            /* the outliers' own quantizer; with fp16 they keep the inlier codes, clamped */
+            adpq_qparams pout;
+            if (adpq_group_params(K, s->omn[j], s->omx[j], cfg->bits, qmode, cfg->scale_dtype, &pout))
+                goto fail_scale;
+            for (int64_t i = 0; i < cnt; i++) s->codes[gp[i]] = adpq_code_of(w[gp[i]], pout.inv, pout.z, c->qmax);
+            if (grow((void **)&co->osc, &co->cap_osc, co->n_grp + 1, 4) ||
+                grow((void **)&co->ozp, &co->cap_ozp, co->n_grp + 1, 4))
+                return ADPQ_ERR_NOMEM;
+            co->osc[co->n_grp] = pout.s_stored;
+            co->ozp[co->n_grp] = pout.z_stored;
+            co->n_grp++;
         }
-        adpq_put_stored(c->q->scales, gi, s->gs[j], c->lay.scale_bytes);
-        if (!cfg->symmetric) adpq_put_stored(c->q->zeros, gi, s->gzs[j], c->lay.scale_bytes);
-        adpq_put_count(c->q->outlier_counts, gi, cnt, c->lay.count_bytes);
+        int rc = record_outliers(wg, gp, cnt, off, fp16, co, r, K->to_f16);
+        if (rc) return rc;
     }
+    store_group_arrays(c, r, s);
     adpq_pack_codes(c->q->codes, r * cols, s->codes, cols, cfg->bits);
     return ADPQ_OK;
 fail_scale:

@@ -44,6 +44,13 @@ typedef struct {
                   float *z, uint32_t *s_stored, uint32_t *z_stored);
     /* codes[i] = clamp(rint(w[i] * inv + z), 0, qmax) */
     void (*codes)(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes);
+    /* per group of g (the last one shorter) of w[0..n): min/max (canonical +0) and codes, with
+     * per-group parameters. minmax_groups, for groups j with cnt[j] != 0 (cnt may be NULL): the
+     * min/max below key_t (as minmax_below), or, if key_t == 0, nothing */
+    int (*minmax_groups)(const float *w, int64_t n, int64_t g, int check, const int64_t *cnt, uint32_t key_t,
+                         float *mn, float *mx);
+    void (*codes_groups)(const float *w, int64_t n, int64_t g, const float *inv, const float *z, int qmax,
+                         uint8_t *codes);
     /* for each i with |w[i]| > t, in order: keys[c] = its magnitude key, pos[c] = i; returns the
      * count c, or -1 if w holds a NaN or Inf (then keys/pos hold up to n entries of garbage) */
     int64_t (*gather_gt)(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos);

@@ -40,7 +40,31 @@ static uint32_t radix_kth_largest(const uint32_t *keys, int64_t n, int64_t k) {
     return prefix;
 }
 
+static uint32_t quickselect(uint32_t *keys, int64_t n, int64_t k);
+
 uint32_t adpq_select_kth_largest(uint32_t *keys, int64_t n, int64_t k) {
+    /* large sets: a histogram of the top 16 bits (sign and exponent, 7 bits of mantissa) finds the
+     * bucket of the k-th largest; its keys, moved to the front, are few */
+    enum { BUCKETS = 1 << 15 };
+    uint32_t *hist = n >= 65536 && n < UINT32_MAX ? (uint32_t *)calloc(BUCKETS, sizeof(uint32_t)) : NULL;
+    if (!hist) return quickselect(keys, n, k);
+    for (int64_t i = 0; i < n; i++) hist[keys[i] >> 16]++;
+    int64_t above = 0;
+    uint32_t b = BUCKETS - 1;
+    for (; b > 0 && above + hist[b] < k; b--) above += hist[b];
+    free(hist);
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t v = keys[i];
+        if (v >> 16 == b) {
+            keys[i] = keys[m];
+            keys[m++] = v;
+        }
+    }
+    return quickselect(keys, m, k - above);
+}
+
+static uint32_t quickselect(uint32_t *keys, int64_t n, int64_t k) {
     int64_t lo = 0, hi = n - 1, want = k - 1; /* index in descending order */
     int rounds = 0;
     while (hi > lo) {

@@ -145,6 +145,28 @@ static void s_codes(const float *w, int64_t n, float inv, float z, int qmax, uin
     for (int64_t i = 0; i < n; i++) codes[i] = adpq_code_of(w[i], inv, z, q);
 }
 
+static int s_minmax_groups(const float *w, int64_t n, int64_t g, int check, const int64_t *cnt, uint32_t key_t,
+                           float *mn, float *mx) {
+    int finite = 1;
+    for (int64_t j = 0, off = 0; off < n; j++, off += g) {
+        const int64_t len = n - off < g ? n - off : g;
+        if (cnt && cnt[j]) {
+            if (!key_t) continue;
+            s_minmax_below(w + off, len, key_t, mn + j, mx + j);
+        } else {
+            finite &= s_minmax(w + off, len, check, mn + j, mx + j);
+        }
+        mn[j] += 0.0f; /* canonical +0 */
+        mx[j] += 0.0f;
+    }
+    return finite;
+}
+
+static void s_codes_groups(const float *w, int64_t n, int64_t g, const float *inv, const float *z, int qmax,
+                           uint8_t *codes) {
+    for (int64_t j = 0, off = 0; off < n; j++, off += g) s_codes(w + off, n - off < g ? n - off : g, inv[j], z[j], qmax, codes + off);
+}
+
 static int64_t s_gather_gt(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
     int64_t c = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -207,6 +229,8 @@ const adpq_kernels adpq_kernels_scalar = {
     .minmax_below = s_minmax_below,
     .params = s_params,
     .codes = s_codes,
+    .minmax_groups = s_minmax_groups,
+    .codes_groups = s_codes_groups,
     .gather_gt = s_gather_gt,
     .dequant = s_dequant,
     .f16_to_f32 = s_f16_to_f32,

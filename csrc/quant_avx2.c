@@ -67,34 +67,30 @@ AVX2 static inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(a);
 }
 
-/* Minimum and maximum are exact whatever the order; callers canonicalise -0 to +0. A NaN is
- * remembered by an unordered compare (min/max drop it); an Inf shows in the result. */
-AVX2 static int v_minmax(const float *w, int64_t n, int check, float *mn, float *mx) {
+/* Minimum and maximum are exact whatever the order. With check, a NaN is remembered by an
+ * unordered compare (min/max drop it) and an Inf shows in the result. */
+AVX2 static inline __attribute__((always_inline)) int minmax_span(const float *w, int64_t n, int check, float *mn,
+                                                                  float *mx) {
     __m256 a = _mm256_set1_ps(INFINITY), b = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
     int64_t i = 0;
-    if (check) {
-        for (; i + 8 <= n; i += 8) {
-            __m256 x = _mm256_loadu_ps(w + i);
-            a = _mm256_min_ps(a, x);
-            b = _mm256_max_ps(b, x);
-            nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-        }
-    } else {
-        for (; i + 16 <= n; i += 16) {
-            __m256 x = _mm256_loadu_ps(w + i), y = _mm256_loadu_ps(w + i + 8);
-            a = _mm256_min_ps(a, _mm256_min_ps(x, y));
-            b = _mm256_max_ps(b, _mm256_max_ps(x, y));
-        }
-        for (; i + 8 <= n; i += 8) {
-            __m256 x = _mm256_loadu_ps(w + i);
-            a = _mm256_min_ps(a, x);
-            b = _mm256_max_ps(b, x);
-        }
+    for (; i + 32 <= n; i += 32) {
+        __m256 x0 = _mm256_loadu_ps(w + i), x1 = _mm256_loadu_ps(w + i + 8);
+        __m256 x2 = _mm256_loadu_ps(w + i + 16), x3 = _mm256_loadu_ps(w + i + 24);
+        a = _mm256_min_ps(a, _mm256_min_ps(_mm256_min_ps(x0, x1), _mm256_min_ps(x2, x3)));
+        b = _mm256_max_ps(b, _mm256_max_ps(_mm256_max_ps(x0, x1), _mm256_max_ps(x2, x3)));
+        if (check)
+            nan = _mm256_or_ps(nan, _mm256_or_ps(_mm256_cmp_ps(x0, x1, _CMP_UNORD_Q), _mm256_cmp_ps(x2, x3, _CMP_UNORD_Q)));
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(w + i);
+        a = _mm256_min_ps(a, x);
+        b = _mm256_max_ps(b, x);
+        if (check) nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
     }
     float lo = hmin8(a), hi = hmax8(b);
     int finite = _mm256_movemask_ps(nan) == 0;
     for (; i < n; i++) {
-        finite &= isfinite(w[i]) != 0;
+        if (check) finite &= isfinite(w[i]) != 0;
         lo = w[i] < lo ? w[i] : lo;
         hi = w[i] > hi ? w[i] : hi;
     }
@@ -103,8 +99,13 @@ AVX2 static int v_minmax(const float *w, int64_t n, int check, float *mn, float 
     return !check || (finite && isfinite(lo) && isfinite(hi));
 }
 
+AVX2 static int v_minmax(const float *w, int64_t n, int check, float *mn, float *mx) {
+    return minmax_span(w, n, check, mn, mx);
+}
+
 /* The integer compare of magnitude keys selects the lanes below key_t; the others become -+inf. */
-AVX2 static void v_minmax_below(const float *w, int64_t n, uint32_t key_t, float *mn, float *mx) {
+AVX2 static inline __attribute__((always_inline)) void minmax_below_span(const float *w, int64_t n, uint32_t key_t,
+                                                                         float *mn, float *mx) {
     const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
     /* key >= key_t <=> key > key_t - 1 (signed; key_t = 0 gives -1: every key) */
     const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk1 = _mm256_set1_epi32((int)(key_t - 1u));
@@ -124,6 +125,29 @@ AVX2 static void v_minmax_below(const float *w, int64_t n, uint32_t key_t, float
     }
     *mn = lo;
     *mx = hi;
+}
+
+AVX2 static void v_minmax_below(const float *w, int64_t n, uint32_t key_t, float *mn, float *mx) {
+    minmax_below_span(w, n, key_t, mn, mx);
+}
+
+AVX2 static int v_minmax_groups(const float *w, int64_t n, int64_t g, int check, const int64_t *cnt, uint32_t key_t,
+                                float *mn, float *mx) {
+    int finite = 1;
+    for (int64_t j = 0, off = 0; off < n; j++, off += g) {
+        const int64_t len = n - off < g ? n - off : g;
+        if (cnt && cnt[j]) {
+            if (!key_t) continue;
+            minmax_below_span(w + off, len, key_t, mn + j, mx + j);
+        } else if (check) {
+            finite &= minmax_span(w + off, len, 1, mn + j, mx + j);
+        } else {
+            minmax_span(w + off, len, 0, mn + j, mx + j);
+        }
+        mn[j] += 0.0f; /* canonical +0: SIMD and scalar min/max may differ in the sign of 0 */
+        mx[j] += 0.0f;
+    }
+    return finite;
 }
 
 /* 8 float16 conversions at a time; any overflow (exponent all ones) reports ADPQ_ERR_RANGE. */
@@ -190,7 +214,8 @@ AVX2 static inline __m256i code8i(const float *w, __m256 inv, __m256 z, __m256 q
     return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(w), inv), z), qmax));
 }
 
-AVX2 static void v_codes(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes) {
+AVX2 static inline __attribute__((always_inline)) void codes_span(const float *w, int64_t n, float inv, float z, int qmax,
+                                                                   uint8_t *codes) {
     const __m256 iv = _mm256_set1_ps(inv), zv = _mm256_set1_ps(z), qv = _mm256_set1_ps((float)qmax);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     int64_t i = 0;
@@ -203,6 +228,15 @@ AVX2 static void v_codes(const float *w, int64_t n, float inv, float z, int qmax
     }
     for (; i + 8 <= n; i += 8) store_codes8(codes + i, quant8(_mm256_loadu_ps(w + i), iv, zv, qv));
     for (; i < n; i++) codes[i] = adpq_code_of(w[i], inv, z, (float)qmax);
+}
+
+AVX2 static void v_codes(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes) {
+    codes_span(w, n, inv, z, qmax, codes);
+}
+
+AVX2 static void v_codes_groups(const float *w, int64_t n, int64_t g, const float *inv, const float *z, int qmax,
+                                uint8_t *codes) {
+    for (int64_t j = 0, off = 0; off < n; j++, off += g) codes_span(w + off, n - off < g ? n - off : g, inv[j], z[j], qmax, codes + off);
 }
 
 /* Compares magnitude keys as integers (|w| > t <=> key(w) > key(t) for finite values), 32 weights
@@ -289,45 +323,48 @@ AVX2 static void v_bf16_to_f32(const uint16_t *src, int64_t n, float *dst) {
     for (; i < n; i++) dst[i] = adpq_bf16_to_f32(src[i]);
 }
 
-/* 32 codes per step: fold each 8-byte lane to 8*bits bits (as pack.c's fold8), gather the
- * low bytes of the lanes with a shuffle, store. Each step stores 16 bytes at out and at
- * out + 2*bits, past the 4*bits bytes it owns; the bytes past are rewritten by the next step,
- * and the last steps (where that would pass the n*bits/8 bytes of out) run the scalar body. */
+/* 32 codes per step, combined by multiply-adds: bytes (c0, c1) -> c0 + c1 << b in 16-bit lanes,
+ * pairs of those -> 4 codes in 32-bit lanes (2 and 3 bits), then the bytes that hold the stream
+ * are gathered by a shuffle. 3 bits: each step stores 16 bytes at out and at out + 6, past the 12
+ * bytes it owns; those are rewritten by the next step, and the last steps (where that would pass
+ * the n*3/8 bytes of out) run the scalar body. */
 AVX2 static void v_pack_body(const uint8_t *codes, int64_t n, int bits, uint8_t *out) {
     int64_t k = 0;
     if (bits == 8) {
         memcpy(out, codes, (size_t)n);
         return;
     }
-    __m256i m1, m2, m3, shuf;
-    int s1, s2, s3;
-    if (bits == 2) {
-        m1 = _mm256_set1_epi64x(0x000f000f000f000fll), m2 = _mm256_set1_epi64x(0x000000ff000000ffll),
-        m3 = _mm256_set1_epi64x(0xffffll), s1 = 6, s2 = 12, s3 = 24;
-        shuf = _mm256_setr_epi8(0, 1, 8, 9, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 8, 9, -1, -1, -1,
-                                -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    } else if (bits == 3) {
-        m1 = _mm256_set1_epi64x(0x003f003f003f003fll), m2 = _mm256_set1_epi64x(0x00000fff00000fffll),
-        m3 = _mm256_set1_epi64x(0xffffffll), s1 = 5, s2 = 10, s3 = 20;
-        shuf = _mm256_setr_epi8(0, 1, 2, 8, 9, 10, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2, 8, 9, 10, -1, -1,
-                                -1, -1, -1, -1, -1, -1, -1, -1);
+    if (bits == 4) {
+        const __m256i m = _mm256_set1_epi16(0x1001); /* bytes (1, 16) */
+        for (; k + 32 <= n; k += 32, out += 16) {
+            __m256i p = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(codes + k)), m);
+            p = _mm256_permute4x64_epi64(_mm256_packus_epi16(p, p), 0x08); /* qwords 0 and 2 */
+            _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(p));
+        }
+    } else if (bits == 2) {
+        const __m256i m1 = _mm256_set1_epi16(0x0401), m2 = _mm256_set1_epi32(0x00100001); /* (1, 4), (1, 16) */
+        const __m256i shuf = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8,
+                                              12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        const __m256i gather = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+        for (; k + 32 <= n; k += 32, out += 8) {
+            __m256i p = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(codes + k)), m1);
+            p = _mm256_shuffle_epi8(_mm256_madd_epi16(p, m2), shuf);
+            p = _mm256_permutevar8x32_epi32(p, gather);
+            _mm_storel_epi64((__m128i *)out, _mm256_castsi256_si128(p));
+        }
     } else {
-        m1 = _mm256_set1_epi64x(0x00ff00ff00ff00ffll), m2 = _mm256_set1_epi64x(0x0000ffff0000ffffll),
-        m3 = _mm256_set1_epi64x(0xffffffffll), s1 = 4, s2 = 8, s3 = 16;
-        shuf = _mm256_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2, 3, 8, 9, 10, 11,
-                                -1, -1, -1, -1, -1, -1, -1, -1);
-    }
-    const __m128i c1 = _mm_cvtsi32_si128(s1), c2 = _mm_cvtsi32_si128(s2), c3 = _mm_cvtsi32_si128(s3);
-    /* a step at code k writes bytes [k*bits/8, k*bits/8 + 2*bits + 16) */
-    for (; (n - k) * bits >= 16 * bits + 128; k += 32) {
-        __m256i c = _mm256_loadu_si256((const __m256i *)(codes + k));
-        c = _mm256_and_si256(_mm256_or_si256(c, _mm256_srl_epi64(c, c1)), m1);
-        c = _mm256_and_si256(_mm256_or_si256(c, _mm256_srl_epi64(c, c2)), m2);
-        c = _mm256_and_si256(_mm256_or_si256(c, _mm256_srl_epi64(c, c3)), m3);
-        c = _mm256_shuffle_epi8(c, shuf);
-        _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(c));
-        _mm_storeu_si128((__m128i *)(out + 2 * bits), _mm256_extracti128_si256(c, 1));
-        out += 4 * bits;
+        const __m256i m1 = _mm256_set1_epi16(0x0801), m2 = _mm256_set1_epi32(0x00400001); /* (1, 8), (1, 64) */
+        const __m256i shuf = _mm256_setr_epi8(0, 1, 2, 8, 9, 10, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2, 8,
+                                              9, 10, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        /* a step at code k writes bytes [3k/8, 3k/8 + 22) */
+        for (; (n - k) * 3 >= 16 * 3 + 128; k += 32, out += 12) {
+            __m256i p = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(codes + k)), m1);
+            p = _mm256_madd_epi16(p, m2);                        /* 12 bits in each 32-bit lane */
+            p = _mm256_or_si256(p, _mm256_srli_epi64(p, 20));    /* 24 bits in each 64-bit lane */
+            p = _mm256_shuffle_epi8(p, shuf);
+            _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(p));
+            _mm_storeu_si128((__m128i *)(out + 6), _mm256_extracti128_si256(p, 1));
+        }
     }
     adpq_pack_body_scalar(codes + k, n - k, bits, out);
 }
@@ -412,6 +449,8 @@ const adpq_kernels adpq_kernels_avx2 = {
     .minmax_below = v_minmax_below,
     .params = v_params,
     .codes = v_codes,
+    .minmax_groups = v_minmax_groups,
+    .codes_groups = v_codes_groups,
     .gather_gt = v_gather_gt,
     .dequant = v_dequant,
     .f16_to_f32 = v_f16_to_f32,
