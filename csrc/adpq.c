@@ -125,17 +125,22 @@ static int64_t group_mask(qctx *c, const float *w, int64_t len, uint8_t *mask, u
  * row's candidates (keys, cols: n of them, from the threshold pass) that pass the threshold;
  * group scope: each group's selection. */
 static int64_t row_outliers(qctx *c, int64_t r, const float *w, scratch *s, const uint32_t *keys,
-                            const uint32_t *cols_of, int64_t n) {
+                            const uint32_t *cols_of, int64_t n, uint32_t *below) {
     int64_t m = 0;
+    *below = 0;
     if (c->mode == MODE_TENSOR) {
         const uint32_t T = c->thr_key;
-        int64_t ties = c->tie_quota ? c->tie_quota[r] : INT64_MAX;
+        int64_t quota = c->tie_quota ? c->tie_quota[r] : INT64_MAX, ties = 0, taken = 0;
         for (int64_t i = 0; i < n; i++) {
-            if (keys[i] > T || (keys[i] == T && ties > 0)) {
-                if (keys[i] == T) ties--;
+            if (keys[i] == T) ties++;
+            if (keys[i] > T || (keys[i] == T && taken < quota)) {
+                taken += keys[i] == T;
                 s->rpos[m++] = cols_of[i];
             }
         }
+        /* the row's outliers are exactly key >= T (all its ties taken) or key > T (none): then the
+         * inliers' range is a masked min/max; only the row where the ties are cut needs more */
+        *below = taken == ties ? T : taken == 0 ? T + 1 : 0;
     } else if (c->mode == MODE_GROUP_SOLVE || c->mode == MODE_GROUP_LAM) {
         const int64_t cols = c->m->cols, g = c->lay.group_size;
         for (int64_t off = 0; off < cols; off += g) {
@@ -196,7 +201,8 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint
     const int qmode = adpq_qmode(cfg), fp16 = cfg->outlier_format == ADPQ_OUTLIERS_FP16;
     const int check = c->mode != MODE_TENSOR; /* (tensor scope: the threshold pass has checked) */
     const float *w = load_span(c, r, 0, cols, s->rowf);
-    const int64_t n_row = row_outliers(c, r, w, s, keys, cols_of, n);
+    uint32_t below; /* nonzero: the outliers are exactly the weights with key >= below */
+    const int64_t n_row = row_outliers(c, r, w, s, keys, cols_of, n, &below);
 
     /* each group's run of outliers in s->rpos */
     for (int64_t j = 0, f = 0; j < G; j++) { /* (a walk: no division per outlier) */
@@ -214,9 +220,7 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint
         return ADPQ_OK;
     }
     /* 1. inlier (and outlier) ranges: groups without outliers in one call */
-    /* one ordered pass (the prefetcher's stream); tensor scope without partial ties: the outliers
-     * are exactly the weights with key >= thr_key, so the inliers' range is a masked min/max */
-    const uint32_t below = c->mode == MODE_TENSOR && !c->tie_quota ? c->thr_key : 0;
+    /* one ordered pass (the prefetcher's stream) */
     if (!K->minmax_groups(w, cols, g, check, n_row ? s->gcnt : NULL, below, s->gmn, s->gmx)) return ADPQ_ERR_NONFINITE;
     for (int64_t j = 0; n_row && j < G; j++) {
         const int64_t cnt = s->gcnt[j];
@@ -309,11 +313,16 @@ static int gather_task(void *ctx, int64_t t, int worker) {
     int64_t r0 = t * c->rows_per_chunk, r1 = r0 + c->rows_per_chunk;
     if (r1 > c->m->rows) r1 = c->m->rows;
     for (int64_t r = r0; r < r1; r++) {
-        const float *w = load_span(c, r, 0, cols, c->scr[worker].rowf);
         if (grow((void **)&co->gkeys, &co->cap_keys, co->n_keys + cols, 4) ||
             grow((void **)&co->gcols, &co->cap_gcols, co->n_keys + cols, 4))
             return ADPQ_ERR_NOMEM;
-        int64_t n = c->K->gather_gt(w, cols, c->gather_thr, co->gkeys + co->n_keys, co->gcols + co->n_keys);
+        int64_t n;
+        if (c->m->dtype == ADPQ_BF16) /* bfloat16 keys compare without a conversion */
+            n = c->K->gather_gt_bf16((const uint16_t *)c->m->data + r * c->m->row_stride, cols, c->gather_thr,
+                                     co->gkeys + co->n_keys, co->gcols + co->n_keys);
+        else
+            n = c->K->gather_gt(load_span(c, r, 0, cols, c->scr[worker].rowf), cols, c->gather_thr,
+                                co->gkeys + co->n_keys, co->gcols + co->n_keys);
         if (n < 0) return ADPQ_ERR_NONFINITE;
         c->row_cnt[r] = n;
         co->n_keys += n;

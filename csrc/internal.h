@@ -54,6 +54,8 @@ typedef struct {
     /* for each i with |w[i]| > t, in order: keys[c] = its magnitude key, pos[c] = i; returns the
      * count c, or -1 if w holds a NaN or Inf (then keys/pos hold up to n entries of garbage) */
     int64_t (*gather_gt)(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos);
+    /* the same for bfloat16 values (their keys are the float32 keys of the values) */
+    int64_t (*gather_gt_bf16)(const uint16_t *w, int64_t n, float t, uint32_t *keys, uint32_t *pos);
     /* out[i] = ((float)codes[i] - z) * s */
     void (*dequant)(const uint8_t *codes, int64_t n, float s, float z, float *out);
     /* converts n values of a 16-bit float dtype to float32 */

@@ -179,6 +179,21 @@ static int64_t s_gather_gt(const float *w, int64_t n, float t, uint32_t *keys, u
     return c;
 }
 
+/* |w| > t <=> key32(w) > key32(t) <=> key16(w) > key32(t) >> 16, as key32(w) = key16(w) << 16 */
+static int64_t s_gather_gt_bf16(const uint16_t *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
+    const uint32_t tk = adpq_abs_key(t) >> 16;
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t k = w[i] & 0x7fffu;
+        if (k >= 0x7f80u) return -1;
+        if (k > tk) {
+            keys[c] = k << 16;
+            pos[c++] = (uint32_t)i;
+        }
+    }
+    return c;
+}
+
 static int64_t s_mask_positions(const uint8_t *mask, int64_t n, uint32_t *pos) {
     int64_t c = 0;
     for (int64_t i = 0; i < n; i++)
@@ -232,6 +247,7 @@ const adpq_kernels adpq_kernels_scalar = {
     .minmax_groups = s_minmax_groups,
     .codes_groups = s_codes_groups,
     .gather_gt = s_gather_gt,
+    .gather_gt_bf16 = s_gather_gt_bf16,
     .dequant = s_dequant,
     .f16_to_f32 = s_f16_to_f32,
     .bf16_to_f32 = s_bf16_to_f32,

@@ -156,56 +156,74 @@ AVX2 static inline int f16_overflows(__m128i h) {
     return !_mm_testz_si128(_mm_cmpeq_epi16(_mm_and_si128(h, e), e), _mm_set1_epi16(-1));
 }
 
-/* adpq_group_params for 8 groups at a time when the scale dtype is float16 (the same float32
- * operations, and F16C's round-to-nearest-even conversions); other dtypes and the tail: the loop. */
+/* adpq_group_params for 8 groups when the scale dtype is float16: the same float32 operations,
+ * and F16C's round-to-nearest-even conversions. */
+AVX2 static inline __attribute__((always_inline)) int params8_f16(const float *mn, const float *mx, int bits, int qmode,
+                                                                  float *inv, float *z, uint32_t *s_stored,
+                                                                  uint32_t *z_stored) {
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    const __m256 half = _mm256_set1_ps((float)(1 << (bits - 1))), qmax = _mm256_set1_ps((float)((1 << bits) - 1));
+    const __m128i mag = _mm_set1_epi16(0x7fff), lsb = _mm_set1_epi16(1);
+    __m256 a = _mm256_loadu_ps(mn), b = _mm256_loadu_ps(mx);
+    __m256 empty = _mm256_cmp_ps(a, b, _CMP_GT_OQ); /* every weight an outlier: [0, 0] */
+    a = _mm256_andnot_ps(empty, a);
+    b = _mm256_andnot_ps(empty, b);
+    __m256 s, zz;
+    if (qmode == ADPQ_Q_SYM) {
+        __m256 vmax = _mm256_blendv_ps(a, b, _mm256_cmp_ps(b, _mm256_xor_ps(a, sign), _CMP_GE_OQ));
+        s = _mm256_div_ps(vmax, _mm256_xor_ps(half, sign));
+        zz = half;
+    } else {
+        __m256 range = _mm256_sub_ps(b, a);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(range, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ))) return ADPQ_ERR_RANGE;
+        s = _mm256_div_ps(range, qmax);
+        __m256 s_min = _mm256_div_ps(_mm256_andnot_ps(sign, a), _mm256_set1_ps(1024.0f));
+        s = _mm256_blendv_ps(s, s_min, _mm256_cmp_ps(s, s_min, _CMP_LT_OQ));
+        zz = zero;
+    }
+    s = _mm256_blendv_ps(s, one, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
+    __m128i hs = _mm256_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT);
+    if (f16_overflows(hs)) return ADPQ_ERR_RANGE;
+    hs = _mm_or_si128(hs, _mm_and_si128(_mm_cmpeq_epi16(_mm_and_si128(hs, mag), _mm_setzero_si128()), lsb));
+    s = _mm256_cvtph_ps(hs);
+    __m256i zst = _mm256_setzero_si256();
+    if (qmode != ADPQ_Q_SYM) {
+        zz = _mm256_div_ps(_mm256_xor_ps(a, sign), s);
+        if (qmode == ADPQ_Q_ASYM_INT_ZERO) zz = _mm256_round_ps(zz, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m128i hz = _mm256_cvtps_ph(zz, _MM_FROUND_TO_NEAREST_INT);
+        if (f16_overflows(hz)) return ADPQ_ERR_RANGE;
+        zz = _mm256_cvtph_ps(hz);
+        zst = _mm256_cvtepu16_epi32(hz);
+    }
+    _mm256_storeu_ps(inv, _mm256_div_ps(one, s));
+    _mm256_storeu_ps(z, zz);
+    _mm256_storeu_si256((__m256i *)s_stored, _mm256_cvtepu16_epi32(hs));
+    _mm256_storeu_si256((__m256i *)z_stored, zst);
+    return ADPQ_OK;
+}
+
+/* Float16 scales: 8 groups at a time, the last few padded with [0, 0] groups (always valid);
+ * other dtypes: the scalar loop. */
 AVX2 static int v_params(const float *mn, const float *mx, int64_t n, int bits, int qmode, int scale_dtype, float *inv,
                          float *z, uint32_t *s_stored, uint32_t *z_stored) {
+    if (scale_dtype != ADPQ_F16)
+        return adpq_params_loop(&adpq_kernels_avx2, mn, mx, n, bits, qmode, scale_dtype, inv, z, s_stored, z_stored);
     int64_t i = 0;
-    if (scale_dtype == ADPQ_F16) {
-        const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
-        const __m256 half = _mm256_set1_ps((float)(1 << (bits - 1))), qmax = _mm256_set1_ps((float)((1 << bits) - 1));
-        const __m256 pinf = _mm256_set1_ps(INFINITY), zlim = _mm256_set1_ps(1024.0f);
-        const __m128i mag = _mm_set1_epi16(0x7fff), lsb = _mm_set1_epi16(1);
-        for (; i + 8 <= n; i += 8) {
-            __m256 a = _mm256_loadu_ps(mn + i), b = _mm256_loadu_ps(mx + i);
-            __m256 empty = _mm256_cmp_ps(a, b, _CMP_GT_OQ); /* every weight an outlier: [0, 0] */
-            a = _mm256_andnot_ps(empty, a);
-            b = _mm256_andnot_ps(empty, b);
-            __m256 s, zz;
-            if (qmode == ADPQ_Q_SYM) {
-                __m256 vmax = _mm256_blendv_ps(a, b, _mm256_cmp_ps(b, _mm256_xor_ps(a, sign), _CMP_GE_OQ));
-                s = _mm256_div_ps(vmax, _mm256_xor_ps(half, sign));
-                zz = half;
-            } else {
-                __m256 range = _mm256_sub_ps(b, a);
-                if (_mm256_movemask_ps(_mm256_cmp_ps(range, pinf, _CMP_EQ_OQ))) return ADPQ_ERR_RANGE;
-                s = _mm256_div_ps(range, qmax);
-                __m256 s_min = _mm256_div_ps(_mm256_andnot_ps(sign, a), zlim);
-                s = _mm256_blendv_ps(s, s_min, _mm256_cmp_ps(s, s_min, _CMP_LT_OQ));
-                zz = zero;
-            }
-            s = _mm256_blendv_ps(s, one, _mm256_cmp_ps(s, zero, _CMP_EQ_OQ));
-            __m128i hs = _mm256_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT);
-            if (f16_overflows(hs)) return ADPQ_ERR_RANGE;
-            hs = _mm_or_si128(hs, _mm_and_si128(_mm_cmpeq_epi16(_mm_and_si128(hs, mag), _mm_setzero_si128()), lsb));
-            s = _mm256_cvtph_ps(hs);
-            __m256i zst = _mm256_setzero_si256();
-            if (qmode != ADPQ_Q_SYM) {
-                zz = _mm256_div_ps(_mm256_xor_ps(a, sign), s);
-                if (qmode == ADPQ_Q_ASYM_INT_ZERO) zz = _mm256_round_ps(zz, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                __m128i hz = _mm256_cvtps_ph(zz, _MM_FROUND_TO_NEAREST_INT);
-                if (f16_overflows(hz)) return ADPQ_ERR_RANGE;
-                zz = _mm256_cvtph_ps(hz);
-                zst = _mm256_cvtepu16_epi32(hz);
-            }
-            _mm256_storeu_ps(inv + i, _mm256_div_ps(one, s));
-            _mm256_storeu_ps(z + i, zz);
-            _mm256_storeu_si256((__m256i *)(s_stored + i), _mm256_cvtepu16_epi32(hs));
-            _mm256_storeu_si256((__m256i *)(z_stored + i), zst);
-        }
+    for (; i + 8 <= n; i += 8)
+        if (params8_f16(mn + i, mx + i, bits, qmode, inv + i, z + i, s_stored + i, z_stored + i)) return ADPQ_ERR_RANGE;
+    if (i < n) {
+        float a[8] = {0}, b[8] = {0}, iv[8], zv[8];
+        uint32_t ss[8], zs[8];
+        const size_t rest = (size_t)(n - i);
+        memcpy(a, mn + i, rest * sizeof(float));
+        memcpy(b, mx + i, rest * sizeof(float));
+        if (params8_f16(a, b, bits, qmode, iv, zv, ss, zs)) return ADPQ_ERR_RANGE;
+        memcpy(inv + i, iv, rest * sizeof(float));
+        memcpy(z + i, zv, rest * sizeof(float));
+        memcpy(s_stored + i, ss, rest * sizeof(uint32_t));
+        memcpy(z_stored + i, zs, rest * sizeof(uint32_t));
     }
-    return adpq_params_loop(&adpq_kernels_avx2, mn + i, mx + i, n - i, bits, qmode, scale_dtype, inv + i, z + i,
-                            s_stored + i, z_stored + i);
+    return ADPQ_OK;
 }
 
 /* Eight codes as int32: rounding by the conversion (MXCSR's round-to-nearest-even, as rintf),
@@ -274,6 +292,44 @@ AVX2 static int64_t v_gather_gt(const float *w, int64_t n, float t, uint32_t *ke
         if (!isfinite(w[i])) return -1;
         if (fabsf(w[i]) > t) {
             keys[c] = adpq_abs_key(w[i]);
+            pos[c++] = (uint32_t)i;
+        }
+    }
+    return c;
+}
+
+/* 32 bfloat16 values per step, compared as 16-bit keys (see the scalar twin). */
+AVX2 static int64_t v_gather_gt_bf16(const uint16_t *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
+    const uint32_t tk = adpq_abs_key(t) >> 16;
+    const __m256i absm = _mm256_set1_epi16(0x7fff), tv = _mm256_set1_epi16((short)tk);
+    __m256i kmax = _mm256_setzero_si256();
+    int64_t c = 0, i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i k0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i)), absm);
+        __m256i k1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i + 16)), absm);
+        kmax = _mm256_max_epu16(kmax, _mm256_max_epu16(k0, k1));
+        __m256i g0 = _mm256_cmpgt_epi16(k0, tv), g1 = _mm256_cmpgt_epi16(k1, tv);
+        __m256i any = _mm256_or_si256(g0, g1);
+        if (_mm256_testz_si256(any, any)) continue;
+        /* two mask bits per 16-bit lane: keep the even ones */
+        uint64_t m = (uint64_t)(uint32_t)_mm256_movemask_epi8(g0) | (uint64_t)(uint32_t)_mm256_movemask_epi8(g1) << 32;
+        m &= 0x5555555555555555ull;
+        while (m) {
+            int b = __builtin_ctzll(m) >> 1;
+            keys[c] = (uint32_t)(w[i + b] & 0x7fffu) << 16;
+            pos[c++] = (uint32_t)(i + b);
+            m &= m - 1;
+        }
+    }
+    uint16_t km[16];
+    _mm256_storeu_si256((__m256i *)km, kmax);
+    for (int k = 0; k < 16; k++)
+        if (km[k] >= 0x7f80u) return -1;
+    for (; i < n; i++) {
+        uint32_t k = w[i] & 0x7fffu;
+        if (k >= 0x7f80u) return -1;
+        if (k > tk) {
+            keys[c] = k << 16;
             pos[c++] = (uint32_t)i;
         }
     }
@@ -452,6 +508,7 @@ const adpq_kernels adpq_kernels_avx2 = {
     .minmax_groups = v_minmax_groups,
     .codes_groups = v_codes_groups,
     .gather_gt = v_gather_gt,
+    .gather_gt_bf16 = v_gather_gt_bf16,
     .dequant = v_dequant,
     .f16_to_f32 = v_f16_to_f32,
     .bf16_to_f32 = v_bf16_to_f32,

@@ -275,6 +275,9 @@ def test_non_finite_weights_say_how_many_and_where(value, scope):
         adpq.quantize(w, outlier_scope=scope)
     with pytest.raises(ValueError, match="non-finite"):
         adpq.quantize(w.astype(np.float16), outlier_ratio=0)
+    # bfloat16 rows are scanned without a conversion in the tensor-scope threshold pass
+    with pytest.raises(ValueError, match=r"2 non-finite value\(s\).*row 5, column 17"):
+        adpq.quantize(w.astype(ml_dtypes.bfloat16), outlier_scope=scope)
     with pytest.raises(ValueError, match="non-finite"):
         reference.quantize(w, adpq.QuantConfig())
 

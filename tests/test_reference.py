@@ -159,6 +159,25 @@ def test_scalar_and_avx2_kernels_agree():
         _core.set_kernels("auto")
 
 
+def test_ties_at_the_threshold_on_both_kernels():
+    """bfloat16 weights share magnitudes, so the k-th largest |w| is tied across rows and one row
+    takes only some of its ties: every row kind (all ties, none, cut) against the reference."""
+    kernels = available_kernels()
+    w = make_weights((96, 640), "bfloat16", seed=11)  # large enough for the sampled threshold
+    try:
+        for cfg in (adpq.QuantConfig(outlier_ratio=0.013), adpq.QuantConfig(outlier_ratio=0.021, symmetric=False,
+                                                                          outlier_format="group", group_size=64)):
+            ref = reference.quantize(w, cfg)
+            mags = np.sort(np.abs(w.astype(np.float32)).ravel())[::-1]
+            k = int(np.floor(cfg.outlier_ratio * w.size + 0.5))
+            assert mags[k - 1] == mags[k]  # a tie at the threshold, cut
+            for name in kernels:
+                _core.set_kernels(name)
+                assert_same_arrays(adpq.quantize(w, config=cfg).arrays(), ref)
+    finally:
+        _core.set_kernels("auto")
+
+
 def test_threads_do_not_change_results():
     w = make_weights((203, 333), "float32", seed=9)
     for scope in ("tensor", "group"):

@@ -608,7 +608,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     infos = list(src.tensors.values())
     selected = set(select_tensors(infos, include, exclude))
     inc, exc = _patterns(include), _patterns(exclude)
-    job_cfg = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k != "threads"}  # threads: same output
+    cfg_json_dict = _jsonable(cfg.to_dict())  # every tensor's metadata (qt.config is cfg)
+    job_cfg = {k: v for k, v in cfg_json_dict.items() if k != "threads"}  # threads: same output
     job = {"kind": "quantize", "format": format, "config": job_cfg, "include": inc,
            "exclude": exc, "fake_dtype": fake_dtype, "source": src.fingerprint(),
            "format_version": FORMAT_VERSION, "max_shard_bytes": _parse_size(max_shard_size)}
@@ -641,7 +642,7 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
                     rep.bytes_out = sum(int(a.nbytes) for a in arrays.values())
                     meta[f"adpq:{info.name}"] = json.dumps({
                         "shape": list(info.shape), "dtype": qt.dtype, "arrays": list(arrays),
-                        "config": _jsonable(qt.config.to_dict()), "num_outliers": int(qt.num_outliers)})
+                        "config": cfg_json_dict, "num_outliers": int(qt.num_outliers)})
                     w_hat = qt.dequantize() if compute_metrics else None
                 else:
                     w_out = qt.dequantize(dtype=out_dt if out_dt is not None else "input")
@@ -658,7 +659,9 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
                 rep = TensorReport(info.name, info.shape, info.dtype, False, info.nbytes, int(w.nbytes),
                                    8.0 * w.dtype.itemsize)
             rep.seconds = time.perf_counter() - ts
-            run.add(entries, meta, _jsonable(dict(dataclasses.asdict(rep), shape=list(info.shape))))
+            # (a shallow dict: dataclasses.asdict deep-copies, a cost per tensor that shows on small models)
+            run.add(entries, meta, _jsonable({f.name: getattr(rep, f.name) for f in dataclasses.fields(rep)}
+                                             | {"shape": list(info.shape)}))
             del entries, w
             reports.append(rep)
             bytes_read += info.nbytes
