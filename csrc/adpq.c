@@ -54,6 +54,7 @@ typedef struct {
     double lam_c;            /* explicit lam: threshold in units of the scope's scale */
     float gather_thr;        /* threshold pass: collect keys of |w| > gather_thr */
     int64_t *row_cnt;        /* threshold pass: candidates per row */
+    float *nc_mn, *nc_mx;    /* threshold pass: per group, the range of the non-candidates */
     adpq_qmatrix *q;
     uint8_t *mask_out;
     int64_t rows_per_chunk, nchunks;
@@ -121,26 +122,35 @@ static int64_t group_mask(qctx *c, const float *w, int64_t len, uint8_t *mask, u
     return c->K->mask_gt(w, len, thr, mask);
 }
 
-/* The outlier columns of row r, increasing, into s->rpos; returns their number. Tensor scope: the
- * row's candidates (keys, cols: n of them, from the threshold pass) that pass the threshold;
- * group scope: each group's selection. */
+/* The outlier columns of row r, increasing, into s->rpos; returns their number.
+ * Tensor scope: the row's candidates (keys, cols: n of them, from the threshold pass) that pass the
+ * threshold; the others are inliers, whose values widen their group's range (s->gmn/gmx, which
+ * start as the threshold pass's range of the non-candidates), so no pass over the row is needed.
+ * Group scope: each group's selection. */
 static int64_t row_outliers(qctx *c, int64_t r, const float *w, scratch *s, const uint32_t *keys,
-                            const uint32_t *cols_of, int64_t n, uint32_t *below) {
+                            const uint32_t *cols_of, int64_t n) {
     int64_t m = 0;
-    *below = 0;
     if (c->mode == MODE_TENSOR) {
         const uint32_t T = c->thr_key;
-        int64_t quota = c->tie_quota ? c->tie_quota[r] : INT64_MAX, ties = 0, taken = 0;
+        const int64_t G = c->lay.groups_per_row, g = c->lay.group_size;
+        int64_t quota = c->tie_quota ? c->tie_quota[r] : INT64_MAX, taken = 0, j = 0;
+        uint32_t end = (uint32_t)g; /* of group j */
+        memcpy(s->gmn, c->nc_mn + r * G, sizeof(float) * (size_t)G);
+        memcpy(s->gmx, c->nc_mx + r * G, sizeof(float) * (size_t)G);
         for (int64_t i = 0; i < n; i++) {
-            if (keys[i] == T) ties++;
             if (keys[i] > T || (keys[i] == T && taken < quota)) {
                 taken += keys[i] == T;
                 s->rpos[m++] = cols_of[i];
+                continue;
             }
+            while (cols_of[i] >= end) {
+                j++;
+                end += (uint32_t)g;
+            }
+            float v = w[cols_of[i]];
+            s->gmn[j] = v < s->gmn[j] ? v : s->gmn[j];
+            s->gmx[j] = v > s->gmx[j] ? v : s->gmx[j];
         }
-        /* the row's outliers are exactly key >= T (all its ties taken) or key > T (none): then the
-         * inliers' range is a masked min/max; only the row where the ties are cut needs more */
-        *below = taken == ties ? T : taken == 0 ? T + 1 : 0;
     } else if (c->mode == MODE_GROUP_SOLVE || c->mode == MODE_GROUP_LAM) {
         const int64_t cols = c->m->cols, g = c->lay.group_size;
         for (int64_t off = 0; off < cols; off += g) {
@@ -201,8 +211,7 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint
     const int qmode = adpq_qmode(cfg), fp16 = cfg->outlier_format == ADPQ_OUTLIERS_FP16;
     const int check = c->mode != MODE_TENSOR; /* (tensor scope: the threshold pass has checked) */
     const float *w = load_span(c, r, 0, cols, s->rowf);
-    uint32_t below; /* nonzero: the outliers are exactly the weights with key >= below */
-    const int64_t n_row = row_outliers(c, r, w, s, keys, cols_of, n, &below);
+    const int64_t n_row = row_outliers(c, r, w, s, keys, cols_of, n);
 
     /* each group's run of outliers in s->rpos */
     for (int64_t j = 0, f = 0; j < G; j++) { /* (a walk: no division per outlier) */
@@ -219,9 +228,16 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint
         for (int64_t i = 0; i < n_row; i++) dst[s->rpos[i]] = 1;
         return ADPQ_OK;
     }
-    /* 1. inlier (and outlier) ranges: groups without outliers in one call */
-    /* one ordered pass (the prefetcher's stream) */
-    if (!K->minmax_groups(w, cols, g, check, n_row ? s->gcnt : NULL, below, s->gmn, s->gmx)) return ADPQ_ERR_NONFINITE;
+    /* 1. inlier (and outlier) ranges; tensor scope: row_outliers has them. Group scope: groups
+     * without outliers in one call, then the others */
+    if (!check) {
+        for (int64_t j = 0; j < G; j++) { /* canonical +0 (the candidates' values were merged in) */
+            s->gmn[j] += 0.0f;
+            s->gmx[j] += 0.0f;
+        }
+    } else if (!K->minmax_groups(w, cols, g, 1, n_row ? s->gcnt : NULL, s->gmn, s->gmx)) {
+        return ADPQ_ERR_NONFINITE;
+    }
     for (int64_t j = 0; n_row && j < G; j++) {
         const int64_t cnt = s->gcnt[j];
         if (!cnt) continue;
@@ -230,7 +246,7 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint
         const uint32_t *gp = s->rpos + s->gfirst[j];
         float imn = s->gmn[j], imx = s->gmx[j], omn = INFINITY, omx = -INFINITY;
         int finite = 1;
-        if (!below) {
+        if (check) {
             /* min/max of the inliers: the group with each outlier replaced by its first inlier */
             int64_t first = 0;
             imn = INFINITY;
@@ -307,22 +323,21 @@ static int quant_task(void *ctx, int64_t t, int worker) {
 
 /* threshold pass: candidates |w| > gather_thr (keys and columns), per row counts */
 static int gather_task(void *ctx, int64_t t, int worker) {
+    (void)worker; /* (reads rows in place: no scratch) */
     qctx *c = (qctx *)ctx;
     chunk_out *co = &c->chunks[t];
     const int64_t cols = c->m->cols;
     int64_t r0 = t * c->rows_per_chunk, r1 = r0 + c->rows_per_chunk;
     if (r1 > c->m->rows) r1 = c->m->rows;
+    const int64_t G = c->lay.groups_per_row;
     for (int64_t r = r0; r < r1; r++) {
         if (grow((void **)&co->gkeys, &co->cap_keys, co->n_keys + cols, 4) ||
             grow((void **)&co->gcols, &co->cap_gcols, co->n_keys + cols, 4))
             return ADPQ_ERR_NOMEM;
-        int64_t n;
-        if (c->m->dtype == ADPQ_BF16) /* bfloat16 keys compare without a conversion */
-            n = c->K->gather_gt_bf16((const uint16_t *)c->m->data + r * c->m->row_stride, cols, c->gather_thr,
-                                     co->gkeys + co->n_keys, co->gcols + co->n_keys);
-        else
-            n = c->K->gather_gt(load_span(c, r, 0, cols, c->scr[worker].rowf), cols, c->gather_thr,
-                                co->gkeys + co->n_keys, co->gcols + co->n_keys);
+        const size_t isz = c->m->dtype == ADPQ_F32 ? 4 : 2;
+        const void *w = (const char *)c->m->data + (size_t)(r * c->m->row_stride) * isz;
+        int64_t n = c->K->gather_groups(w, c->m->dtype, cols, c->lay.group_size, c->gather_thr, co->gkeys + co->n_keys,
+                                        co->gcols + co->n_keys, c->nc_mn + r * G, c->nc_mx + r * G);
         if (n < 0) return ADPQ_ERR_NONFINITE;
         c->row_cnt[r] = n;
         co->n_keys += n;
@@ -452,7 +467,9 @@ static int tensor_threshold(qctx *c, int64_t **quota_out, char *err) {
     int64_t total;
     int rc;
     c->row_cnt = (int64_t *)calloc((size_t)rows, sizeof(int64_t));
-    if (!c->row_cnt) goto nomem;
+    c->nc_mn = (float *)malloc(sizeof(float) * 2 * (size_t)c->lay.num_groups);
+    if (!c->row_cnt || !c->nc_mn) goto nomem;
+    c->nc_mx = c->nc_mn + c->lay.num_groups;
 
     if (cfg->use_lam) {
         /* lower median of the nonzero |w| of the whole matrix: collect them all */
@@ -618,6 +635,7 @@ nomem:
 static void teardown(qctx *c, int64_t *quota) {
     free(quota);
     free(c->row_cnt);
+    free(c->nc_mn);
     free_chunks(c);
 }
 

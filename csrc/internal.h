@@ -36,26 +36,23 @@ typedef struct {
     int64_t (*mask_gt)(const float *w, int64_t n, float t, uint8_t *mask);
     /* min and max of w (n >= 1); with check, returns 0 if a value is NaN or Inf, else 1 */
     int (*minmax)(const float *w, int64_t n, int check, float *mn, float *mx);
-    /* min and max of the w[i] whose magnitude key is < key_t (none: +inf / -inf); w finite */
-    void (*minmax_below)(const float *w, int64_t n, uint32_t key_t, float *mn, float *mx);
     /* the quantizer parameters of n groups with inlier ranges [mn[i], mx[i]], as
      * adpq_group_params: 1/s, z and the stored scale / zero-point bits; ADPQ_ERR_RANGE on overflow */
     int (*params)(const float *mn, const float *mx, int64_t n, int bits, int qmode, int scale_dtype, float *inv,
                   float *z, uint32_t *s_stored, uint32_t *z_stored);
     /* codes[i] = clamp(rint(w[i] * inv + z), 0, qmax) */
     void (*codes)(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes);
-    /* per group of g (the last one shorter) of w[0..n): min/max (canonical +0) and codes, with
-     * per-group parameters. minmax_groups, for groups j with cnt[j] != 0 (cnt may be NULL): the
-     * min/max below key_t (as minmax_below), or, if key_t == 0, nothing */
-    int (*minmax_groups)(const float *w, int64_t n, int64_t g, int check, const int64_t *cnt, uint32_t key_t,
-                         float *mn, float *mx);
+    /* per group of g (the last one shorter) of w[0..n): min/max (canonical +0; groups j with
+     * skip && skip[j] are left alone) and codes, with per-group parameters */
+    int (*minmax_groups)(const float *w, int64_t n, int64_t g, int check, const int64_t *skip, float *mn, float *mx);
     void (*codes_groups)(const float *w, int64_t n, int64_t g, const float *inv, const float *z, int qmax,
                          uint8_t *codes);
-    /* for each i with |w[i]| > t, in order: keys[c] = its magnitude key, pos[c] = i; returns the
-     * count c, or -1 if w holds a NaN or Inf (then keys/pos hold up to n entries of garbage) */
-    int64_t (*gather_gt)(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos);
-    /* the same for bfloat16 values (their keys are the float32 keys of the values) */
-    int64_t (*gather_gt_bf16)(const uint16_t *w, int64_t n, float t, uint32_t *keys, uint32_t *pos);
+    /* The threshold pass over one row w[0..n) of `dtype` (ADPQ_F32/F16/BF16): for each i with
+     * |w[i]| > t, in order, keys[c] = its magnitude key and pos[c] = i (the candidates); for each
+     * group of g (the last one shorter), mn[j]/mx[j] = min/max of its other weights (canonical +0;
+     * +inf/-inf when there are none). Returns c, or -1 if w holds a NaN or Inf. */
+    int64_t (*gather_groups)(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *keys, uint32_t *pos,
+                             float *mn, float *mx);
     /* out[i] = ((float)codes[i] - z) * s */
     void (*dequant)(const uint8_t *codes, int64_t n, float s, float z, float *out);
     /* converts n values of a 16-bit float dtype to float32 */

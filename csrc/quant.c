@@ -110,17 +110,6 @@ static int s_minmax(const float *w, int64_t n, int check, float *mn, float *mx) 
     return !check || finite;
 }
 
-static void s_minmax_below(const float *w, int64_t n, uint32_t key_t, float *mn, float *mx) {
-    float a = INFINITY, b = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        if (adpq_abs_key(w[i]) >= key_t) continue;
-        a = w[i] < a ? w[i] : a;
-        b = w[i] > b ? w[i] : b;
-    }
-    *mn = a;
-    *mx = b;
-}
-
 /* n groups: adpq_group_params with the kernels K (whose float16 conversion it uses) */
 int adpq_params_loop(const adpq_kernels *K, const float *mn, const float *mx, int64_t n, int bits, int qmode,
                      int scale_dtype, float *inv, float *z, uint32_t *s_stored, uint32_t *z_stored) {
@@ -145,17 +134,12 @@ static void s_codes(const float *w, int64_t n, float inv, float z, int qmax, uin
     for (int64_t i = 0; i < n; i++) codes[i] = adpq_code_of(w[i], inv, z, q);
 }
 
-static int s_minmax_groups(const float *w, int64_t n, int64_t g, int check, const int64_t *cnt, uint32_t key_t,
-                           float *mn, float *mx) {
+static int s_minmax_groups(const float *w, int64_t n, int64_t g, int check, const int64_t *skip, float *mn,
+                           float *mx) {
     int finite = 1;
     for (int64_t j = 0, off = 0; off < n; j++, off += g) {
-        const int64_t len = n - off < g ? n - off : g;
-        if (cnt && cnt[j]) {
-            if (!key_t) continue;
-            s_minmax_below(w + off, len, key_t, mn + j, mx + j);
-        } else {
-            finite &= s_minmax(w + off, len, check, mn + j, mx + j);
-        }
+        if (skip && skip[j]) continue;
+        finite &= s_minmax(w + off, n - off < g ? n - off : g, check, mn + j, mx + j);
         mn[j] += 0.0f; /* canonical +0 */
         mx[j] += 0.0f;
     }
@@ -167,29 +151,30 @@ static void s_codes_groups(const float *w, int64_t n, int64_t g, const float *in
     for (int64_t j = 0, off = 0; off < n; j++, off += g) s_codes(w + off, n - off < g ? n - off : g, inv[j], z[j], qmax, codes + off);
 }
 
-static int64_t s_gather_gt(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
-    int64_t c = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(w[i])) return -1;
-        if (fabsf(w[i]) > t) {
-            keys[c] = adpq_abs_key(w[i]);
-            pos[c++] = (uint32_t)i;
-        }
-    }
-    return c;
+static inline float value_of(const void *w, int dtype, int64_t i) {
+    if (dtype == ADPQ_F32) return ((const float *)w)[i];
+    uint16_t h = ((const uint16_t *)w)[i];
+    return dtype == ADPQ_BF16 ? adpq_bf16_to_f32(h) : adpq_f16_to_f32(h);
 }
 
-/* |w| > t <=> key32(w) > key32(t) <=> key16(w) > key32(t) >> 16, as key32(w) = key16(w) << 16 */
-static int64_t s_gather_gt_bf16(const uint16_t *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
-    const uint32_t tk = adpq_abs_key(t) >> 16;
+static int64_t s_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *keys, uint32_t *pos,
+                               float *mn, float *mx) {
     int64_t c = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t k = w[i] & 0x7fffu;
-        if (k >= 0x7f80u) return -1;
-        if (k > tk) {
-            keys[c] = k << 16;
-            pos[c++] = (uint32_t)i;
+    for (int64_t j = 0, off = 0; off < n; j++, off += g) {
+        float a = INFINITY, b = -INFINITY;
+        for (int64_t i = off; i < n && i < off + g; i++) {
+            float v = value_of(w, dtype, i);
+            if (!isfinite(v)) return -1;
+            if (fabsf(v) > t) {
+                keys[c] = adpq_abs_key(v);
+                pos[c++] = (uint32_t)i;
+            } else {
+                a = v < a ? v : a;
+                b = v > b ? v : b;
+            }
         }
+        mn[j] = a + 0.0f;
+        mx[j] = b + 0.0f;
     }
     return c;
 }
@@ -241,13 +226,11 @@ const adpq_kernels adpq_kernels_scalar = {
     .name = "scalar",
     .mask_gt = s_mask_gt,
     .minmax = s_minmax,
-    .minmax_below = s_minmax_below,
     .params = s_params,
     .codes = s_codes,
     .minmax_groups = s_minmax_groups,
     .codes_groups = s_codes_groups,
-    .gather_gt = s_gather_gt,
-    .gather_gt_bf16 = s_gather_gt_bf16,
+    .gather_groups = s_gather_groups,
     .dequant = s_dequant,
     .f16_to_f32 = s_f16_to_f32,
     .bf16_to_f32 = s_bf16_to_f32,

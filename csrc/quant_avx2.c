@@ -103,51 +103,118 @@ AVX2 static int v_minmax(const float *w, int64_t n, int check, float *mn, float 
     return minmax_span(w, n, check, mn, mx);
 }
 
-/* The integer compare of magnitude keys selects the lanes below key_t; the others become -+inf. */
-AVX2 static inline __attribute__((always_inline)) void minmax_below_span(const float *w, int64_t n, uint32_t key_t,
-                                                                         float *mn, float *mx) {
-    const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
-    /* key >= key_t <=> key > key_t - 1 (signed; key_t = 0 gives -1: every key) */
-    const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk1 = _mm256_set1_epi32((int)(key_t - 1u));
-    __m256 a = pinf, b = ninf;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(w + i);
-        __m256 out = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x), absm), tk1));
-        a = _mm256_min_ps(a, _mm256_blendv_ps(x, pinf, out));
-        b = _mm256_max_ps(b, _mm256_blendv_ps(x, ninf, out));
-    }
-    float lo = hmin8(a), hi = hmax8(b);
-    for (; i < n; i++) {
-        if (adpq_abs_key(w[i]) >= key_t) continue;
-        lo = w[i] < lo ? w[i] : lo;
-        hi = w[i] > hi ? w[i] : hi;
-    }
-    *mn = lo;
-    *mx = hi;
-}
-
-AVX2 static void v_minmax_below(const float *w, int64_t n, uint32_t key_t, float *mn, float *mx) {
-    minmax_below_span(w, n, key_t, mn, mx);
-}
-
-AVX2 static int v_minmax_groups(const float *w, int64_t n, int64_t g, int check, const int64_t *cnt, uint32_t key_t,
-                                float *mn, float *mx) {
+AVX2 static int v_minmax_groups(const float *w, int64_t n, int64_t g, int check, const int64_t *skip, float *mn,
+                                float *mx) {
     int finite = 1;
     for (int64_t j = 0, off = 0; off < n; j++, off += g) {
         const int64_t len = n - off < g ? n - off : g;
-        if (cnt && cnt[j]) {
-            if (!key_t) continue;
-            minmax_below_span(w + off, len, key_t, mn + j, mx + j);
-        } else if (check) {
+        if (skip && skip[j]) continue;
+        if (check)
             finite &= minmax_span(w + off, len, 1, mn + j, mx + j);
-        } else {
+        else
             minmax_span(w + off, len, 0, mn + j, mx + j);
-        }
         mn[j] += 0.0f; /* canonical +0: SIMD and scalar min/max may differ in the sign of 0 */
         mx[j] += 0.0f;
     }
     return finite;
+}
+
+/* 8 values of a row as float32 */
+AVX2 static inline __attribute__((always_inline)) __m256 load8(const void *w, int dtype, int64_t i) {
+    if (dtype == ADPQ_F32) return _mm256_loadu_ps((const float *)w + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+    if (dtype == ADPQ_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+AVX2 static inline float load1(const void *w, int dtype, int64_t i) {
+    if (dtype == ADPQ_F32) return ((const float *)w)[i];
+    uint16_t h = ((const uint16_t *)w)[i];
+    return dtype == ADPQ_BF16 ? adpq_bf16_to_f32(h) : adpq_f16_to_f32(h);
+}
+
+/* Magnitude keys compare as integers (|w| > t <=> key(w) > key(t) for finite values); the lanes
+ * above t are blended out of the group's min/max; the largest key tells whether a NaN or Inf was
+ * seen. 16 weights per step with one branch for the candidates. */
+AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const void *w, const int dtype, int64_t n,
+                                                                          int64_t g, float t, uint32_t *keys,
+                                                                          uint32_t *pos, float *mn, float *mx) {
+    const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk = _mm256_set1_epi32((int)adpq_abs_key(t));
+    const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
+    __m256i kmax = _mm256_setzero_si256();
+    int64_t c = 0;
+    uint32_t kbuf[16];
+    for (int64_t j = 0, off = 0; off < n; j++, off += g) {
+        const int64_t end = n - off < g ? n : off + g;
+        __m256 a = pinf, b = ninf;
+        int64_t i = off;
+        for (; i + 16 <= end; i += 16) {
+            __m256 x0 = load8(w, dtype, i), x1 = load8(w, dtype, i + 8);
+            __m256i k0 = _mm256_and_si256(_mm256_castps_si256(x0), absm);
+            __m256i k1 = _mm256_and_si256(_mm256_castps_si256(x1), absm);
+            kmax = _mm256_max_epu32(kmax, _mm256_max_epu32(k0, k1));
+            __m256i g0 = _mm256_cmpgt_epi32(k0, tk), g1 = _mm256_cmpgt_epi32(k1, tk);
+            a = _mm256_min_ps(a, _mm256_min_ps(_mm256_blendv_ps(x0, pinf, _mm256_castsi256_ps(g0)),
+                                               _mm256_blendv_ps(x1, pinf, _mm256_castsi256_ps(g1))));
+            b = _mm256_max_ps(b, _mm256_max_ps(_mm256_blendv_ps(x0, ninf, _mm256_castsi256_ps(g0)),
+                                               _mm256_blendv_ps(x1, ninf, _mm256_castsi256_ps(g1))));
+            __m256i any = _mm256_or_si256(g0, g1);
+            if (_mm256_testz_si256(any, any)) continue;
+            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g0)) |
+                         (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g1)) << 8;
+            _mm256_storeu_si256((__m256i *)kbuf, k0);
+            _mm256_storeu_si256((__m256i *)(kbuf + 8), k1);
+            while (m) {
+                int bit = __builtin_ctz(m);
+                keys[c] = kbuf[bit];
+                pos[c++] = (uint32_t)(i + bit);
+                m &= m - 1;
+            }
+        }
+        for (; i + 8 <= end; i += 8) {
+            __m256 x = load8(w, dtype, i);
+            __m256i k = _mm256_and_si256(_mm256_castps_si256(x), absm);
+            kmax = _mm256_max_epu32(kmax, k);
+            __m256i gt = _mm256_cmpgt_epi32(k, tk);
+            a = _mm256_min_ps(a, _mm256_blendv_ps(x, pinf, _mm256_castsi256_ps(gt)));
+            b = _mm256_max_ps(b, _mm256_blendv_ps(x, ninf, _mm256_castsi256_ps(gt)));
+            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(gt));
+            if (!m) continue;
+            _mm256_storeu_si256((__m256i *)kbuf, k);
+            while (m) {
+                int bit = __builtin_ctz(m);
+                keys[c] = kbuf[bit];
+                pos[c++] = (uint32_t)(i + bit);
+                m &= m - 1;
+            }
+        }
+        float lo = hmin8(a), hi = hmax8(b);
+        for (; i < end; i++) {
+            float v = load1(w, dtype, i);
+            if (!isfinite(v)) return -1;
+            if (fabsf(v) > t) {
+                keys[c] = adpq_abs_key(v);
+                pos[c++] = (uint32_t)i;
+            } else {
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+            }
+        }
+        mn[j] = lo + 0.0f;
+        mx[j] = hi + 0.0f;
+    }
+    uint32_t km[8];
+    _mm256_storeu_si256((__m256i *)km, kmax);
+    for (int k = 0; k < 8; k++)
+        if (km[k] >= 0x7f800000u) return -1;
+    return c;
+}
+
+AVX2 static int64_t v_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *keys,
+                                    uint32_t *pos, float *mn, float *mx) {
+    /* one instance per dtype, so that the loads are resolved at compile time */
+    if (dtype == ADPQ_F32) return gather_groups_t(w, ADPQ_F32, n, g, t, keys, pos, mn, mx);
+    if (dtype == ADPQ_BF16) return gather_groups_t(w, ADPQ_BF16, n, g, t, keys, pos, mn, mx);
+    return gather_groups_t(w, ADPQ_F16, n, g, t, keys, pos, mn, mx);
 }
 
 /* 8 float16 conversions at a time; any overflow (exponent all ones) reports ADPQ_ERR_RANGE. */
@@ -255,85 +322,6 @@ AVX2 static void v_codes(const float *w, int64_t n, float inv, float z, int qmax
 AVX2 static void v_codes_groups(const float *w, int64_t n, int64_t g, const float *inv, const float *z, int qmax,
                                 uint8_t *codes) {
     for (int64_t j = 0, off = 0; off < n; j++, off += g) codes_span(w + off, n - off < g ? n - off : g, inv[j], z[j], qmax, codes + off);
-}
-
-/* Compares magnitude keys as integers (|w| > t <=> key(w) > key(t) for finite values), 32 weights
- * per step with one branch; the largest key tells whether a NaN or Inf was seen. */
-AVX2 static int64_t v_gather_gt(const float *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
-    const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk = _mm256_set1_epi32((int)adpq_abs_key(t));
-    __m256i kmax = _mm256_setzero_si256();
-    int64_t c = 0, i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m256i k0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i)), absm);
-        __m256i k1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i + 8)), absm);
-        __m256i k2 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i + 16)), absm);
-        __m256i k3 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i + 24)), absm);
-        kmax = _mm256_max_epu32(kmax, _mm256_max_epu32(_mm256_max_epu32(k0, k1), _mm256_max_epu32(k2, k3)));
-        __m256i g0 = _mm256_cmpgt_epi32(k0, tk), g1 = _mm256_cmpgt_epi32(k1, tk);
-        __m256i g2 = _mm256_cmpgt_epi32(k2, tk), g3 = _mm256_cmpgt_epi32(k3, tk);
-        __m256i any = _mm256_or_si256(_mm256_or_si256(g0, g1), _mm256_or_si256(g2, g3));
-        if (_mm256_testz_si256(any, any)) continue;
-        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g0)) |
-                     (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g1)) << 8 |
-                     (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g2)) << 16 |
-                     (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g3)) << 24;
-        while (m) {
-            int b = __builtin_ctz(m);
-            keys[c] = adpq_abs_key(w[i + b]);
-            pos[c++] = (uint32_t)(i + b);
-            m &= m - 1;
-        }
-    }
-    uint32_t km[8];
-    _mm256_storeu_si256((__m256i *)km, kmax);
-    for (int k = 0; k < 8; k++)
-        if (km[k] >= 0x7f800000u) return -1;
-    for (; i < n; i++) {
-        if (!isfinite(w[i])) return -1;
-        if (fabsf(w[i]) > t) {
-            keys[c] = adpq_abs_key(w[i]);
-            pos[c++] = (uint32_t)i;
-        }
-    }
-    return c;
-}
-
-/* 32 bfloat16 values per step, compared as 16-bit keys (see the scalar twin). */
-AVX2 static int64_t v_gather_gt_bf16(const uint16_t *w, int64_t n, float t, uint32_t *keys, uint32_t *pos) {
-    const uint32_t tk = adpq_abs_key(t) >> 16;
-    const __m256i absm = _mm256_set1_epi16(0x7fff), tv = _mm256_set1_epi16((short)tk);
-    __m256i kmax = _mm256_setzero_si256();
-    int64_t c = 0, i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m256i k0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i)), absm);
-        __m256i k1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(w + i + 16)), absm);
-        kmax = _mm256_max_epu16(kmax, _mm256_max_epu16(k0, k1));
-        __m256i g0 = _mm256_cmpgt_epi16(k0, tv), g1 = _mm256_cmpgt_epi16(k1, tv);
-        __m256i any = _mm256_or_si256(g0, g1);
-        if (_mm256_testz_si256(any, any)) continue;
-        /* two mask bits per 16-bit lane: keep the even ones */
-        uint64_t m = (uint64_t)(uint32_t)_mm256_movemask_epi8(g0) | (uint64_t)(uint32_t)_mm256_movemask_epi8(g1) << 32;
-        m &= 0x5555555555555555ull;
-        while (m) {
-            int b = __builtin_ctzll(m) >> 1;
-            keys[c] = (uint32_t)(w[i + b] & 0x7fffu) << 16;
-            pos[c++] = (uint32_t)(i + b);
-            m &= m - 1;
-        }
-    }
-    uint16_t km[16];
-    _mm256_storeu_si256((__m256i *)km, kmax);
-    for (int k = 0; k < 16; k++)
-        if (km[k] >= 0x7f80u) return -1;
-    for (; i < n; i++) {
-        uint32_t k = w[i] & 0x7fffu;
-        if (k >= 0x7f80u) return -1;
-        if (k > tk) {
-            keys[c] = k << 16;
-            pos[c++] = (uint32_t)i;
-        }
-    }
-    return c;
 }
 
 AVX2 static int64_t v_mask_positions(const uint8_t *mask, int64_t n, uint32_t *pos) {
@@ -502,13 +490,11 @@ const adpq_kernels adpq_kernels_avx2 = {
     .name = "avx2",
     .mask_gt = v_mask_gt,
     .minmax = v_minmax,
-    .minmax_below = v_minmax_below,
     .params = v_params,
     .codes = v_codes,
     .minmax_groups = v_minmax_groups,
     .codes_groups = v_codes_groups,
-    .gather_gt = v_gather_gt,
-    .gather_gt_bf16 = v_gather_gt_bf16,
+    .gather_groups = v_gather_groups,
     .dequant = v_dequant,
     .f16_to_f32 = v_f16_to_f32,
     .bf16_to_f32 = v_bf16_to_f32,
