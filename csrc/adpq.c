@@ -330,6 +330,10 @@ static int gather_task(void *ctx, int64_t t, int worker) {
     int64_t r0 = t * c->rows_per_chunk, r1 = r0 + c->rows_per_chunk;
     if (r1 > c->m->rows) r1 = c->m->rows;
     const int64_t G = c->lay.groups_per_row;
+    /* room for about 4% of the chunk's weights up front, so that the lists rarely move */
+    const int64_t first = (r1 - r0) * cols / 25 + cols;
+    if (grow((void **)&co->gkeys, &co->cap_keys, first, 4) || grow((void **)&co->gcols, &co->cap_gcols, first, 4))
+        return ADPQ_ERR_NOMEM;
     for (int64_t r = r0; r < r1; r++) {
         if (grow((void **)&co->gkeys, &co->cap_keys, co->n_keys + cols, 4) ||
             grow((void **)&co->gcols, &co->cap_gcols, co->n_keys + cols, 4))
