@@ -193,8 +193,6 @@ def _is_adpq_folder(path: Path) -> bool:
 
 
 def _load_model(path: Path, device: str, dtype, loader: Optional[Callable]):
-    import torch
-
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     if not (path / "config.json").is_file():
