@@ -73,14 +73,23 @@ static int grow(void **p, int64_t *cap, int64_t need, size_t elem) {
     return 0;
 }
 
+/* weights [off, off+len) of row r as float32, times the column factors when there are some */
 static const float *load_span(qctx *c, int64_t r, int64_t off, int64_t len, float *buf) {
     const adpq_matrix *m = c->m;
-    if (m->dtype == ADPQ_F32) return (const float *)m->data + r * m->row_stride + off;
-    const uint16_t *src = (const uint16_t *)m->data + r * m->row_stride + off;
-    if (m->dtype == ADPQ_F16)
-        c->K->f16_to_f32(src, len, buf);
-    else
-        c->K->bf16_to_f32(src, len, buf);
+    const float *w;
+    if (m->dtype == ADPQ_F32) {
+        w = (const float *)m->data + r * m->row_stride + off;
+    } else {
+        const uint16_t *src = (const uint16_t *)m->data + r * m->row_stride + off;
+        if (m->dtype == ADPQ_F16)
+            c->K->f16_to_f32(src, len, buf);
+        else
+            c->K->bf16_to_f32(src, len, buf);
+        w = buf;
+    }
+    if (!m->col_mul) return w;
+    const float *mul = m->col_mul + off;
+    for (int64_t i = 0; i < len; i++) buf[i] = w[i] * mul[i];
     return buf;
 }
 
@@ -323,7 +332,6 @@ static int quant_task(void *ctx, int64_t t, int worker) {
 
 /* threshold pass: candidates |w| > gather_thr (keys and columns), per row counts */
 static int gather_task(void *ctx, int64_t t, int worker) {
-    (void)worker; /* (reads rows in place: no scratch) */
     qctx *c = (qctx *)ctx;
     chunk_out *co = &c->chunks[t];
     const int64_t cols = c->m->cols;
@@ -340,7 +348,12 @@ static int gather_task(void *ctx, int64_t t, int worker) {
             return ADPQ_ERR_NOMEM;
         const size_t isz = c->m->dtype == ADPQ_F32 ? 4 : 2;
         const void *w = (const char *)c->m->data + (size_t)(r * c->m->row_stride) * isz;
-        int64_t n = c->K->gather_groups(w, c->m->dtype, cols, c->lay.group_size, c->gather_thr, co->gkeys + co->n_keys,
+        int dtype = c->m->dtype;
+        if (c->m->col_mul) { /* the scaled row */
+            w = load_span(c, r, 0, cols, c->scr[worker].rowf);
+            dtype = ADPQ_F32;
+        }
+        int64_t n = c->K->gather_groups(w, dtype, cols, c->lay.group_size, c->gather_thr, co->gkeys + co->n_keys,
                                         co->gcols + co->n_keys, c->nc_mn + r * G, c->nc_mx + r * G);
         if (n < 0) return ADPQ_ERR_NONFINITE;
         c->row_cnt[r] = n;

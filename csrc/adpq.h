@@ -60,6 +60,8 @@ typedef struct {
     int dtype;              /* adpq_dtype */
     int64_t rows, cols;     /* >= 1 */
     int64_t row_stride;     /* distance between rows, in elements (>= cols); columns contiguous */
+    const float *col_mul;   /* NULL, or cols finite factors: the matrix quantized is then
+                               w[r][j] * col_mul[j] in float32 (column scaling) */
 } adpq_matrix;
 
 /* Sizes derived from (rows, cols, config): the layout every array follows. */

@@ -4,6 +4,7 @@
  * user input (dtypes, 1-D, strides) before calling here; these checks are the last line. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <numpy/arrayobject.h>
 
 #include "adpq.h"
@@ -58,6 +59,7 @@ static int as_matrix(PyObject *obj, int dtype, adpq_matrix *m) {
         return -1;
     }
     m->data = PyArray_DATA(a);
+    m->col_mul = NULL;
     m->dtype = dtype;
     m->rows = sh[0];
     m->cols = sh[1];
@@ -66,6 +68,30 @@ static int as_matrix(PyObject *obj, int dtype, adpq_matrix *m) {
         PyErr_SetString(PyExc_ValueError, "w rows overlap");
         return -1;
     }
+    return 0;
+}
+
+/* Optional column factors: None, or a contiguous float32 vector of cols finite values. */
+static int set_col_mul(PyObject *obj, adpq_matrix *m) {
+    if (obj == NULL || obj == Py_None) return 0;
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32 ||
+        PyArray_NDIM((PyArrayObject *)obj) != 1 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj)) {
+        PyErr_SetString(PyExc_TypeError, "col_mul must be a contiguous 1-D float32 array or None");
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_DIM(a, 0) != m->cols) {
+        PyErr_Format(PyExc_ValueError, "col_mul has %lld values for %lld columns", (long long)PyArray_DIM(a, 0),
+                     (long long)m->cols);
+        return -1;
+    }
+    const float *f = (const float *)PyArray_DATA(a);
+    for (int64_t j = 0; j < m->cols; j++)
+        if (!isfinite(f[j])) {
+            PyErr_SetString(PyExc_ValueError, "col_mul must be finite");
+            return -1;
+        }
+    m->col_mul = f;
     return 0;
 }
 
@@ -92,8 +118,9 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     adpq_matrix m;
     adpq_layout lay;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTuple(args, "OiO!", &w, &dtype, &PyTuple_Type, &cfgt)) return NULL;
-    if (parse_config(cfgt, &cfg) || as_matrix(w, dtype, &m)) return NULL;
+    PyObject *col_mul = NULL;
+    if (!PyArg_ParseTuple(args, "OiO!|O", &w, &dtype, &PyTuple_Type, &cfgt, &col_mul)) return NULL;
+    if (parse_config(cfgt, &cfg) || as_matrix(w, dtype, &m) || set_col_mul(col_mul, &m)) return NULL;
     adpq_status st = adpq_layout_of(m.rows, m.cols, &cfg, &lay, err);
     if (st) return raise_status(st, err);
 
@@ -161,8 +188,9 @@ static PyObject *py_outlier_mask(PyObject *self, PyObject *args) {
     adpq_config cfg;
     adpq_matrix m;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTuple(args, "OiO!", &w, &dtype, &PyTuple_Type, &cfgt)) return NULL;
-    if (parse_config(cfgt, &cfg) || as_matrix(w, dtype, &m)) return NULL;
+    PyObject *col_mul = NULL;
+    if (!PyArg_ParseTuple(args, "OiO!|O", &w, &dtype, &PyTuple_Type, &cfgt, &col_mul)) return NULL;
+    if (parse_config(cfgt, &cfg) || as_matrix(w, dtype, &m) || set_col_mul(col_mul, &m)) return NULL;
     npy_intp dims[2] = {m.rows, m.cols};
     PyObject *mask = PyArray_SimpleNew(2, dims, NPY_BOOL);
     if (!mask) return NULL;
@@ -341,8 +369,10 @@ static PyObject *py_round_f32(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"quantize", py_quantize, METH_VARARGS, "quantize(w2d, dtype_code, config_tuple) -> dict of arrays"},
-    {"outlier_mask", py_outlier_mask, METH_VARARGS, "outlier_mask(w2d, dtype_code, config_tuple) -> bool array"},
+    {"quantize", py_quantize, METH_VARARGS,
+     "quantize(w2d, dtype_code, config_tuple, col_mul=None) -> dict of arrays (col_mul: float32 column factors)"},
+    {"outlier_mask", py_outlier_mask, METH_VARARGS,
+     "outlier_mask(w2d, dtype_code, config_tuple, col_mul=None) -> bool array"},
     {"dequantize", py_dequantize, METH_VARARGS,
      "dequantize(rows, cols, config_tuple, num_outliers, num_outlier_groups, codes, scales, zeros, counts, "
      "outlier_scales, outlier_zeros, outlier_indices, outlier_values) -> float32 array"},

@@ -238,6 +238,7 @@ BAD_CONFIGS = [
     (dict(outlier_scope="row"), ValueError, "outlier_scope"),
     (dict(outlier_format="int8"), ValueError, "outlier_format"),
     (dict(scale_dtype="float8"), ValueError, "scale_dtype"),
+    (dict(column_scaling="max"), ValueError, "column_scaling"),
 ]
 
 
@@ -326,6 +327,41 @@ def test_from_arrays_checks_sizes():
     bad["outlier_indices"] = np.full_like(arrays["outlier_indices"], 0xFF)
     with pytest.raises(ValueError, match="indices"):
         adpq.QuantizedTensor.from_arrays(bad, qt.shape, qt.config).dequantize()
+
+
+def test_column_scales_are_stored_counted_and_checked():
+    rng = np.random.default_rng(5)
+    w = weights((24, 320)) * rng.uniform(0.1, 5.0, size=320).astype(np.float32)
+    plain = adpq.quantize(w, column_scaling="none")
+    qt = adpq.quantize(w, column_scaling="mean_abs")
+    c = qt.arrays()["column_scales"]
+    assert c.dtype == ml_dtypes.bfloat16 and c.shape == (320,)
+    expect = (np.abs(w.astype(np.float64)).mean(axis=0)).astype(np.float32).astype(ml_dtypes.bfloat16)
+    assert np.array_equal(c.view(np.uint16), expect.view(np.uint16))
+    # 16 more bits per column, counted with the scales
+    assert qt.bits_breakdown()["scales"] == pytest.approx(plain.bits_breakdown()["scales"] + 16 * 320 / w.size)
+    assert qt.bits_per_weight * w.size == 8 * sum(a.nbytes for a in qt.arrays().values())
+    # w_hat = (dequantized W') * c, column by column
+    w_hat_scaled = adpq.QuantizedTensor.from_arrays(
+        {k: v for k, v in qt.arrays().items() if k != "column_scales"}, qt.shape,
+        qt.config.replace(column_scaling="none")).dequantize()
+    assert np.array_equal(qt.dequantize(), w_hat_scaled * c.astype(np.float32)[None, :])
+    # the outliers are chosen in W' = w / c
+    mask = adpq.outlier_mask(w, column_scaling="mean_abs")
+    assert np.array_equal(mask, qt.outlier_mask()) and not np.array_equal(mask, plain.outlier_mask())
+    b, m2 = adpq.soft_threshold(w, config=qt.config, return_mask=True)
+    assert np.array_equal(m2, mask) and np.all(b[~mask] == 0) and np.all(np.sign(b[mask]) * np.sign(w[mask]) >= 0)
+    missing = {k: v for k, v in qt.arrays().items() if k != "column_scales"}
+    with pytest.raises(ValueError, match="column_scales"):
+        adpq.QuantizedTensor.from_arrays(missing, qt.shape, qt.config)
+    with pytest.raises(ValueError, match="column_scales"):
+        adpq.QuantizedTensor.from_arrays(qt.arrays(), qt.shape, qt.config.replace(column_scaling="none"))
+    with pytest.raises(ValueError, match="column_scales"):
+        adpq.QuantizedTensor.from_arrays({**qt.arrays(), "column_scales": c[:-1]}, qt.shape, qt.config)
+    # NaN is still found and located with column scaling on
+    w[3, 7] = np.nan
+    with pytest.raises(ValueError, match=r"1 non-finite value\(s\).*row 3, column 7"):
+        adpq.quantize(w, column_scaling="mean_abs")
 
 
 def test_config_is_frozen_and_replaceable():

@@ -93,7 +93,7 @@ def test_adpq_format_round_trips_bit_for_bit(tmp_path):
     assert "model.safetensors.index.json" in files and len(rep.output_files) > 1
     conf = json.load(open(dst / "config.json"))
     qc = conf["quantization_config"]
-    assert qc["quant_method"] == "adpq" and qc["format_version"] == 1
+    assert qc["quant_method"] == "adpq" and qc["format_version"] == 2
     assert {k: qc[k] for k in c.to_dict()} == json.loads(json.dumps(c.to_dict()))
     index = json.load(open(dst / "model.safetensors.index.json"))
     assert set(index["weight_map"].values()) == set(rep.output_files)

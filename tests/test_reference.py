@@ -62,6 +62,24 @@ def test_c_matches_reference_many_configs(shape, dtype):
         check_config(w, adpq.QuantConfig(**CONFIGS[i]))
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_scaling_matches_reference(shape, dtype):
+    """W' = w / c is formed in C (row by row) and in NumPy: same codes, scales, outliers, w_hat."""
+    rng = np.random.default_rng(zlib.crc32(repr(("cols", shape, dtype)).encode()))
+    w = make_weights(shape, "float32", seed=int(rng.integers(1 << 30)))
+    cols = w.shape[-1]
+    w = w * rng.uniform(0.05, 4.0, size=cols).astype(np.float32)  # channels of different loudness
+    if w.ndim == 2 and w.shape[0] > 3:
+        w[:, cols // 2] = 0.0  # an all-zero column: c = 1
+    w = w.astype(ml_dtypes.bfloat16) if dtype == "bfloat16" else w.astype(dtype)
+    for i in rng.choice(len(CONFIGS), size=8, replace=False):
+        qt = check_config(w, adpq.QuantConfig(**CONFIGS[i], column_scaling="mean_abs"))
+        c = qt.arrays()["column_scales"]
+        assert c.dtype == ml_dtypes.bfloat16 and c.size == cols and (c.astype(np.float32) > 0).all()
+        assert np.array_equal(adpq.outlier_mask(w, config=qt.config).reshape(qt.shape), qt.outlier_mask())
+
+
 @pytest.mark.parametrize("scope", ["tensor", "group"])
 @pytest.mark.parametrize("lam", [0.0, 1.0, 8.0, 50.0])
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])

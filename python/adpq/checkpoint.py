@@ -7,7 +7,7 @@
 The on-disk adpq format is specified in docs/FORMAT.md. Summary: ordinary safetensors shards in which
 a quantized tensor NAME is stored as the arrays "NAME.adpq.<array>" of its QuantizedTensor, described by
 the shard's __metadata__ key "adpq:NAME"; other tensors are stored unchanged; config.json carries
-quantization_config = {"quant_method": "adpq", "format_version": 1, ...}.
+quantization_config = {"quant_method": "adpq", "format_version": 2, ...}.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ __all__ = [
     "SourceCheckpoint", "quantize_checkpoint", "select_tensors", "is_default_quantized",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds the optional per-tensor array "column_scales" (column_scaling)
 INCOMPLETE_MARKER = ".adpq-incomplete"  # JSON run manifest; its presence means "not finished"
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

@@ -13,6 +13,7 @@ SCOPES = ("tensor", "group")
 OUTLIER_FORMATS = ("group", "fp16")
 SCALE_DTYPES = ("float16", "bfloat16", "float32")
 ZERO_POINTS = ("float", "integer")
+COLUMN_SCALINGS = ("none", "mean_abs")  # (adpq.columns)
 MAX_OUTLIER_RATIO = 0.5
 
 # codes shared with the C core (csrc/adpq.h)
@@ -59,6 +60,8 @@ class QuantConfig:
     threads         worker threads; None uses every core this process may run on.
     zero_point      asymmetric quantizers: "float" (z = -min/s as stored) or "integer"
                     (z = rint(-min/s): a level sits exactly at 0, as in GPTQ).
+    column_scaling  "none", or "mean_abs": quantize W * (1/c), c_j = mean |w| of input column j
+                    (stored as bfloat16, 16 bits per column); see adpq.columns. Our addition.
     """
 
     bits: int = 3
@@ -72,6 +75,7 @@ class QuantConfig:
     scale_dtype: str = "float16"
     threads: Optional[int] = None
     zero_point: str = "integer"
+    column_scaling: str = "none"
 
     def __post_init__(self) -> None:
         if not _is_int(self.bits):
@@ -105,6 +109,8 @@ class QuantConfig:
             raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES}, got {self.scale_dtype!r}")
         if self.zero_point not in ZERO_POINTS:
             raise ValueError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
+        if self.column_scaling not in COLUMN_SCALINGS:
+            raise ValueError(f"column_scaling must be one of {COLUMN_SCALINGS}, got {self.column_scaling!r}")
         if self.threads is not None:
             if not _is_int(self.threads):
                 raise TypeError(f"threads must be an int or None, got {type(self.threads).__name__}")

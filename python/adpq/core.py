@@ -7,7 +7,7 @@ from typing import Any, Optional, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from . import _core
+from . import _core, columns
 from .config import _DTYPE_CODE, QuantConfig
 from .layout import layout_of
 from .quantized import QuantizedTensor
@@ -66,7 +66,7 @@ def _resolve_config(config: Optional[QuantConfig], **params: Any) -> QuantConfig
 def quantize(w: Any, bits: int = _UNSET, group_size: int = _UNSET, outlier_ratio: float = _UNSET,
              outlier_scope: str = _UNSET, gamma: float = _UNSET, lam: Optional[float] = _UNSET,
              symmetric: bool = _UNSET, outlier_format: str = _UNSET, threads: Optional[int] = _UNSET,
-             scale_dtype: str = _UNSET, zero_point: str = _UNSET,
+             scale_dtype: str = _UNSET, zero_point: str = _UNSET, column_scaling: str = _UNSET,
              config: Optional[QuantConfig] = None) -> QuantizedTensor:
     """Quantizes a 1-D or 2-D float array with AdpQ.
 
@@ -77,10 +77,29 @@ def quantize(w: Any, bits: int = _UNSET, group_size: int = _UNSET, outlier_ratio
     cfg = _resolve_config(config, bits=bits, group_size=group_size, outlier_ratio=outlier_ratio,
                           outlier_scope=outlier_scope, gamma=gamma, lam=lam, symmetric=symmetric,
                           outlier_format=outlier_format, threads=threads, scale_dtype=scale_dtype,
-                          zero_point=zero_point)
+                          zero_point=zero_point, column_scaling=column_scaling)
     w2, dname, shape = as_weight_matrix(w)
-    raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple())
-    return QuantizedTensor(_typed_arrays(raw, cfg), shape, cfg, dname)
+    scales, mul = _column_scaling(w2, dname, cfg)
+    raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
+    arrays = _typed_arrays(raw, cfg)
+    if scales is not None:
+        arrays["column_scales"] = scales
+    return QuantizedTensor(arrays, shape, cfg, dname)
+
+
+def _column_scaling(w2: np.ndarray, dname: str, cfg: QuantConfig):
+    """(column scales, the float32 factors the C core multiplies columns by), or (None, None)."""
+    if cfg.column_scaling == "none":
+        return None, None
+    scales = columns.column_scales(_typed(w2, dname))
+    return scales, columns.multipliers(scales)
+
+
+def _typed(w2: np.ndarray, dname: str) -> np.ndarray:
+    """The C core's view of w (16-bit floats as uint16) with its float dtype back."""
+    if dname == "float32":
+        return w2
+    return w2.view(np.float16 if dname == "float16" else ml_dtypes.bfloat16)
 
 
 def _typed_arrays(raw: dict, cfg: QuantConfig) -> dict:
@@ -106,17 +125,19 @@ def dequantize(qt: QuantizedTensor, dtype: Union[None, str, np.dtype] = None,
 
 def outlier_mask(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _UNSET, group_size: int = _UNSET,
                  gamma: float = _UNSET, lam: Optional[float] = _UNSET, threads: Optional[int] = _UNSET,
-                 config: Optional[QuantConfig] = None) -> np.ndarray:
+                 column_scaling: str = _UNSET, config: Optional[QuantConfig] = None) -> np.ndarray:
     """The outlier set O that quantize would use, as a bool array of w's shape (computed in C)."""
     cfg = _resolve_config(config, outlier_ratio=outlier_ratio, outlier_scope=outlier_scope,
-                          group_size=group_size, gamma=gamma, lam=lam, threads=threads)
+                          group_size=group_size, gamma=gamma, lam=lam, threads=threads,
+                          column_scaling=column_scaling)
     w2, dname, shape = as_weight_matrix(w)
-    return _core.outlier_mask(w2, _DTYPE_CODE[dname], cfg.core_tuple()).reshape(shape)
+    _, mul = _column_scaling(w2, dname, cfg)
+    return _core.outlier_mask(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul).reshape(shape)
 
 
 def soft_threshold(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _UNSET, group_size: int = _UNSET,
-                   gamma: float = _UNSET, lam: Optional[float] = _UNSET, config: Optional[QuantConfig] = None,
-                   return_mask: bool = False):
+                   gamma: float = _UNSET, lam: Optional[float] = _UNSET, column_scaling: str = _UNSET,
+                   config: Optional[QuantConfig] = None, return_mask: bool = False):
     """The Adaptive-LASSO estimate b (DESIGN.md 2.1), float32 of w's shape.
 
     b_i = sign(w_i) * max(|w_i| - lambda' / |w_i|^gamma, 0) for i in O, 0 elsewhere, where O is
@@ -125,18 +146,27 @@ def soft_threshold(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _
         smallest lambda' giving O; an outlier tied with t gets b = 0);
       - explicit lam: t = scale * (lam/2)^(1/(1+gamma)), scale = lower median of the scope's
         nonzero |w|.
+    With config.column_scaling, all of this is computed for W' = w / c (the matrix quantize
+    selects outliers in) and b is returned times c, in w's units.
     With return_mask=True returns (b, mask).
     """
     cfg = _resolve_config(config, outlier_ratio=outlier_ratio, outlier_scope=outlier_scope,
-                          group_size=group_size, gamma=gamma, lam=lam)
+                          group_size=group_size, gamma=gamma, lam=lam, column_scaling=column_scaling)
     w2, dname, shape = as_weight_matrix(w)
-    mask = _core.outlier_mask(w2, _DTYPE_CODE[dname], cfg.core_tuple())
-    wf = _to_float32(w2, dname).astype(np.float64)
+    scales, mul = _column_scaling(w2, dname, cfg)
+    mask = _core.outlier_mask(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
+    wf = _to_float32(w2, dname)
+    if mul is not None:
+        wf = wf * mul[None, :]
+    wf = wf.astype(np.float64)
     a = np.abs(wf)
     t = _scope_thresholds(a, mask, cfg)
     with np.errstate(divide="ignore", invalid="ignore"):
         shrunk = a - np.power(t, 1.0 + cfg.gamma) / np.power(a, cfg.gamma)
-    b = np.where(mask, np.sign(wf) * np.maximum(shrunk, 0.0), 0.0).astype(np.float32).reshape(shape)
+    b = np.where(mask, np.sign(wf) * np.maximum(shrunk, 0.0), 0.0)
+    if scales is not None:
+        b = b * np.asarray(scales, dtype=np.float64)[None, :]
+    b = b.astype(np.float32).reshape(shape)
     return (b, mask.reshape(shape)) if return_mask else b
 
 

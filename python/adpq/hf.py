@@ -80,7 +80,8 @@ class AdpqCheckpoint:
         m = self.qmeta[name]
         arrays = {a: np.array(self.src.get(f"{name}.adpq.{a}")) for a in m["arrays"]}
         try:
-            cfg = core.QuantConfig.from_dict(m["config"])
+            # format 1 predates column scaling: its configs have no such field and used none
+            cfg = core.QuantConfig.from_dict({"column_scaling": "none", **m["config"]})
             return core.QuantizedTensor.from_arrays(arrays, tuple(m["shape"]), cfg, dtype=m["dtype"])
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"{self.path}: quantized tensor {name!r} is corrupt: {e}") from None

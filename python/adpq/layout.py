@@ -37,9 +37,10 @@ ARRAY_NAMES = (
     "outlier_scales",
     "outlier_zeros",
     "outlier_values",
+    "column_scales",
 )
 CODE_ARRAYS = ("codes",)
-SCALE_ARRAYS = ("scales", "zeros")
+SCALE_ARRAYS = ("scales", "zeros", "column_scales")
 OUTLIER_ARRAYS = ("outlier_counts", "outlier_indices", "outlier_scales", "outlier_zeros", "outlier_values")
 
 _SCALE_NP = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}

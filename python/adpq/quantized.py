@@ -6,7 +6,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from . import _core
+from . import _core, columns
 from .config import QuantConfig
 from .layout import ARRAY_NAMES, CODE_ARRAYS, OUTLIER_ARRAYS, SCALE_ARRAYS, layout_of, scale_np_dtype, unpack_bits
 
@@ -73,6 +73,11 @@ class QuantizedTensor:
         sdt = scale_np_dtype(cfg.scale_dtype)
         self._expect("codes", np.dtype(np.uint8), lay.code_bytes)
         self._expect("scales", sdt, lay.num_groups)
+        if cfg.column_scaling == "none":
+            if "column_scales" in self._arrays:
+                raise ValueError("column_scaling 'none' stores no 'column_scales'")
+        else:
+            self._expect("column_scales", np.dtype(ml_dtypes.bfloat16), lay.cols)
         if cfg.symmetric:
             if "zeros" in self._arrays:
                 raise ValueError("a symmetric quantizer stores no 'zeros'")
@@ -143,7 +148,10 @@ class QuantizedTensor:
             self.num_outlier_groups, _raw(a["codes"]), _raw(a["scales"]), _raw(a.get("zeros")),
             _raw(a.get("outlier_counts")), _raw(a.get("outlier_scales")), _raw(a.get("outlier_zeros")),
             _raw(a.get("outlier_indices")), _raw(a.get("outlier_values")),
-        ).reshape(self.shape)
+        )
+        if "column_scales" in a:
+            out = columns.unscale(out.reshape(self.layout.rows, self.layout.cols), a["column_scales"])
+        out = out.reshape(self.shape)
         if dtype is None:
             return out
         target = np_dtype(self.dtype) if (isinstance(dtype, str) and dtype == "input") else np.dtype(dtype)

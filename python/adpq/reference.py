@@ -14,6 +14,7 @@ from typing import Dict, Tuple
 import ml_dtypes
 import numpy as np
 
+from . import columns
 from .config import QuantConfig
 from .core import as_weight_matrix
 from .layout import Layout, layout_of, pack_bits, unpack_bits
@@ -77,7 +78,15 @@ def _groups(lay: Layout):
 def outlier_mask(w, config: QuantConfig) -> np.ndarray:
     """The outlier set of DESIGN.md 2.1, as bool (rows, cols)."""
     w2, _ = _weights_f32(w)
-    return _mask(w2, config)
+    return _mask(_scaled(w2, config)[0], config)
+
+
+def _scaled(w2: np.ndarray, cfg: QuantConfig):
+    """(the matrix that is quantized, column scales or None): W' = w * (1/c) with column scaling."""
+    if cfg.column_scaling == "none":
+        return w2, None
+    scales = columns.column_scales(w2)
+    return w2 * columns.multipliers(scales)[None, :], scales
 
 
 def _mask(w: np.ndarray, cfg: QuantConfig) -> np.ndarray:
@@ -170,8 +179,9 @@ def group_params(mn: np.ndarray, mx: np.ndarray, bits: int, symmetric: bool, sca
 def quantize(w, config: QuantConfig) -> Dict[str, np.ndarray]:
     """The arrays adpq.quantize(w, config=config).arrays() holds, computed in NumPy."""
     w2, _ = _weights_f32(w)
-    rows, cols = w2.shape
     cfg = config
+    w2, col_scales = _scaled(w2, cfg)
+    rows, cols = w2.shape
     lay = layout_of(rows, cols, cfg)
     mask = _mask(w2, cfg)
     starts, lens = lay.group_starts(), lay.group_lengths()
@@ -206,6 +216,8 @@ def quantize(w, config: QuantConfig) -> Dict[str, np.ndarray]:
 
     arrays["codes"] = pack_bits(codes.ravel(), cfg.bits)
     arrays["scales"] = s_st
+    if col_scales is not None:
+        arrays["column_scales"] = col_scales
     if not cfg.symmetric:
         arrays["zeros"] = z_st
     if counts.sum() > 0:
@@ -253,4 +265,6 @@ def dequantize(arrays: Dict[str, np.ndarray], shape: Tuple[int, ...], config: Qu
             zo = (np.full(n, F32(1 << (cfg.bits - 1))) if cfg.symmetric
                   else arrays["outlier_zeros"].astype(F32)[og])
             out[r, c] = (codes[r, c] - zo) * so
+    if "column_scales" in arrays:
+        out = columns.unscale(out, arrays["column_scales"])
     return out.reshape(shape)
