@@ -12,6 +12,7 @@ from setuptools import Extension, setup
 
 sources = [
     "csrc/adpq.c",
+    "csrc/columns.c",
     "csrc/layout.c",
     "csrc/dequant.c",
     "csrc/metrics.c",

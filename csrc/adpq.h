@@ -112,6 +112,10 @@ void adpq_free_outliers(adpq_qmatrix *q);
  * It is exactly the set adpq_quantize uses. */
 adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint8_t *mask, char *err);
 
+/* mean[j] = (float)(sum over rows, in row order, of |w[r][j]| in double / rows): the statistic of
+ * column scaling (m->col_mul is ignored). */
+adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean, char *err);
+
 /* Dequantizes q to float32 (rows x cols, row-major). Validates counts and indices. */
 adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, float *out, char *err);
 

@@ -272,6 +272,30 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     return out;
 }
 
+static PyObject *py_column_mean_abs(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *w;
+    int dtype, threads;
+    adpq_matrix m;
+    char err[ADPQ_ERRLEN] = {0};
+    if (!PyArg_ParseTuple(args, "Oii", &w, &dtype, &threads)) return NULL;
+    if (as_matrix(w, dtype, &m)) return NULL;
+    if (threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "threads must be >= 1");
+        return NULL;
+    }
+    npy_intp n = m.cols;
+    PyObject *out = PyArray_SimpleNew(1, &n, NPY_FLOAT32);
+    if (!out) return NULL;
+    adpq_status st;
+    Py_BEGIN_ALLOW_THREADS st = adpq_column_mean_abs(&m, threads, (float *)PyArray_DATA((PyArrayObject *)out), err);
+    Py_END_ALLOW_THREADS if (st) {
+        Py_DECREF(out);
+        return raise_status(st, err);
+    }
+    return out;
+}
+
 static PyObject *py_error_stats(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *w, *what;
@@ -377,6 +401,8 @@ static PyMethodDef methods[] = {
      "dequantize(rows, cols, config_tuple, num_outliers, num_outlier_groups, codes, scales, zeros, counts, "
      "outlier_scales, outlier_zeros, outlier_indices, outlier_values) -> float32 array"},
     {"layout", py_layout, METH_VARARGS, "layout(rows, cols, config_tuple) -> dict"},
+    {"column_mean_abs", py_column_mean_abs, METH_VARARGS,
+     "column_mean_abs(w2d, dtype_code, threads) -> float32 mean |w| of each column (double sums, row order)"},
     {"error_stats", py_error_stats, METH_VARARGS,
      "error_stats(w2d, dtype_code, w_hat float32 2-D, bins, threads) -> dict of sums and histograms"},
     {"set_kernels", py_set_kernels, METH_VARARGS, "set_kernels('scalar'|'avx2'|'auto') -> previous name"},

@@ -6,31 +6,27 @@ w_hat' * c_j. Groups run along rows, so the columns of one group can have very d
 magnitudes (an input channel that is large everywhere); dividing them out lets each group's grid
 follow the weights rather than the loudest channel, like the column scales of SINQ, but computed in
 one pass with no iteration and no data. The outliers are then the weights largest relative to their
-column. The same function serves the C path and the NumPy reference, so both see the same W'.
+column.
 
-c_j = bfloat16(float32(sum_i |w_ij| / rows)) with the sum in float64 over rows in order (blocks of
-rows, each summed in row order); a column whose mean is 0 (or below the float32 normal range) gets
-c_j = 1. m_j = float32(1) / float32(c_j). W' and w_hat are float32 products.
+c_j = bfloat16(float32(S_j / rows)), S_j = the sum of |w_ij| in float64 over rows in row order from
+0 (the C core's column_mean_abs; reference.py adds the rows in NumPy in the same order); a column
+whose mean is 0, below the float32 normal range or beyond the bfloat16 range gets c_j = 1. m_j = float32(1) / float32(c_j).
+W' and w_hat are float32 products.
 """
 from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
 
-_BLOCK_ROWS = 1024
 _TINY = np.float32(2.0 ** -126)
 
 
-def column_scales(w2: np.ndarray) -> np.ndarray:
-    """c as bfloat16, shape (cols,), of a 2-D float32/float16/bfloat16 matrix (finite values)."""
-    rows = w2.shape[0]
-    acc = np.zeros(w2.shape[1], dtype=np.float64)
-    for r0 in range(0, rows, _BLOCK_ROWS):
-        block = np.abs(np.asarray(w2[r0:r0 + _BLOCK_ROWS], dtype=np.float32))
-        acc += np.add.reduce(block, axis=0, dtype=np.float64)
-    mean = (acc / rows).astype(np.float32)
+def scales_from_means(mean: np.ndarray) -> np.ndarray:
+    """c as bfloat16 (cols,) from the float32 column means."""
+    mean = np.asarray(mean, dtype=np.float32)
     mean = np.where(np.isfinite(mean) & (mean >= _TINY), mean, np.float32(1.0))
-    return mean.astype(ml_dtypes.bfloat16)
+    c = mean.astype(ml_dtypes.bfloat16)
+    return np.where(np.isfinite(c.astype(np.float32)), c, np.ones_like(c))
 
 
 def multipliers(scales: np.ndarray) -> np.ndarray:

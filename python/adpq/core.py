@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 
 from . import _core, columns
-from .config import _DTYPE_CODE, QuantConfig
+from .config import _DTYPE_CODE, QuantConfig, default_threads
 from .layout import layout_of
 from .quantized import QuantizedTensor
 
@@ -91,15 +91,9 @@ def _column_scaling(w2: np.ndarray, dname: str, cfg: QuantConfig):
     """(column scales, the float32 factors the C core multiplies columns by), or (None, None)."""
     if cfg.column_scaling == "none":
         return None, None
-    scales = columns.column_scales(_typed(w2, dname))
+    mean = _core.column_mean_abs(w2, _DTYPE_CODE[dname], cfg.threads or default_threads())
+    scales = columns.scales_from_means(mean)
     return scales, columns.multipliers(scales)
-
-
-def _typed(w2: np.ndarray, dname: str) -> np.ndarray:
-    """The C core's view of w (16-bit floats as uint16) with its float dtype back."""
-    if dname == "float32":
-        return w2
-    return w2.view(np.float16 if dname == "float16" else ml_dtypes.bfloat16)
 
 
 def _typed_arrays(raw: dict, cfg: QuantConfig) -> dict:

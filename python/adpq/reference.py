@@ -85,7 +85,10 @@ def _scaled(w2: np.ndarray, cfg: QuantConfig):
     """(the matrix that is quantized, column scales or None): W' = w * (1/c) with column scaling."""
     if cfg.column_scaling == "none":
         return w2, None
-    scales = columns.column_scales(w2)
+    acc = np.zeros(w2.shape[1], dtype=np.float64)
+    for row in w2:  # in row order, as the C core adds them
+        acc += np.abs(row.astype(np.float64))
+    scales = columns.scales_from_means((acc / w2.shape[0]).astype(F32))
     return w2 * columns.multipliers(scales)[None, :], scales
 
 
