@@ -95,11 +95,17 @@ def test_bits_per_weight_is_measured_from_the_arrays():
         br = qt.bits_breakdown()
         assert sum(br.values()) == pytest.approx(qt.bits_per_weight)
         assert br["codes"] == pytest.approx(qt.config.bits * 1.0, abs=8 / w.size)
-    rtn = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=False)
+    rtn = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=False, column_scaling="none")
     # 3.0 bits of codes + two fp16 numbers per group of 128 (and per short group of 64)
     assert rtn.bits_per_weight == pytest.approx(3 + 2 * 16 * 5 / 576)
-    sym = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=True)
+    sym = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=True, column_scaling="none")
     assert sym.bits_per_weight == pytest.approx(3 + 16 * 5 / 576)  # no zero-points
+    # the default ("auto") scales the columns of a 64-row matrix: 16 more bits per column
+    cs = adpq.quantize(w, bits=3, group_size=128, outlier_ratio=0, symmetric=True)
+    assert cs.config.column_scaling == "mean_abs"
+    assert cs.bits_per_weight == pytest.approx(3 + 16 * 5 / 576 + 16 / 64)
+    small = adpq.quantize(w[:63], bits=3, outlier_ratio=0)
+    assert small.config.column_scaling == "none" and "column_scales" not in small.arrays()
 
 
 def test_index_lists_use_ceil_log2_group_bits():

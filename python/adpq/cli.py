@@ -52,8 +52,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _bool_flag(q, "symmetric", "symmetric quantizers (no zero-points)")
     q.add_argument("--scale-dtype", help="dtype of scales/zero-points: float16, bfloat16, float32")
     q.add_argument("--zero-point", choices=["float", "integer"], help="asymmetric zero-points: float or integer")
-    q.add_argument("--column-scaling", choices=["none", "mean_abs"],
-                   help="per-input-column scales in front of the quantizer (mean |w| of each column)")
+    q.add_argument("--column-scaling", choices=["auto", "none", "mean_abs"],
+                   help="per-input-column scales (mean |w| of each column) in front of the quantizer; "
+                        "auto (default): for matrices of >= 64 rows")
     q.add_argument("--threads", type=int, help="threads for the quantizer core (default: all cores)")
     q.add_argument("--format", choices=["adpq", "fake"], default="adpq",
                    help="adpq: packed arrays (default); fake: ordinary HF folder with dequantized weights")

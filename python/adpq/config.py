@@ -13,7 +13,8 @@ SCOPES = ("tensor", "group")
 OUTLIER_FORMATS = ("group", "fp16")
 SCALE_DTYPES = ("float16", "bfloat16", "float32")
 ZERO_POINTS = ("float", "integer")
-COLUMN_SCALINGS = ("none", "mean_abs")  # (adpq.columns)
+COLUMN_SCALINGS = ("auto", "none", "mean_abs")  # (adpq.columns)
+AUTO_COLUMN_SCALING_MIN_ROWS = 64  # "auto": 16 bits per column cost at most 0.25 bits per weight
 MAX_OUTLIER_RATIO = 0.5
 
 # codes shared with the C core (csrc/adpq.h)
@@ -60,8 +61,10 @@ class QuantConfig:
     threads         worker threads; None uses every core this process may run on.
     zero_point      asymmetric quantizers: "float" (z = -min/s as stored) or "integer"
                     (z = rint(-min/s): a level sits exactly at 0, as in GPTQ).
-    column_scaling  "none", or "mean_abs": quantize W * (1/c), c_j = mean |w| of input column j
-                    (stored as bfloat16, 16 bits per column); see adpq.columns. Our addition.
+    column_scaling  "mean_abs": quantize W * (1/c), c_j = mean |w| of input column j (stored as
+                    bfloat16, 16 bits per column; see adpq.columns; our addition); "none"; or
+                    "auto" (default): "mean_abs" for matrices of at least 64 rows, else "none".
+                    A QuantizedTensor's config holds the resolved choice.
     """
 
     bits: int = 3
@@ -75,7 +78,7 @@ class QuantConfig:
     scale_dtype: str = "float16"
     threads: Optional[int] = None
     zero_point: str = "integer"
-    column_scaling: str = "none"
+    column_scaling: str = "auto"
 
     def __post_init__(self) -> None:
         if not _is_int(self.bits):
@@ -131,6 +134,12 @@ class QuantConfig:
         if unknown:
             raise ValueError(f"unknown QuantConfig field(s): {sorted(unknown)}")
         return cls(**dict(d))
+
+    def resolved(self, rows: int) -> "QuantConfig":
+        """The config with column_scaling "auto" decided for a matrix of `rows` rows."""
+        if self.column_scaling != "auto":
+            return self
+        return self.replace(column_scaling="mean_abs" if rows >= AUTO_COLUMN_SCALING_MIN_ROWS else "none")
 
     @property
     def uses_outliers(self) -> bool:

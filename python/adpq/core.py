@@ -79,6 +79,7 @@ def quantize(w: Any, bits: int = _UNSET, group_size: int = _UNSET, outlier_ratio
                           outlier_format=outlier_format, threads=threads, scale_dtype=scale_dtype,
                           zero_point=zero_point, column_scaling=column_scaling)
     w2, dname, shape = as_weight_matrix(w)
+    cfg = cfg.resolved(w2.shape[0])
     scales, mul = _column_scaling(w2, dname, cfg)
     raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
     arrays = _typed_arrays(raw, cfg)
@@ -125,6 +126,7 @@ def outlier_mask(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _UN
                           group_size=group_size, gamma=gamma, lam=lam, threads=threads,
                           column_scaling=column_scaling)
     w2, dname, shape = as_weight_matrix(w)
+    cfg = cfg.resolved(w2.shape[0])
     _, mul = _column_scaling(w2, dname, cfg)
     return _core.outlier_mask(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul).reshape(shape)
 
@@ -147,6 +149,7 @@ def soft_threshold(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _
     cfg = _resolve_config(config, outlier_ratio=outlier_ratio, outlier_scope=outlier_scope,
                           group_size=group_size, gamma=gamma, lam=lam, column_scaling=column_scaling)
     w2, dname, shape = as_weight_matrix(w)
+    cfg = cfg.resolved(w2.shape[0])
     scales, mul = _column_scaling(w2, dname, cfg)
     mask = _core.outlier_mask(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
     wf = _to_float32(w2, dname)

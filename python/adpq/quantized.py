@@ -48,6 +48,7 @@ class QuantizedTensor:
         if unknown:
             raise ValueError(f"unknown array name(s): {sorted(unknown)}")
         rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+        config = config.resolved(rows)  # (column_scaling "auto": what quantize decided for this shape)
         lay = layout_of(rows, cols, config)
         self._arrays = {k: v for k, v in arrays.items() if v is not None}
         self.shape, self.config, self.dtype, self.layout = shape, config, dtype, lay

@@ -78,6 +78,7 @@ def _groups(lay: Layout):
 def outlier_mask(w, config: QuantConfig) -> np.ndarray:
     """The outlier set of DESIGN.md 2.1, as bool (rows, cols)."""
     w2, _ = _weights_f32(w)
+    config = config.resolved(w2.shape[0])
     return _mask(_scaled(w2, config)[0], config)
 
 
@@ -182,7 +183,7 @@ def group_params(mn: np.ndarray, mx: np.ndarray, bits: int, symmetric: bool, sca
 def quantize(w, config: QuantConfig) -> Dict[str, np.ndarray]:
     """The arrays adpq.quantize(w, config=config).arrays() holds, computed in NumPy."""
     w2, _ = _weights_f32(w)
-    cfg = config
+    cfg = config.resolved(w2.shape[0])
     w2, col_scales = _scaled(w2, cfg)
     rows, cols = w2.shape
     lay = layout_of(rows, cols, cfg)
@@ -240,8 +241,8 @@ def quantize(w, config: QuantConfig) -> Dict[str, np.ndarray]:
 
 def dequantize(arrays: Dict[str, np.ndarray], shape: Tuple[int, ...], config: QuantConfig) -> np.ndarray:
     """w_hat as float32, from the arrays alone."""
-    cfg = config
     rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+    cfg = config.resolved(rows)
     lay = layout_of(rows, cols, cfg)
     lens = lay.group_lengths()
     codes = unpack_bits(arrays["codes"], rows * cols, cfg.bits).reshape(rows, cols).astype(F32)
