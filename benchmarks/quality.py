@@ -3,6 +3,11 @@
     python benchmarks/quality.py --model /work/models/smollm2-135m --quick     # a few windows, CPU
     python benchmarks/quality.py --model DIR --ctx 2048 512                    # full test set
     python benchmarks/quality.py --model DIR --report                          # table + plots only
+    python benchmarks/quality.py --model /work/models/gemma3-270m --bos-each-window ...  # BOS at each window
+
+--bos-each-window puts the BOS token at the start of every window (adpq.eval.perplexity's
+bos_each_window, llama.cpp-style: the window's first token is replaced by BOS); rows record it
+(`bos_each_window`) and a row measured one way never stands in for the other when resuming or merging.
 
 The model is loaded once (float32); for each configuration every selected weight (adpq's default
 selection: the decoder's q/k/v/o/gate/up/down projections) is quantized from the checkpoint's values
@@ -41,7 +46,8 @@ def log(*a):
 # ------------------------------------------------------------------------------------------ grid
 # The grid's base quantizer is the paper's (asymmetric min-max, float zero-point, a b-bit quantizer
 # for each group's outliers, one lambda per tensor); entries say what they change.
-PAPER = dict(symmetric=False, zero_point="float", outlier_format="group", outlier_scope="tensor")
+PAPER = dict(symmetric=False, zero_point="float", outlier_format="group", outlier_scope="tensor",
+             column_scaling="none")
 
 
 def grid(quick: bool):
@@ -73,6 +79,10 @@ def _grid(quick: bool):
                 rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True)))
             rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True,
                                       outlier_format="fp16")))
+            if b == 3 and g == 128:  # the default config's outlier-ratio neighbours
+                for r in (0.005, 0.02):
+                    rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True,
+                                              outlier_format="fp16")))
             if not quick:
                 rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, symmetric=True,
                                           outlier_scope="group")))
@@ -83,6 +93,13 @@ def _grid(quick: bool):
         if b == 3:
             rows.append(("adpq", dict(bits=b, group_size=g, outlier_ratio=0.01, zero_point="integer",
                                       outlier_format="fp16")))
+    # column scaling (mean |w| per input column; our addition, the default for >= 64-row matrices)
+    for b, g, ratios in (((3, 64, (0.0, 0.005, 0.01)), (3, 128, (0.0, 0.005, 0.01)), (4, 128, (0.0, 0.005, 0.01)),
+                          (2, 64, (0.01,))) if quick else
+                         [(b, g, (0.0, 0.0025, 0.005, 0.01, 0.02)) for b in (2, 3, 4) for g in groups]):
+        for r in ratios:
+            p = dict(bits=b, group_size=g, outlier_ratio=r, symmetric=True, column_scaling="mean_abs")
+            rows.append(("rtn", p) if r == 0 else ("adpq", dict(p, outlier_format="fp16")))
     for method in ("hqq", "sinq"):
         for b, g in (((3, 64), (3, 128), (4, 128)) if quick else
                      [(b, g) for b in (2, 3, 4) for g in groups]):
@@ -96,15 +113,16 @@ def _grid(quick: bool):
 
 def canon(method, params, defaults=None):
     """Every quantizer field that changes the result, explicit, so that a row keeps its meaning when
-    QuantConfig's defaults change: rtn -> symmetric (+ zero_point if asymmetric); adpq -> also
-    outlier_format and outlier_scope."""
+    QuantConfig's defaults change: rtn -> symmetric (+ zero_point if asymmetric), column_scaling;
+    adpq -> also outlier_format and outlier_scope."""
     if method not in ("rtn", "adpq"):
         return dict(params)
     if defaults is None:
         import adpq
         defaults = adpq.QuantConfig().to_dict()
     p = dict(params)
-    fields = ["symmetric", "zero_point"] + (["outlier_format", "outlier_scope"] if method == "adpq" else [])
+    fields = ["symmetric", "zero_point", "column_scaling"] + (
+        ["outlier_format", "outlier_scope"] if method == "adpq" else [])
     for f in fields:
         p.setdefault(f, defaults[f])
     if p["symmetric"]:
@@ -242,18 +260,25 @@ class Model:
         return 8 * total_bytes / total_n, seconds, per_tensor
 
 
-def evaluate(m: Model, ctxs, max_windows):
+def evaluate(m: Model, ctxs, max_windows, bos_each_window=False):
     from adpq.eval import perplexity
     out = {}
     for ctx in ctxs:
-        r = perplexity(m.model, ctx=ctx, max_windows=max_windows, tokenizer=m.tokenizer, progress=False)
-        out[str(ctx)] = dict(ppl=r.ppl, windows=r.windows, tokens=r.tokens, seconds=r.seconds)
+        r = perplexity(m.model, ctx=ctx, max_windows=max_windows, tokenizer=m.tokenizer, progress=False,
+                       bos_each_window=bos_each_window)
+        out[str(ctx)] = dict(ppl=r.ppl, windows=r.windows, tokens=r.tokens, seconds=r.seconds,
+                             bos_each_window=r.bos_each_window)
     return out
 
 
 # ---------------------------------------------------------------------------------------- report
 def load_rows(path: Path):
-    return json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    for r in rows:  # rows from before column scaling existed ran without it
+        if r["method"] in ("rtn", "adpq") and "column_scaling" not in r["params"]:
+            r["params"]["column_scaling"] = "none"
+            r["key"] = key_of(r["method"], r["params"])
+    return rows
 
 
 def save_rows(path: Path, rows, meta):
@@ -263,10 +288,23 @@ def save_rows(path: Path, rows, meta):
     tmp.replace(path)
 
 
+# What the baseline checkpoint was derived from (its ADPQ_PROVENANCE.json "source_quantization"); set by
+# main() for the model at hand. SmolLM2-135M's is Q4_1.
+BASELINE_SOURCE = "Q4_1"
+
+
+def baseline_source(model_dir) -> str:
+    try:
+        prov = json.loads((Path(model_dir) / "ADPQ_PROVENANCE.json").read_text())
+        return prov.get("source_quantization") or BASELINE_SOURCE
+    except (OSError, ValueError):
+        return BASELINE_SOURCE
+
+
 def label(row):
     p = row["params"]
     if row["method"] == "baseline":
-        return "baseline (bf16, Q4_1-derived)"
+        return f"baseline (bf16, {BASELINE_SOURCE}-derived)"
     s = f"{row['method']} b{p['bits']} g{p['group_size']}"
     if row["method"] == "adpq":
         s += f" r{p['outlier_ratio']}"
@@ -285,12 +323,13 @@ def series_of(row):
 
 
 def merged(rows):
-    """One row per configuration: the PPL of every (ctx, windows) run of it together."""
+    """One row per configuration and protocol (bos_each_window or not): the PPL of every (ctx, windows)
+    run of it together."""
     out = {}
     for r in rows:
         if r.get("error"):
             continue
-        m = out.setdefault(r["key"], dict(r, ppl={}))
+        m = out.setdefault((r["key"], bool(r.get("bos_each_window"))), dict(r, ppl={}))
         m["ppl"].update(r["ppl"])
     return list(out.values())
 
@@ -300,12 +339,16 @@ def report(path: Path, model_name: str):
     if not rows:
         raise SystemExit(f"no results in {path}")
     ctxs = sorted({c for r in rows for c in r["ppl"]}, key=int, reverse=True)
+    # a protocol column only when some row has BOS at each window (SmolLM2's table stays as it was)
+    proto = any(r.get("bos_each_window") for r in rows)
     lines = ["| method | config | bits/weight | " + " | ".join(f"PPL ctx {c} (windows)" for c in ctxs)
-             + " | quantize s |", "|---|---|---|" + "---|" * len(ctxs) + "---|"]
+             + (" | protocol" if proto else "") + " | quantize s |",
+             "|---|---|---|" + "---|" * (len(ctxs) + proto) + "---|"]
     for r in sorted(rows, key=lambda r: (r["method"] != "baseline", r["bits_per_weight"])):
         ppl = " | ".join(f"{r['ppl'][c]['ppl']:.2f} ({r['ppl'][c]['windows']})" if c in r["ppl"] else "-"
                          for c in ctxs)
-        lines.append(f"| {r['method']} | {label(r)} | {r['bits_per_weight']:.3f} | {ppl} | {r['seconds']:.2f} |")
+        pr = (" | " + ("bos-each-window" if r.get("bos_each_window") else "gptq")) if proto else ""
+        lines.append(f"| {r['method']} | {label(r)} | {r['bits_per_weight']:.3f} | {ppl}{pr} | {r['seconds']:.2f} |")
     table = "\n".join(lines)
     print(table)
     plot_pareto(rows, "512" if "512" in ctxs else ctxs[0], path.parent / f"pareto_{model_name}.png", model_name)
@@ -339,7 +382,7 @@ def plot_pareto(rows, ctx, out, model_name):
     base = [r for r in rows if r["method"] == "baseline" and ctx in r["ppl"]]
     if base:
         b0 = base[0]["ppl"][ctx]["ppl"]
-        ax.axhline(b0, color="k", ls="--", label="baseline (Q4_1-derived)")
+        ax.axhline(b0, color="k", ls="--", label=f"baseline ({BASELINE_SOURCE}-derived)")
         ax.set_ylim(0.9 * b0, 30 * b0)  # 2-bit points of a 135M model are off the chart (see table)
     ax.set_xlim(2.9, 5.1)
     ax.set_yscale("log")
@@ -412,7 +455,11 @@ def main(argv=None):
     ap.add_argument("--force", action="store_true", help="re-run configurations already in the results")
     ap.add_argument("--match", default=None, help="only configurations whose key contains this text")
     ap.add_argument("--only", default=None, help="only these labels (as the table shows them), ';'-separated")
+    ap.add_argument("--bos-each-window", action="store_true",
+                    help="BOS token at the start of every window (llama.cpp-style; recorded in each row)")
     args = ap.parse_args(argv)
+    global BASELINE_SOURCE
+    BASELINE_SOURCE = baseline_source(args.model)
     name = args.name or Path(args.model).name
     path = Path(args.results) if args.results else HERE / "results" / f"quality_{name}.json"
     if args.report:
@@ -432,15 +479,17 @@ def main(argv=None):
         if missing:
             raise SystemExit(f"--only: not in the grid: {sorted(missing)}")
     rows = load_rows(path)
-    done = {(r["key"], tuple(sorted(r["ppl"])), r["max_windows"]) for r in rows}
+    bos = bool(args.bos_each_window)
+    done = {(r["key"], tuple(sorted(r["ppl"])), r["max_windows"], bool(r.get("bos_each_window"))) for r in rows}
     meta = dict(model=args.model, command="python " + " ".join([str(Path(__file__).relative_to(HERE.parent))]
                                                                  + (argv if argv is not None else sys.argv[1:])),
-                machine=f"{platform.machine()} {platform.processor() or ''}".strip())
+                machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
+                baseline_source=BASELINE_SOURCE)
     m = Model(args.model, args.threads, args.peer_dir)
     log(f"{len(todo)} configurations; ctx {ctxs}, max_windows {max_windows}; results -> {path}")
     for method, params in todo:
         k = key_of(method, params)
-        if not args.force and (k, tuple(sorted(str(c) for c in ctxs)), max_windows) in done:
+        if not args.force and (k, tuple(sorted(str(c) for c in ctxs)), max_windows, bos) in done:
             continue
         m.restore()
         try:
@@ -449,14 +498,16 @@ def main(argv=None):
             log(f"{k}: FAILED {type(e).__name__}: {e}")
             rows.append(dict(key=k, method=method, params=params, error=f"{type(e).__name__}: {e}",
                              ppl={}, bits_per_weight=float("nan"), seconds=0.0, max_windows=max_windows,
-                             date=time.strftime("%Y-%m-%d %H:%M:%S %Z")))
+                             bos_each_window=bos, date=time.strftime("%Y-%m-%d %H:%M:%S %Z")))
             save_rows(path, rows, meta)
             continue
-        ppl = evaluate(m, ctxs, max_windows)
+        ppl = evaluate(m, ctxs, max_windows, bos)
         row = dict(key=k, method=method, params=params, bits_per_weight=bpw, seconds=secs, ppl=ppl,
-                   max_windows=max_windows, per_tensor=per_tensor, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+                   max_windows=max_windows, bos_each_window=bos, per_tensor=per_tensor, command=meta["command"],
+                   date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
         rows = [r for r in rows if not (r["key"] == k and r["max_windows"] == max_windows
-                                        and sorted(r["ppl"]) == sorted(ppl))] + [row]
+                                        and sorted(r["ppl"]) == sorted(ppl)
+                                        and bool(r.get("bos_each_window")) == bos)] + [row]
         save_rows(path, rows, meta)
         log(f"{label(row):55s} bpw {bpw:6.3f}  " + "  ".join(f"ctx{c} {v['ppl']:9.3f}" for c, v in ppl.items())
             + f"  ({secs:.1f} s quantize)")
