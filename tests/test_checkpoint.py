@@ -335,3 +335,34 @@ def test_nonfinite_weight_names_the_tensor(tmp_path):
         quantize_checkpoint(src, tmp_path / "q", cfg(), progress=False)
     with pytest.raises(CheckpointError, match="incomplete"):
         AdpqCheckpoint(tmp_path / "q")
+
+
+def test_format_1_folders_still_load(tmp_path):
+    """Format 1 had no column scaling: its per-tensor configs lack the field, which must read as
+    'none' even though QuantConfig's default is now 'auto'."""
+    src = make_llama(tmp_path / "src", tied=False, dtype="float32")
+    dst = tmp_path / "q"
+    quantize_checkpoint(src, dst, cfg(column_scaling="none"), progress=False)
+    ref = {n: AdpqCheckpoint(dst).quantized_tensor(n).dequantize() for n in AdpqCheckpoint(dst).qmeta}
+    for f in dst.glob("*.safetensors"):  # rewrite the headers as format 1 wrote them
+        b = f.read_bytes()
+        n = struct.unpack("<Q", b[:8])[0]
+        header = json.loads(b[8:8 + n])
+        meta = header["__metadata__"]
+        meta["adpq.format_version"] = "1"
+        for k in [k for k in meta if k.startswith("adpq:")]:
+            m = json.loads(meta[k])
+            del m["config"]["column_scaling"]
+            meta[k] = json.dumps(m)
+        hb = json.dumps(header).encode()
+        hb += b" " * (-len(hb) % 8)
+        f.write_bytes(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+    conf = json.load(open(dst / "config.json"))
+    conf["quantization_config"]["format_version"] = 1
+    del conf["quantization_config"]["column_scaling"]
+    (dst / "config.json").write_text(json.dumps(conf))
+    ck = AdpqCheckpoint(dst)
+    assert ck.qmeta and all("column_scaling" not in json.dumps(m["config"]) for m in ck.qmeta.values())
+    for name, w_hat in ref.items():
+        qt = ck.quantized_tensor(name)
+        assert qt.config.column_scaling == "none" and bits_equal(qt.dequantize(), w_hat)
