@@ -361,7 +361,7 @@ def gptq_model(src_dir, bits, group_size, *, nsamples=128, seqlen=2048, seed=0,
     model.config.use_cache = False
     calib = calibration_windows(tok, nsamples, seqlen, seed, calib_path)
     layers = model.model.layers
-    cache = {"inps": [], "kw": None}
+    cache = {"inps": []}
 
     class Catcher(torch.nn.Module):
         def __init__(self, m):
@@ -370,8 +370,6 @@ def gptq_model(src_dir, bits, group_size, *, nsamples=128, seqlen=2048, seed=0,
 
         def forward(self, hs, *args, **kw):
             cache["inps"].append(hs.detach())
-            if cache["kw"] is None:
-                cache["args"], cache["kw"] = args, kw
             raise ValueError("caught")
 
     layers[0] = Catcher(layers[0])
@@ -383,12 +381,46 @@ def gptq_model(src_dir, bits, group_size, *, nsamples=128, seqlen=2048, seed=0,
                 pass
     layers[0] = layers[0].m
     inps = cache["inps"]
-    args, kw = cache["args"], dict(cache["kw"])
-    kw.pop("past_key_values", None)
-    kw.pop("past_key_value", None)
-    kw["use_cache"] = False
 
-    def run_block(layer, x):
+    # Each layer's own call arguments (mask, rotary embeddings): layers of one model can differ (Gemma 3:
+    # sliding-window layers get a local mask and rope theta 1e4, full-attention layers a causal mask and
+    # rope theta 1e6), so layer 0's are not reused for the others. Every calibration window has the same
+    # length, so one recording pass (calibration window 0, stopped at the last layer) serves all.
+    calls = [None] * len(layers)
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, m, i):
+            super().__init__()
+            self.m, self.i = m, i
+            if hasattr(m, "attention_type"):  # read by some models' decoder loops
+                self.attention_type = m.attention_type
+
+        def forward(self, hs, *args, **kw):
+            calls[self.i] = (args, kw)
+            if self.i == len(layers) - 1:
+                raise ValueError("caught")
+            return self.m(hs, *args, **kw)
+
+    for i in range(len(layers)):
+        layers[i] = Recorder(layers[i], i)
+    with torch.no_grad():
+        try:
+            model(calib[0:1])
+        except ValueError:
+            pass
+    for i in range(len(layers)):
+        layers[i] = layers[i].m
+
+    def call_args(li):
+        args, kw = calls[li]
+        kw = dict(kw)
+        kw.pop("past_key_values", None)
+        kw.pop("past_key_value", None)
+        kw["use_cache"] = False
+        return args, kw
+
+    def run_block(layer, x, li):
+        args, kw = call_args(li)
         out = layer(x, *args, **kw)
         return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -428,7 +460,7 @@ def gptq_model(src_dir, bits, group_size, *, nsamples=128, seqlen=2048, seed=0,
         hs = [lins[n].register_forward_hook(mk_hook(n)) for n in owners]
         with torch.no_grad():
             for x in inps:
-                run_block(layer, x)
+                run_block(layer, x, li)
         for h in hs:
             h.remove()
         for n, m in lins.items():
@@ -442,7 +474,7 @@ def gptq_model(src_dir, bits, group_size, *, nsamples=128, seqlen=2048, seed=0,
             stored[name] = gptq_stored(tuple(Wq.shape), bits, ng, act_order, static_groups)
         del Hs
         with torch.no_grad():
-            inps = [run_block(layer, x).detach() for x in inps]
+            inps = [run_block(layer, x, li).detach() for x in inps]
     info = {"calibration": f"{Path(calib_path).name} (WikiText-2 validation, word-level tokenized "
                            f"variant, detokenized), {nsamples} random windows x {seqlen} tokens, "
                            f"seed {seed}, model tokenizer",
