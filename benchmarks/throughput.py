@@ -66,7 +66,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     rows = []
     print(f"adpq {adpq.__version__}, kernels {_core.kernels()}, {all_cores} cores: {cpu_name()}")
-    hdr = (f"{'shape':>12} {'dtype':>8} {'bits':>4} {'ratio':>6} {'thr':>3} {'ms':>8} {'Gw/s/core':>9} "
+    hdr = (f"{'shape':>12} {'dtype':>8} {'bits':>4} {'ratio':>6} {'cols':>8} {'thr':>3} {'ms':>8} {'Gw/s/core':>9} "
            f"{'GB/s':>6} {'read ms':>8} {'x read':>6}")
     print(hdr)
     print("-" * len(hdr))
@@ -75,23 +75,25 @@ def main(argv=None):
         for dtype in ("float32", "bfloat16"):
             w = w32 if dtype == "float32" else w32.astype(ml_dtypes.bfloat16)
             plain_read(w)  # warm
-            for bits in (3, 4):
-                for ratio in (0.0, default_ratio):
-                    for threads in sorted({1, all_cores}):
-                        cfg = adpq.QuantConfig(bits=bits, group_size=128, outlier_ratio=ratio, threads=threads)
-                        adpq.quantize(w, config=cfg)  # warm
-                        # interleave: the read and the quantizer see the same machine state
-                        t_q = median_time(lambda: adpq.quantize(w, config=cfg), repeats)
-                        t_r = median_time(lambda: plain_read(w), repeats)
-                        n = w.size
-                        row = dict(shape=list(shape), dtype=dtype, bits=bits, outlier_ratio=ratio, threads=threads,
-                                   seconds=t_q, weights_per_s_per_core=n / t_q / threads,
-                                   input_gb_per_s=w.nbytes / t_q / 1e9, read_seconds=t_r,
-                                   ratio_to_read=t_q / t_r)
-                        rows.append(row)
-                        print(f"{'x'.join(map(str, shape)):>12} {dtype:>8} {bits:>4} {ratio:>6} {threads:>3} "
-                              f"{t_q * 1e3:8.1f} {row['weights_per_s_per_core'] / 1e9:9.3f} "
-                              f"{row['input_gb_per_s']:6.2f} {t_r * 1e3:8.1f} {row['ratio_to_read']:6.2f}")
+            for bits, ratio, cs in [(b, r, c) for b in (3, 4) for r in (0.0, default_ratio)
+                                    for c in ("none", "mean_abs")]:
+                for threads in sorted({1, all_cores}):
+                    cfg = adpq.QuantConfig(bits=bits, group_size=128, outlier_ratio=ratio, threads=threads,
+                                           column_scaling=cs)
+                    adpq.quantize(w, config=cfg)  # warm
+                    # interleave: the read and the quantizer see the same machine state
+                    t_q = median_time(lambda: adpq.quantize(w, config=cfg), repeats)
+                    t_r = median_time(lambda: plain_read(w), repeats)
+                    n = w.size
+                    row = dict(shape=list(shape), dtype=dtype, bits=bits, outlier_ratio=ratio, column_scaling=cs,
+                               threads=threads,
+                               seconds=t_q, weights_per_s_per_core=n / t_q / threads,
+                               input_gb_per_s=w.nbytes / t_q / 1e9, read_seconds=t_r,
+                               ratio_to_read=t_q / t_r)
+                    rows.append(row)
+                    print(f"{'x'.join(map(str, shape)):>12} {dtype:>8} {bits:>4} {ratio:>6} {cs:>8} {threads:>3} "
+                          f"{t_q * 1e3:8.1f} {row['weights_per_s_per_core'] / 1e9:9.3f} "
+                          f"{row['input_gb_per_s']:6.2f} {t_r * 1e3:8.1f} {row['ratio_to_read']:6.2f}")
     # the NumPy reference, on a slice (it is slow on purpose: it is written to be read)
     ws = w32[:256]
     cfg = adpq.QuantConfig(bits=3, group_size=128, outlier_ratio=default_ratio)

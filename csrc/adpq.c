@@ -88,8 +88,7 @@ static const float *load_span(qctx *c, int64_t r, int64_t off, int64_t len, floa
         w = buf;
     }
     if (!m->col_mul) return w;
-    const float *mul = m->col_mul + off;
-    for (int64_t i = 0; i < len; i++) buf[i] = w[i] * mul[i];
+    c->K->mul_row(w, m->col_mul + off, len, buf);
     return buf;
 }
 

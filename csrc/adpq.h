@@ -112,8 +112,9 @@ void adpq_free_outliers(adpq_qmatrix *q);
  * It is exactly the set adpq_quantize uses. */
 adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint8_t *mask, char *err);
 
-/* mean[j] = (float)(sum over rows, in row order, of |w[r][j]| in double / rows): the statistic of
- * column scaling (m->col_mul is ignored). */
+/* mean[j] = (float)(S_j / rows): the statistic of column scaling (m->col_mul is ignored). S_j adds,
+ * in double and in order, the float32 sums of |w[r][j]| over blocks of 64 rows (each summed in row
+ * order from 0). */
 adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean, char *err);
 
 /* Dequantizes q to float32 (rows x cols, row-major). Validates counts and indices. */

@@ -1,13 +1,17 @@
 /* columns.c - the column statistic behind column scaling (python/adpq/columns.py): the mean |w| of
- * each column, summed in double in row order from 0 (the NumPy reference adds the rows in the same
- * order, so both give the same bits). Threads own column stripes: the order per column is kept. */
+ * each column. Rows are summed in float32 in blocks of ADPQ_COLUMN_BLOCK rows (in row order from 0),
+ * each block sum added to a double total in block order; the NumPy reference does the same, so both
+ * give the same bits. Threads own column stripes: the order per column is kept. */
 #include <stdlib.h>
 
 #include "internal.h"
 
+#define ADPQ_COLUMN_BLOCK 64
+
 typedef struct {
     const adpq_matrix *m;
     double *sums;
+    float **block;  /* per worker: one stripe of float32 block sums */
     int64_t stripe;
     int threads;
     float **buf;
@@ -18,6 +22,9 @@ static int stripe_task(void *ctx, int64_t t, int worker) {
     const adpq_matrix *m = c->m;
     const adpq_kernels *K = adpq_active_kernels();
     const int64_t j0 = t * c->stripe, n = (m->cols - j0) < c->stripe ? (m->cols - j0) : c->stripe;
+    float *blk = c->block[worker];
+    double *sums = c->sums + j0;
+    memset(blk, 0, sizeof(float) * (size_t)n);
     for (int64_t r = 0; r < m->rows; r++) {
         const float *w;
         if (m->dtype == ADPQ_F32) {
@@ -30,7 +37,11 @@ static int stripe_task(void *ctx, int64_t t, int worker) {
                 K->bf16_to_f32(src, n, c->buf[worker]);
             w = c->buf[worker];
         }
-        K->abs_accumulate(w, n, c->sums + j0);
+        K->abs_accumulate(w, n, blk);
+        if ((r + 1) % ADPQ_COLUMN_BLOCK == 0 || r + 1 == m->rows) {
+            for (int64_t j = 0; j < n; j++) sums[j] += (double)blk[j];
+            memset(blk, 0, sizeof(float) * (size_t)n);
+        }
     }
     return 0;
 }
@@ -41,18 +52,22 @@ adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean,
         return ADPQ_ERR_ARG;
     }
     cctx c;
+    memset(&c, 0, sizeof(c));
     c.m = m;
     c.threads = threads;
-    /* stripes of >= 256 columns (a cache-friendly run of each row), about 4 per thread */
-    int64_t stripe = (m->cols + 4 * threads - 1) / (4 * threads);
+    /* one stripe per thread (whole rows on one thread: a plain stream), of >= 256 columns */
+    int64_t stripe = (m->cols + threads - 1) / threads;
     c.stripe = stripe < 256 ? 256 : stripe;
     const int64_t ntasks = (m->cols + c.stripe - 1) / c.stripe;
     c.sums = (double *)calloc((size_t)m->cols, sizeof(double));
     c.buf = (float **)calloc((size_t)threads, sizeof(float *));
+    c.block = (float **)calloc((size_t)threads, sizeof(float *));
     int rc = ADPQ_OK;
-    if (!c.sums || !c.buf) goto nomem;
+    if (!c.sums || !c.buf || !c.block) goto nomem;
     for (int i = 0; i < threads; i++)
-        if (!(c.buf[i] = (float *)malloc(sizeof(float) * (size_t)c.stripe))) goto nomem;
+        if (!(c.buf[i] = (float *)malloc(sizeof(float) * (size_t)c.stripe)) ||
+            !(c.block[i] = (float *)malloc(sizeof(float) * (size_t)c.stripe)))
+            goto nomem;
     adpq_parallel_for(threads, ntasks, stripe_task, &c);
     for (int64_t j = 0; j < m->cols; j++) mean[j] = (float)(c.sums[j] / (double)m->rows);
     goto done;
@@ -60,9 +75,12 @@ nomem:
     adpq_set_err(err, "out of memory");
     rc = ADPQ_ERR_NOMEM;
 done:
-    if (c.buf)
-        for (int i = 0; i < threads; i++) free(c.buf[i]);
+    for (int i = 0; i < threads; i++) {
+        if (c.buf) free(c.buf[i]);
+        if (c.block) free(c.block[i]);
+    }
     free(c.buf);
+    free(c.block);
     free(c.sums);
     return (adpq_status)rc;
 }

@@ -53,8 +53,10 @@ typedef struct {
      * +inf/-inf when there are none). Returns c, or -1 if w holds a NaN or Inf. */
     int64_t (*gather_groups)(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *keys, uint32_t *pos,
                              float *mn, float *mx);
-    /* acc[i] += |(double)w[i]| */
-    void (*abs_accumulate)(const float *w, int64_t n, double *acc);
+    /* acc[i] += |w[i]| in float32 (block sums of the column statistic) */
+    void (*abs_accumulate)(const float *w, int64_t n, float *acc);
+    /* out[i] = w[i] * mul[i] in float32 (column scaling) */
+    void (*mul_row)(const float *w, const float *mul, int64_t n, float *out);
     /* out[i] = ((float)codes[i] - z) * s */
     void (*dequant)(const uint8_t *codes, int64_t n, float s, float z, float *out);
     /* converts n values of a 16-bit float dtype to float32 */

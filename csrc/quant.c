@@ -186,8 +186,12 @@ static int64_t s_mask_positions(const uint8_t *mask, int64_t n, uint32_t *pos) {
     return c;
 }
 
-static void s_abs_accumulate(const float *w, int64_t n, double *acc) {
-    for (int64_t i = 0; i < n; i++) acc[i] += fabs((double)w[i]);
+static void s_abs_accumulate(const float *w, int64_t n, float *acc) {
+    for (int64_t i = 0; i < n; i++) acc[i] += fabsf(w[i]);
+}
+
+static void s_mul_row(const float *w, const float *mul, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = w[i] * mul[i];
 }
 
 static void s_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {
@@ -236,6 +240,7 @@ const adpq_kernels adpq_kernels_scalar = {
     .codes_groups = s_codes_groups,
     .gather_groups = s_gather_groups,
     .abs_accumulate = s_abs_accumulate,
+    .mul_row = s_mul_row,
     .dequant = s_dequant,
     .f16_to_f32 = s_f16_to_f32,
     .bf16_to_f32 = s_bf16_to_f32,

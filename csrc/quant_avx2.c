@@ -342,17 +342,18 @@ AVX2 static int64_t v_mask_positions(const uint8_t *mask, int64_t n, uint32_t *p
 
 AVX2 static float v_from_f16(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
 
-AVX2 static void v_abs_accumulate(const float *w, int64_t n, double *acc) {
-    const __m256d sign = _mm256_set1_pd(-0.0);
+AVX2 static void v_abs_accumulate(const float *w, int64_t n, float *acc) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(w + i);
-        __m256d lo = _mm256_andnot_pd(sign, _mm256_cvtps_pd(_mm256_castps256_ps128(x)));
-        __m256d hi = _mm256_andnot_pd(sign, _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
-        _mm256_storeu_pd(acc + i, _mm256_add_pd(_mm256_loadu_pd(acc + i), lo));
-        _mm256_storeu_pd(acc + i + 4, _mm256_add_pd(_mm256_loadu_pd(acc + i + 4), hi));
-    }
-    for (; i < n; i++) acc[i] += fabs((double)w[i]);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), _mm256_andnot_ps(sign, _mm256_loadu_ps(w + i))));
+    for (; i < n; i++) acc[i] += fabsf(w[i]);
+}
+
+AVX2 static void v_mul_row(const float *w, const float *mul, int64_t n, float *out) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(mul + i)));
+    for (; i < n; i++) out[i] = w[i] * mul[i];
 }
 
 AVX2 static void v_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {
@@ -509,6 +510,7 @@ const adpq_kernels adpq_kernels_avx2 = {
     .codes_groups = v_codes_groups,
     .gather_groups = v_gather_groups,
     .abs_accumulate = v_abs_accumulate,
+    .mul_row = v_mul_row,
     .dequant = v_dequant,
     .f16_to_f32 = v_f16_to_f32,
     .bf16_to_f32 = v_bf16_to_f32,

@@ -8,8 +8,9 @@ follow the weights rather than the loudest channel, like the column scales of SI
 one pass with no iteration and no data. The outliers are then the weights largest relative to their
 column.
 
-c_j = bfloat16(float32(S_j / rows)), S_j = the sum of |w_ij| in float64 over rows in row order from
-0 (the C core's column_mean_abs; reference.py adds the rows in NumPy in the same order); a column
+c_j = bfloat16(float32(S_j / rows)), S_j = the float64 sum, in order, of the float32 sums of |w_ij|
+over blocks of 64 rows, each in row order from 0 (the C core's column_mean_abs; reference.py adds the
+rows in NumPy in the same order); a column
 whose mean is 0, below the float32 normal range or beyond the bfloat16 range gets c_j = 1. m_j = float32(1) / float32(c_j).
 W' and w_hat are float32 products.
 """
