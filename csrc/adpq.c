@@ -76,17 +76,7 @@ static int grow(void **p, int64_t *cap, int64_t need, size_t elem) {
 /* weights [off, off+len) of row r as float32, times the column factors when there are some */
 static const float *load_span(qctx *c, int64_t r, int64_t off, int64_t len, float *buf) {
     const adpq_matrix *m = c->m;
-    const float *w;
-    if (m->dtype == ADPQ_F32) {
-        w = (const float *)m->data + r * m->row_stride + off;
-    } else {
-        const uint16_t *src = (const uint16_t *)m->data + r * m->row_stride + off;
-        if (m->dtype == ADPQ_F16)
-            c->K->f16_to_f32(src, len, buf);
-        else
-            c->K->bf16_to_f32(src, len, buf);
-        w = buf;
-    }
+    const float *w = adpq_row_f32(c->K, m, r, off, len, buf);
     if (!m->col_mul) return w;
     c->K->mul_row(w, m->col_mul + off, len, buf);
     return buf;

@@ -26,18 +26,7 @@ static int stripe_task(void *ctx, int64_t t, int worker) {
     double *sums = c->sums + j0;
     memset(blk, 0, sizeof(float) * (size_t)n);
     for (int64_t r = 0; r < m->rows; r++) {
-        const float *w;
-        if (m->dtype == ADPQ_F32) {
-            w = (const float *)m->data + r * m->row_stride + j0;
-        } else {
-            const uint16_t *src = (const uint16_t *)m->data + r * m->row_stride + j0;
-            if (m->dtype == ADPQ_F16)
-                K->f16_to_f32(src, n, c->buf[worker]);
-            else
-                K->bf16_to_f32(src, n, c->buf[worker]);
-            w = c->buf[worker];
-        }
-        K->abs_accumulate(w, n, blk);
+        K->abs_accumulate(adpq_row_f32(K, m, r, j0, n, c->buf[worker]), n, blk);
         if ((r + 1) % ADPQ_COLUMN_BLOCK == 0 || r + 1 == m->rows) {
             for (int64_t j = 0; j < n; j++) sums[j] += (double)blk[j];
             memset(blk, 0, sizeof(float) * (size_t)n);

@@ -77,6 +77,19 @@ typedef struct {
 } adpq_kernels;
 
 extern const adpq_kernels adpq_kernels_scalar;
+
+/* Weights [off, off+len) of row r as float32: in place for float32 input, else converted into buf
+ * (len floats). Ignores m->col_mul. */
+static inline const float *adpq_row_f32(const adpq_kernels *K, const adpq_matrix *m, int64_t r, int64_t off,
+                                        int64_t len, float *buf) {
+    if (m->dtype == ADPQ_F32) return (const float *)m->data + r * m->row_stride + off;
+    const uint16_t *src = (const uint16_t *)m->data + r * m->row_stride + off;
+    if (m->dtype == ADPQ_F16)
+        K->f16_to_f32(src, len, buf);
+    else
+        K->bf16_to_f32(src, len, buf);
+    return buf;
+}
 #if defined(__x86_64__) || defined(__i386__)
 #define ADPQ_HAVE_AVX2_KERNELS 1
 extern const adpq_kernels adpq_kernels_avx2;

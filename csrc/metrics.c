@@ -18,15 +18,7 @@ typedef struct {
 } mctx;
 
 static const float *row_f32(const mctx *c, int64_t r, float *buf) {
-    const adpq_matrix *m = c->w;
-    if (m->dtype == ADPQ_F32) return (const float *)m->data + r * m->row_stride;
-    const uint16_t *src = (const uint16_t *)m->data + r * m->row_stride;
-    const adpq_kernels *K = adpq_active_kernels();
-    if (m->dtype == ADPQ_F16)
-        K->f16_to_f32(src, m->cols, buf);
-    else
-        K->bf16_to_f32(src, m->cols, buf);
-    return buf;
+    return adpq_row_f32(adpq_active_kernels(), c->w, r, 0, c->w->cols, buf);
 }
 
 static int sums_task(void *ctx, int64_t t, int worker) {
