@@ -13,7 +13,6 @@ typedef struct {
     double *sums;
     float **block;  /* per worker: one stripe of float32 block sums */
     int64_t stripe;
-    int threads;
     float **buf;
 } cctx;
 
@@ -43,7 +42,6 @@ adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean,
     cctx c;
     memset(&c, 0, sizeof(c));
     c.m = m;
-    c.threads = threads;
     /* one stripe per thread (whole rows on one thread: a plain stream), of >= 256 columns */
     int64_t stripe = (m->cols + threads - 1) / threads;
     c.stripe = stripe < 256 ? 256 : stripe;

@@ -40,10 +40,9 @@ typedef struct {
      * adpq_group_params: 1/s, z and the stored scale / zero-point bits; ADPQ_ERR_RANGE on overflow */
     int (*params)(const float *mn, const float *mx, int64_t n, int bits, int qmode, int scale_dtype, float *inv,
                   float *z, uint32_t *s_stored, uint32_t *z_stored);
-    /* codes[i] = clamp(rint(w[i] * inv + z), 0, qmax) */
-    void (*codes)(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes);
     /* per group of g (the last one shorter) of w[0..n): min/max (canonical +0; groups j with
-     * skip && skip[j] are left alone) and codes, with per-group parameters */
+     * skip && skip[j] are left alone) and codes[i] = clamp(rint(w[i] * inv + z), 0, qmax) with
+     * the parameters of its group */
     int (*minmax_groups)(const float *w, int64_t n, int64_t g, int check, const int64_t *skip, float *mn, float *mx);
     void (*codes_groups)(const float *w, int64_t n, int64_t g, const float *inv, const float *z, int qmax,
                          uint8_t *codes);

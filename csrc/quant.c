@@ -235,7 +235,6 @@ const adpq_kernels adpq_kernels_scalar = {
     .mask_gt = s_mask_gt,
     .minmax = s_minmax,
     .params = s_params,
-    .codes = s_codes,
     .minmax_groups = s_minmax_groups,
     .codes_groups = s_codes_groups,
     .gather_groups = s_gather_groups,

@@ -315,10 +315,6 @@ AVX2 static inline __attribute__((always_inline)) void codes_span(const float *w
     for (; i < n; i++) codes[i] = adpq_code_of(w[i], inv, z, (float)qmax);
 }
 
-AVX2 static void v_codes(const float *w, int64_t n, float inv, float z, int qmax, uint8_t *codes) {
-    codes_span(w, n, inv, z, qmax, codes);
-}
-
 AVX2 static void v_codes_groups(const float *w, int64_t n, int64_t g, const float *inv, const float *z, int qmax,
                                 uint8_t *codes) {
     for (int64_t j = 0, off = 0; off < n; j++, off += g) codes_span(w + off, n - off < g ? n - off : g, inv[j], z[j], qmax, codes + off);
@@ -505,7 +501,6 @@ const adpq_kernels adpq_kernels_avx2 = {
     .mask_gt = v_mask_gt,
     .minmax = v_minmax,
     .params = v_params,
-    .codes = v_codes,
     .minmax_groups = v_minmax_groups,
     .codes_groups = v_codes_groups,
     .gather_groups = v_gather_groups,
