@@ -33,8 +33,8 @@ typedef struct { /* what one chunk of rows produced, in row order */
     int64_t cap_vals;
     uint32_t *osc, *ozp; /* stored outlier scales / zero-points (format GROUP) */
     int64_t n_grp, cap_osc, cap_ozp;
-    uint32_t *gkeys, *gcols; /* threshold pass: candidate keys and their columns, row order */
-    int64_t n_keys, cap_keys, cap_gcols;
+    uint32_t *gvals, *gcols; /* threshold pass: candidate values (float32 bits) and their columns, row order */
+    int64_t n_cand, cap_gvals, cap_gcols;
     int fail;
     int64_t fail_row;
 } chunk_out;
@@ -120,37 +120,54 @@ static int64_t group_mask(qctx *c, const float *w, int64_t len, uint8_t *mask, u
     return c->K->mask_gt(w, len, thr, mask);
 }
 
-/* The outlier columns of row r, increasing, into s->rpos; returns their number.
- * Tensor scope: the row's candidates (keys, cols: n of them, from the threshold pass) that pass the
+/* Group j's outliers are s->rpos[*f, m), with range [*omn, *omx]; the next group's start there. */
+static inline void close_group(scratch *s, int64_t j, int64_t *f, int64_t m, float *omn, float *omx) {
+    s->gfirst[j] = *f;
+    s->gcnt[j] = m - *f;
+    s->omn[j] = *omn;
+    s->omx[j] = *omx;
+    *omn = INFINITY;
+    *omx = -INFINITY;
+    *f = m;
+}
+
+/* The outlier columns of row r, increasing, into s->rpos; each group's run of them (s->gfirst,
+ * s->gcnt); returns their number.
+ * Tensor scope: the row's candidates (vals, cols: n of them, from the threshold pass) that pass the
  * threshold; the others are inliers, whose values widen their group's range (s->gmn/gmx, which
- * start as the threshold pass's range of the non-candidates), so no pass over the row is needed.
+ * start as the threshold pass's range of the non-candidates, canonical: a candidate is never 0),
+ * so the row itself is not read. The outliers' ranges go to s->omn/omx.
  * Group scope: each group's selection. */
-static int64_t row_outliers(qctx *c, int64_t r, const float *w, scratch *s, const uint32_t *keys,
+static int64_t row_outliers(qctx *c, int64_t r, const float *w, scratch *s, const uint32_t *vals,
                             const uint32_t *cols_of, int64_t n) {
+    const int64_t G = c->lay.groups_per_row, g = c->lay.group_size, cols = c->m->cols;
     int64_t m = 0;
     if (c->mode == MODE_TENSOR) {
         const uint32_t T = c->thr_key;
-        const int64_t G = c->lay.groups_per_row, g = c->lay.group_size;
-        int64_t quota = c->tie_quota ? c->tie_quota[r] : INT64_MAX, taken = 0, j = 0;
+        int64_t quota = c->tie_quota ? c->tie_quota[r] : INT64_MAX, taken = 0, j = 0, f = 0;
         uint32_t end = (uint32_t)g; /* of group j */
+        float omn = INFINITY, omx = -INFINITY;
         memcpy(s->gmn, c->nc_mn + r * G, sizeof(float) * (size_t)G);
         memcpy(s->gmx, c->nc_mx + r * G, sizeof(float) * (size_t)G);
         for (int64_t i = 0; i < n; i++) {
-            if (keys[i] > T || (keys[i] == T && taken < quota)) {
-                taken += keys[i] == T;
+            for (; cols_of[i] >= end; j++, end += (uint32_t)g) close_group(s, j, &f, m, &omn, &omx);
+            const uint32_t key = vals[i] & 0x7fffffffu;
+            float v;
+            memcpy(&v, &vals[i], 4);
+            if (key > T || (key == T && taken < quota)) {
+                taken += key == T;
                 s->rpos[m++] = cols_of[i];
+                omn = v < omn ? v : omn;
+                omx = v > omx ? v : omx;
                 continue;
             }
-            while (cols_of[i] >= end) {
-                j++;
-                end += (uint32_t)g;
-            }
-            float v = w[cols_of[i]];
             s->gmn[j] = v < s->gmn[j] ? v : s->gmn[j];
             s->gmx[j] = v > s->gmx[j] ? v : s->gmx[j];
         }
-    } else if (c->mode == MODE_GROUP_SOLVE || c->mode == MODE_GROUP_LAM) {
-        const int64_t cols = c->m->cols, g = c->lay.group_size;
+        for (; j < G; j++) close_group(s, j, &f, m, &omn, &omx);
+        return m;
+    }
+    if (c->mode == MODE_GROUP_SOLVE || c->mode == MODE_GROUP_LAM) {
         for (int64_t off = 0; off < cols; off += g) {
             int64_t len = (cols - off) < g ? (cols - off) : g;
             if (group_mask(c, w + off, len, s->mask, s->keys) == 0) continue;
@@ -158,6 +175,14 @@ static int64_t row_outliers(qctx *c, int64_t r, const float *w, scratch *s, cons
             for (int64_t i = 0; i < k; i++) s->rpos[m + i] += (uint32_t)off;
             m += k;
         }
+    }
+    for (int64_t j = 0, f = 0; j < G; j++) { /* (a walk: no division per outlier) */
+        const uint32_t end = (uint32_t)((j + 1) * g < cols ? (j + 1) * g : cols);
+        int64_t e = f;
+        while (e < m && s->rpos[e] < end) e++;
+        s->gfirst[j] = f;
+        s->gcnt[j] = e - f;
+        f = e;
     }
     return m;
 }
@@ -198,10 +223,10 @@ static void store_group_arrays(qctx *c, int64_t r, const scratch *s) {
     for (int64_t j = 0; j < G; j++) adpq_put_count(c->q->outlier_counts, g0 + j, s->gcnt[j], cb);
 }
 
-/* Quantizes row r. keys/cols_of/n: the row's threshold-pass candidates (tensor scope).
+/* Quantizes row r. vals/cols_of/n: the row's threshold-pass candidates (tensor scope).
  * 1. per group: its outliers (a run of s->rpos) and the min/max of its inliers and outliers;
  * 2. every group's parameters at once; 3. per group: codes, the outliers' records; 4. pack. */
-static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint32_t *keys, const uint32_t *cols_of,
+static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint32_t *vals, const uint32_t *cols_of,
                        int64_t n) {
     const adpq_kernels *K = c->K;
     const adpq_config *cfg = c->cfg;
@@ -209,60 +234,38 @@ static int process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint
     const int qmode = adpq_qmode(cfg), fp16 = cfg->outlier_format == ADPQ_OUTLIERS_FP16;
     const int check = c->mode != MODE_TENSOR; /* (tensor scope: the threshold pass has checked) */
     const float *w = load_span(c, r, 0, cols, s->rowf);
-    const int64_t n_row = row_outliers(c, r, w, s, keys, cols_of, n);
-
-    /* each group's run of outliers in s->rpos */
-    for (int64_t j = 0, f = 0; j < G; j++) { /* (a walk: no division per outlier) */
-        const uint32_t end = (uint32_t)((j + 1) * g < cols ? (j + 1) * g : cols);
-        int64_t e = f;
-        while (e < n_row && s->rpos[e] < end) e++;
-        s->gfirst[j] = f;
-        s->gcnt[j] = e - f;
-        f = e;
-    }
+    const int64_t n_row = row_outliers(c, r, w, s, vals, cols_of, n);
     if (c->mask_out) {
         uint8_t *dst = c->mask_out + r * cols;
         memset(dst, 0, (size_t)cols);
         for (int64_t i = 0; i < n_row; i++) dst[s->rpos[i]] = 1;
         return ADPQ_OK;
     }
-    /* 1. inlier (and outlier) ranges; tensor scope: row_outliers has them. Group scope: groups
+    /* 1. inlier and outlier ranges (tensor scope: row_outliers has them). Group scope: groups
      * without outliers in one call, then the others */
-    if (!check) {
-        for (int64_t j = 0; j < G; j++) { /* canonical +0 (the candidates' values were merged in) */
-            s->gmn[j] += 0.0f;
-            s->gmx[j] += 0.0f;
-        }
-    } else if (!K->minmax_groups(w, cols, g, 1, n_row ? s->gcnt : NULL, s->gmn, s->gmx)) {
-        return ADPQ_ERR_NONFINITE;
-    }
-    for (int64_t j = 0; n_row && j < G; j++) {
+    if (check && !K->minmax_groups(w, cols, g, 1, n_row ? s->gcnt : NULL, s->gmn, s->gmx)) return ADPQ_ERR_NONFINITE;
+    for (int64_t j = 0; check && n_row && j < G; j++) {
         const int64_t cnt = s->gcnt[j];
         if (!cnt) continue;
         const int64_t off = j * g, len = (cols - off) < g ? (cols - off) : g;
         const float *wg = w + off;
         const uint32_t *gp = s->rpos + s->gfirst[j];
-        float imn = s->gmn[j], imx = s->gmx[j], omn = INFINITY, omx = -INFINITY;
+        float imn = INFINITY, imx = -INFINITY, omn = INFINITY, omx = -INFINITY;
         int finite = 1;
-        if (check) {
-            /* min/max of the inliers: the group with each outlier replaced by its first inlier */
-            int64_t first = 0;
-            imn = INFINITY;
-            imx = -INFINITY;
-            for (int64_t i = 0; i < cnt && gp[i] - off == (uint32_t)first; i++) first++;
-            if (first < len) {
-                memcpy(s->tmp, wg, sizeof(float) * (size_t)len);
-                for (int64_t i = 0; i < cnt; i++) s->tmp[gp[i] - off] = wg[first];
-                finite = K->minmax(s->tmp, len, check, &imn, &imx);
-            }
+        /* min/max of the inliers: the group with each outlier replaced by its first inlier */
+        int64_t first = 0;
+        for (int64_t i = 0; i < cnt && gp[i] - off == (uint32_t)first; i++) first++;
+        if (first < len) {
+            memcpy(s->tmp, wg, sizeof(float) * (size_t)len);
+            for (int64_t i = 0; i < cnt; i++) s->tmp[gp[i] - off] = wg[first];
+            finite = K->minmax(s->tmp, len, check, &imn, &imx);
         }
-        if (check || !fp16) /* (the fp16 format needs no outlier range) */
-            for (int64_t i = 0; i < cnt; i++) {
-                float v = w[gp[i]];
-                finite &= isfinite(v) != 0;
-                omn = v < omn ? v : omn;
-                omx = v > omx ? v : omx;
-            }
+        for (int64_t i = 0; i < cnt; i++) {
+            float v = w[gp[i]];
+            finite &= isfinite(v) != 0;
+            omn = v < omn ? v : omn;
+            omx = v > omx ? v : omx;
+        }
         if (!finite) return ADPQ_ERR_NONFINITE;
         /* canonical +0: SIMD and scalar min/max may differ in the sign of 0 */
         s->gmn[j] = imn + 0.0f;
@@ -312,14 +315,14 @@ static int quant_task(void *ctx, int64_t t, int worker) {
     if (r1 > c->m->rows) r1 = c->m->rows;
     for (int64_t r = r0; r < r1; r++) {
         int64_t n = c->mode == MODE_TENSOR ? c->row_cnt[r] : 0;
-        int rc = process_row(c, r, &c->scr[worker], co, co->gkeys + o, co->gcols + o, n);
+        int rc = process_row(c, r, &c->scr[worker], co, co->gvals + o, co->gcols + o, n);
         if (rc) return rc;
         o += n;
     }
     return 0;
 }
 
-/* threshold pass: candidates |w| > gather_thr (keys and columns), per row counts */
+/* threshold pass: candidates |w| > gather_thr (values and columns), per row counts */
 static int gather_task(void *ctx, int64_t t, int worker) {
     qctx *c = (qctx *)ctx;
     chunk_out *co = &c->chunks[t];
@@ -329,11 +332,11 @@ static int gather_task(void *ctx, int64_t t, int worker) {
     const int64_t G = c->lay.groups_per_row;
     /* room for about 4% of the chunk's weights up front, so that the lists rarely move */
     const int64_t first = (r1 - r0) * cols / 25 + cols;
-    if (grow((void **)&co->gkeys, &co->cap_keys, first, 4) || grow((void **)&co->gcols, &co->cap_gcols, first, 4))
+    if (grow((void **)&co->gvals, &co->cap_gvals, first, 4) || grow((void **)&co->gcols, &co->cap_gcols, first, 4))
         return ADPQ_ERR_NOMEM;
     for (int64_t r = r0; r < r1; r++) {
-        if (grow((void **)&co->gkeys, &co->cap_keys, co->n_keys + cols, 4) ||
-            grow((void **)&co->gcols, &co->cap_gcols, co->n_keys + cols, 4))
+        if (grow((void **)&co->gvals, &co->cap_gvals, co->n_cand + cols, 4) ||
+            grow((void **)&co->gcols, &co->cap_gcols, co->n_cand + cols, 4))
             return ADPQ_ERR_NOMEM;
         const size_t isz = c->m->dtype == ADPQ_F32 ? 4 : 2;
         const void *w = (const char *)c->m->data + (size_t)(r * c->m->row_stride) * isz;
@@ -342,11 +345,11 @@ static int gather_task(void *ctx, int64_t t, int worker) {
             w = load_span(c, r, 0, cols, c->scr[worker].rowf);
             dtype = ADPQ_F32;
         }
-        int64_t n = c->K->gather_groups(w, dtype, cols, c->lay.group_size, c->gather_thr, co->gkeys + co->n_keys,
-                                        co->gcols + co->n_keys, c->nc_mn + r * G, c->nc_mx + r * G);
+        int64_t n = c->K->gather_groups(w, dtype, cols, c->lay.group_size, c->gather_thr, co->gvals + co->n_cand,
+                                        co->gcols + co->n_cand, c->nc_mn + r * G, c->nc_mx + r * G);
         if (n < 0) return ADPQ_ERR_NONFINITE;
         c->row_cnt[r] = n;
-        co->n_keys += n;
+        co->n_cand += n;
     }
     return 0;
 }
@@ -358,7 +361,7 @@ static void free_chunks(qctx *c) {
             free(c->chunks[t].vals);
             free(c->chunks[t].osc);
             free(c->chunks[t].ozp);
-            free(c->chunks[t].gkeys);
+            free(c->chunks[t].gvals);
             free(c->chunks[t].gcols);
         }
     free(c->chunks);
@@ -440,16 +443,17 @@ static int64_t sample_keys(qctx *c, int64_t sw, uint32_t *keys, float *buf) {
     return m;
 }
 
-/* A copy of the candidate keys of all chunks. */
+/* The keys (magnitudes) of the candidates of all chunks. */
 static uint32_t *collect_candidates(qctx *c, int64_t *total) {
     int64_t n = 0;
-    for (int64_t t = 0; t < c->nchunks; t++) n += c->chunks[t].n_keys;
+    for (int64_t t = 0; t < c->nchunks; t++) n += c->chunks[t].n_cand;
     uint32_t *all = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(n > 0 ? n : 1));
     if (!all) return NULL;
     int64_t o = 0;
     for (int64_t t = 0; t < c->nchunks; t++) {
-        if (c->chunks[t].n_keys) memcpy(all + o, c->chunks[t].gkeys, sizeof(uint32_t) * (size_t)c->chunks[t].n_keys);
-        o += c->chunks[t].n_keys;
+        const uint32_t *v = c->chunks[t].gvals;
+        for (int64_t i = 0; i < c->chunks[t].n_cand; i++) all[o + i] = v[i] & 0x7fffffffu;
+        o += c->chunks[t].n_cand;
     }
     *total = n;
     return all;
@@ -458,10 +462,10 @@ static uint32_t *collect_candidates(qctx *c, int64_t *total) {
 /* Runs the threshold pass at gather_thr (every chunk's candidate list restarts). */
 static int gather(qctx *c, float gather_thr, int64_t *total, char *err) {
     c->gather_thr = gather_thr;
-    for (int64_t t = 0; t < c->nchunks; t++) c->chunks[t].n_keys = 0;
+    for (int64_t t = 0; t < c->nchunks; t++) c->chunks[t].n_cand = 0;
     int rc = run_pass(c, gather_task, err);
     *total = 0;
-    for (int64_t t = 0; t < c->nchunks; t++) *total += c->chunks[t].n_keys;
+    for (int64_t t = 0; t < c->nchunks; t++) *total += c->chunks[t].n_cand;
     return rc;
 }
 
@@ -544,11 +548,11 @@ static int tensor_threshold(qctx *c, int64_t **quota_out, char *err) {
         if (!quota) goto nomem;
         int64_t remaining = k - n_gt, r = 0;
         for (int64_t t = 0; t < c->nchunks; t++) {
-            const uint32_t *keys = c->chunks[t].gkeys;
+            const uint32_t *vals = c->chunks[t].gvals;
             int64_t o = 0, r1 = (t + 1) * c->rows_per_chunk;
             for (; r < rows && r < r1; r++) {
                 int64_t e = 0;
-                for (int64_t i = 0; i < c->row_cnt[r]; i++) e += keys[o + i] == T;
+                for (int64_t i = 0; i < c->row_cnt[r]; i++) e += (vals[o + i] & 0x7fffffffu) == T;
                 o += c->row_cnt[r];
                 quota[r] = e < remaining ? e : remaining;
                 remaining -= quota[r];

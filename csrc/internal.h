@@ -47,10 +47,12 @@ typedef struct {
     void (*codes_groups)(const float *w, int64_t n, int64_t g, const float *inv, const float *z, int qmax,
                          uint8_t *codes);
     /* The threshold pass over one row w[0..n) of `dtype` (ADPQ_F32/F16/BF16): for each i with
-     * |w[i]| > t, in order, keys[c] = its magnitude key and pos[c] = i (the candidates); for each
+     * |w[i]| > t, in order, vals[c] = its float32 bits (the magnitude key is vals[c] & 0x7fffffff;
+     * the value is kept so that the quantize pass need not read it again) and pos[c] = i (the
+     * candidates); for each
      * group of g (the last one shorter), mn[j]/mx[j] = min/max of its other weights (canonical +0;
      * +inf/-inf when there are none). Returns c, or -1 if w holds a NaN or Inf. */
-    int64_t (*gather_groups)(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *keys, uint32_t *pos,
+    int64_t (*gather_groups)(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *vals, uint32_t *pos,
                              float *mn, float *mx);
     /* acc[i] += |w[i]| in float32 (block sums of the column statistic) */
     void (*abs_accumulate)(const float *w, int64_t n, float *acc);

@@ -157,7 +157,7 @@ static inline float value_of(const void *w, int dtype, int64_t i) {
     return dtype == ADPQ_BF16 ? adpq_bf16_to_f32(h) : adpq_f16_to_f32(h);
 }
 
-static int64_t s_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *keys, uint32_t *pos,
+static int64_t s_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *vals, uint32_t *pos,
                                float *mn, float *mx) {
     int64_t c = 0;
     for (int64_t j = 0, off = 0; off < n; j++, off += g) {
@@ -166,7 +166,7 @@ static int64_t s_gather_groups(const void *w, int dtype, int64_t n, int64_t g, f
             float v = value_of(w, dtype, i);
             if (!isfinite(v)) return -1;
             if (fabsf(v) > t) {
-                keys[c] = adpq_abs_key(v);
+                memcpy(&vals[c], &v, 4);
                 pos[c++] = (uint32_t)i;
             } else {
                 a = v < a ? v : a;

@@ -135,86 +135,99 @@ AVX2 static inline float load1(const void *w, int dtype, int64_t i) {
 /* Magnitude keys compare as integers (|w| > t <=> key(w) > key(t) for finite values); the lanes
  * above t are blended out of the group's min/max; the largest key tells whether a NaN or Inf was
  * seen. 16 weights per step with one branch for the candidates. */
+/* Appends the lanes of x set in m (bit i: lane i of 16) as candidates at columns i0 + lane;
+ * returns -1 if one is a NaN or Inf (those are always candidates: their keys exceed any t). */
+AVX2 static inline int take_candidates(__m256 x0, __m256 x1, unsigned m, int64_t i0, uint32_t *vals, uint32_t *pos,
+                                       int64_t *c) {
+    uint32_t buf[16];
+    _mm256_storeu_ps((float *)buf, x0);
+    _mm256_storeu_ps((float *)(buf + 8), x1);
+    int bad = 0;
+    while (m) {
+        int bit = __builtin_ctz(m);
+        uint32_t v = buf[bit];
+        bad |= (v & 0x7fffffffu) >= 0x7f800000u;
+        vals[*c] = v;
+        pos[(*c)++] = (uint32_t)(i0 + bit);
+        m &= m - 1;
+    }
+    return bad ? -1 : 0;
+}
+
+/* The range of the weights of w[off, end) with |w| <= t (exact; for the rare groups where the
+ * vector loop's shortcut below cannot tell). */
+AVX2 static inline void range_below(const void *w, int dtype, int64_t off, int64_t end, float t, float *lo, float *hi) {
+    float a = INFINITY, b = -INFINITY;
+    for (int64_t i = off; i < end; i++) {
+        float v = load1(w, dtype, i);
+        if (fabsf(v) > t) continue;
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+    }
+    *lo = a;
+    *hi = b;
+}
+
+/* The vector loop replaces each candidate by +0 before its min/max (one and-not instead of two
+ * blends): exact unless the group has candidates and the result touches 0, when the group's range
+ * is computed again. NaN/Inf are candidates, checked as they are taken. */
 AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const void *w, const int dtype, int64_t n,
-                                                                          int64_t g, float t, uint32_t *keys,
+                                                                          int64_t g, float t, uint32_t *vals,
                                                                           uint32_t *pos, float *mn, float *mx) {
     const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk = _mm256_set1_epi32((int)adpq_abs_key(t));
     const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
-    __m256i kmax = _mm256_setzero_si256();
     int64_t c = 0;
-    uint32_t kbuf[16];
     for (int64_t j = 0, off = 0; off < n; j++, off += g) {
-        const int64_t end = n - off < g ? n : off + g;
+        const int64_t end = n - off < g ? n : off + g, c0 = c;
         __m256 a = pinf, b = ninf;
         int64_t i = off;
         for (; i + 16 <= end; i += 16) {
             __m256 x0 = load8(w, dtype, i), x1 = load8(w, dtype, i + 8);
-            __m256i k0 = _mm256_and_si256(_mm256_castps_si256(x0), absm);
-            __m256i k1 = _mm256_and_si256(_mm256_castps_si256(x1), absm);
-            kmax = _mm256_max_epu32(kmax, _mm256_max_epu32(k0, k1));
-            __m256i g0 = _mm256_cmpgt_epi32(k0, tk), g1 = _mm256_cmpgt_epi32(k1, tk);
-            a = _mm256_min_ps(a, _mm256_min_ps(_mm256_blendv_ps(x0, pinf, _mm256_castsi256_ps(g0)),
-                                               _mm256_blendv_ps(x1, pinf, _mm256_castsi256_ps(g1))));
-            b = _mm256_max_ps(b, _mm256_max_ps(_mm256_blendv_ps(x0, ninf, _mm256_castsi256_ps(g0)),
-                                               _mm256_blendv_ps(x1, ninf, _mm256_castsi256_ps(g1))));
+            __m256i g0 = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x0), absm), tk);
+            __m256i g1 = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x1), absm), tk);
+            __m256 y0 = _mm256_andnot_ps(_mm256_castsi256_ps(g0), x0), y1 = _mm256_andnot_ps(_mm256_castsi256_ps(g1), x1);
+            a = _mm256_min_ps(a, _mm256_min_ps(y0, y1));
+            b = _mm256_max_ps(b, _mm256_max_ps(y0, y1));
             __m256i any = _mm256_or_si256(g0, g1);
             if (_mm256_testz_si256(any, any)) continue;
             unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g0)) |
                          (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g1)) << 8;
-            _mm256_storeu_si256((__m256i *)kbuf, k0);
-            _mm256_storeu_si256((__m256i *)(kbuf + 8), k1);
-            while (m) {
-                int bit = __builtin_ctz(m);
-                keys[c] = kbuf[bit];
-                pos[c++] = (uint32_t)(i + bit);
-                m &= m - 1;
-            }
+            if (take_candidates(x0, x1, m, i, vals, pos, &c)) return -1;
         }
         for (; i + 8 <= end; i += 8) {
             __m256 x = load8(w, dtype, i);
-            __m256i k = _mm256_and_si256(_mm256_castps_si256(x), absm);
-            kmax = _mm256_max_epu32(kmax, k);
-            __m256i gt = _mm256_cmpgt_epi32(k, tk);
-            a = _mm256_min_ps(a, _mm256_blendv_ps(x, pinf, _mm256_castsi256_ps(gt)));
-            b = _mm256_max_ps(b, _mm256_blendv_ps(x, ninf, _mm256_castsi256_ps(gt)));
+            __m256i gt = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x), absm), tk);
+            __m256 y = _mm256_andnot_ps(_mm256_castsi256_ps(gt), x);
+            a = _mm256_min_ps(a, y);
+            b = _mm256_max_ps(b, y);
             unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(gt));
-            if (!m) continue;
-            _mm256_storeu_si256((__m256i *)kbuf, k);
-            while (m) {
-                int bit = __builtin_ctz(m);
-                keys[c] = kbuf[bit];
-                pos[c++] = (uint32_t)(i + bit);
-                m &= m - 1;
-            }
+            if (m && take_candidates(x, x, m, i, vals, pos, &c)) return -1;
         }
         float lo = hmin8(a), hi = hmax8(b);
         for (; i < end; i++) {
             float v = load1(w, dtype, i);
             if (!isfinite(v)) return -1;
             if (fabsf(v) > t) {
-                keys[c] = adpq_abs_key(v);
+                memcpy(&vals[c], &v, 4);
                 pos[c++] = (uint32_t)i;
             } else {
                 lo = v < lo ? v : lo;
                 hi = v > hi ? v : hi;
             }
         }
+        if (c > c0 && (lo == 0.0f || hi == 0.0f)) range_below(w, dtype, off, end, t, &lo, &hi);
         mn[j] = lo + 0.0f;
         mx[j] = hi + 0.0f;
     }
-    uint32_t km[8];
-    _mm256_storeu_si256((__m256i *)km, kmax);
-    for (int k = 0; k < 8; k++)
-        if (km[k] >= 0x7f800000u) return -1;
     return c;
 }
 
-AVX2 static int64_t v_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *keys,
+AVX2 static int64_t v_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *vals,
                                     uint32_t *pos, float *mn, float *mx) {
     /* one instance per dtype, so that the loads are resolved at compile time */
-    if (dtype == ADPQ_F32) return gather_groups_t(w, ADPQ_F32, n, g, t, keys, pos, mn, mx);
-    if (dtype == ADPQ_BF16) return gather_groups_t(w, ADPQ_BF16, n, g, t, keys, pos, mn, mx);
-    return gather_groups_t(w, ADPQ_F16, n, g, t, keys, pos, mn, mx);
+    if (dtype == ADPQ_F32) return gather_groups_t(w, ADPQ_F32, n, g, t, vals, pos, mn, mx);
+    if (dtype == ADPQ_BF16) return gather_groups_t(w, ADPQ_BF16, n, g, t, vals, pos, mn, mx);
+    return gather_groups_t(w, ADPQ_F16, n, g, t, vals, pos, mn, mx);
 }
 
 /* 8 float16 conversions at a time; any overflow (exponent all ones) reports ADPQ_ERR_RANGE. */
