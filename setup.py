@@ -12,6 +12,7 @@ from setuptools import Extension, setup
 
 sources = [
     "csrc/adpq.c",
+    "csrc/threshold.c",
     "csrc/columns.c",
     "csrc/layout.c",
     "csrc/dequant.c",

@@ -94,6 +94,11 @@ typedef struct {
     uint8_t *outlier_indices;  /* ceil(num_outliers * index_bits / 8) bytes: position in group,
                                   ascending within a group, groups in order */
     uint16_t *outlier_values;  /* num_outliers float16 values (format FP16) */
+    /* what adpq_quantize did (diagnostics; tensor scope): reads of the matrix (1: one pass with
+     * a sampled threshold, 2: candidate pass + quantize pass) and groups quantized a second time
+     * because the sampled threshold put one of their weights on the wrong side */
+    int passes;
+    int64_t fixed_groups;
 } adpq_qmatrix;
 
 const char *adpq_version(void);

@@ -145,7 +145,9 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         Py_DECREF(out);
         return raise_status(st, err);
     }
-    int ok = set_item(out, "codes", codes) == 0 && set_item(out, "scales", scales) == 0;
+    int ok = set_item(out, "codes", codes) == 0 && set_item(out, "scales", scales) == 0 &&
+             set_item(out, "_passes", PyLong_FromLong(q.passes)) == 0 &&
+             set_item(out, "_fixed_groups", PyLong_FromLongLong(q.fixed_groups)) == 0;
     codes = scales = NULL;
     if (ok && zeros) {
         ok = set_item(out, "zeros", zeros) == 0;

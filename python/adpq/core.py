@@ -98,10 +98,13 @@ def _column_scaling(w2: np.ndarray, dname: str, cfg: QuantConfig):
 
 
 def _typed_arrays(raw: dict, cfg: QuantConfig) -> dict:
-    """The core returns 16-bit floats as uint16 bits: give them their dtype."""
+    """The core returns 16-bit floats as uint16 bits: give them their dtype. (Its "_" entries are
+    diagnostics, not stored arrays.)"""
     sdt = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[cfg.scale_dtype]
     out = {}
     for k, v in raw.items():
+        if k.startswith("_"):
+            continue
         if k in ("scales", "zeros", "outlier_scales", "outlier_zeros") and cfg.scale_dtype != "float32":
             v = v.view(sdt)
         elif k == "outlier_values":

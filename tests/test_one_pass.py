@@ -1,0 +1,99 @@
+"""Tensor scope in one pass (csrc/threshold.c): rows are quantized with a sampled estimate of the
+threshold and the groups it got wrong are quantized again. The result must be the reference's, bit
+for bit, whether the estimate was right, wrong in places (fixed groups, ties at the threshold) or
+useless (too few candidates: the two-pass route)."""
+import itertools
+import zlib
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import adpq
+from adpq import _core
+
+from test_reference import check_config
+
+# large enough to be sampled (more than 8192 weights); rows that end in a shorter group, cols % 8 != 0
+SHAPES = [(64, 300), (128, 1000), (40, 576), (256, 130)]
+DISTS = ["t", "ties", "loud_columns", "loud_rows"]
+
+
+def make(shape, dist, dtype, rng):
+    if dist == "t":
+        w = rng.standard_t(3, size=shape) * 0.02
+    elif dist == "ties":  # few distinct magnitudes: partial ties at the threshold
+        w = np.round(rng.standard_t(3, size=shape) * 20) * 0.001
+    elif dist == "loud_columns":
+        w = rng.standard_normal(size=shape) * 0.02
+        w[:, rng.choice(shape[1], 5, replace=False)] *= 30
+    else:
+        w = rng.standard_normal(size=shape) * 0.02
+        w[rng.choice(shape[0], 3, replace=False), :] *= 20
+    w = w.astype(np.float32)
+    return w.astype(ml_dtypes.bfloat16) if dtype == "bfloat16" else w.astype(dtype)
+
+
+def random_config(rng):
+    return adpq.QuantConfig(
+        bits=int(rng.choice([2, 3, 4, 8])), group_size=int(rng.choice([8, 32, 128, -1])), outlier_scope="tensor",
+        outlier_ratio=float(rng.choice([0.003, 0.01, 0.1])), symmetric=bool(rng.integers(2)),
+        outlier_format=str(rng.choice(["group", "fp16"])), column_scaling=str(rng.choice(["none", "mean_abs"])))
+
+
+def core_stats(w, cfg):
+    """(passes, fixed groups) of the C quantizer on w."""
+    from adpq.core import _DTYPE_CODE, _column_scaling, as_weight_matrix
+    w2, dname, _ = as_weight_matrix(w)
+    cfg = cfg.resolved(w2.shape[0])
+    _, mul = _column_scaling(w2, dname, cfg)
+    raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
+    return raw["_passes"], raw["_fixed_groups"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dist", DISTS)
+def test_one_pass_matches_reference(shape, dist):
+    rng = np.random.default_rng(zlib.crc32(repr((shape, dist)).encode()))
+    one_pass = fixed = 0
+    for dtype in ["float32", "float16", "bfloat16"]:
+        w = make(shape, dist, dtype, rng)
+        for _ in range(2):
+            cfg = random_config(rng)
+            check_config(w, cfg)
+            passes, n_fixed = core_stats(w, cfg)
+            one_pass += passes == 1
+            fixed += n_fixed
+    assert one_pass >= 3  # (ties at the sample's threshold may leave it no estimate: two passes)
+    assert fixed > 0  # the fix-up ran: the estimate was wrong somewhere
+
+
+def test_ties_at_the_threshold_are_fixed_in_row_major_order():
+    rng = np.random.default_rng(7)
+    w = make((128, 1000), "ties", "float32", rng)
+    for fmt, sym in itertools.product(["group", "fp16"], [False, True]):
+        cfg = adpq.QuantConfig(bits=3, group_size=32, outlier_ratio=0.01, symmetric=sym, outlier_format=fmt,
+                               column_scaling="none")
+        qt = check_config(w, cfg)
+        assert qt.outlier_mask().sum() == round(0.01 * w.size)
+        assert core_stats(w, cfg)[1] > 0
+
+
+def test_unlucky_sample_takes_two_passes():
+    """Every sampled weight loud, the rest quiet: the sample's threshold leaves fewer than k
+    candidates, so the one pass is undone and the two passes give the same result."""
+    rows, cols = 64, 300
+    n = rows * cols
+    sw = (max(n // 64, 4096) + rows - 1) // rows  # the sample's window per row (threshold.c)
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((rows, cols)) * 0.01).astype(np.float32)
+    for r in range(rows):
+        off = (r * 2654435761) % (cols - sw + 1)
+        w[r, off:off + sw] = rng.uniform(10, 20, size=sw).astype(np.float32) * rng.choice([-1, 1], size=sw)
+    for fmt in ["group", "fp16"]:
+        cfg = adpq.QuantConfig(bits=4, group_size=32, outlier_ratio=0.1, outlier_format=fmt, column_scaling="none")
+        check_config(w, cfg)
+        assert core_stats(w, cfg)[0] == 2
+    # and with a sample that is right, one pass
+    w2 = (rng.standard_t(3, size=(rows, cols)) * 0.01).astype(np.float32)
+    assert core_stats(w2, adpq.QuantConfig(outlier_ratio=0.1, column_scaling="none"))[0] == 1
