@@ -132,9 +132,6 @@ AVX2 static inline float load1(const void *w, int dtype, int64_t i) {
     return dtype == ADPQ_BF16 ? adpq_bf16_to_f32(h) : adpq_f16_to_f32(h);
 }
 
-/* Magnitude keys compare as integers (|w| > t <=> key(w) > key(t) for finite values); the lanes
- * above t are blended out of the group's min/max; the largest key tells whether a NaN or Inf was
- * seen. 16 weights per step with one branch for the candidates. */
 /* Appends the lanes of x set in m (bit i: lane i of 16) as candidates at columns i0 + lane;
  * returns -1 if one is a NaN or Inf (those are always candidates: their keys exceed any t). */
 AVX2 static inline int take_candidates(__m256 x0, __m256 x1, unsigned m, int64_t i0, uint32_t *vals, uint32_t *pos,
@@ -168,15 +165,18 @@ AVX2 static inline void range_below(const void *w, int dtype, int64_t off, int64
     *hi = b;
 }
 
-/* The vector loop replaces each candidate by +0 before its min/max (one and-not instead of two
- * blends): exact unless the group has candidates and the result touches 0, when the group's range
- * is computed again. NaN/Inf are candidates, checked as they are taken. */
+/* Magnitude keys compare as integers (|w| > t <=> key(w) > key(t) for finite values). 16 weights
+ * per step. The vector loop replaces each candidate by +0 before its min/max (one and-not instead
+ * of two blends): exact unless the group has candidates and the result touches 0, when the group's
+ * range is computed again. NaN/Inf are candidates (their keys exceed any t), checked as they are
+ * taken. */
 AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const void *w, const int dtype, int64_t n,
                                                                           int64_t g, float t, uint32_t *vals,
                                                                           uint32_t *pos, float *mn, float *mx) {
     const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk = _mm256_set1_epi32((int)adpq_abs_key(t));
     const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
     int64_t c = 0;
+    int bad = 0;
     for (int64_t j = 0, off = 0; off < n; j++, off += g) {
         const int64_t end = n - off < g ? n : off + g, c0 = c;
         __m256 a = pinf, b = ninf;
@@ -188,11 +188,19 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
             __m256 y0 = _mm256_andnot_ps(_mm256_castsi256_ps(g0), x0), y1 = _mm256_andnot_ps(_mm256_castsi256_ps(g1), x1);
             a = _mm256_min_ps(a, _mm256_min_ps(y0, y1));
             b = _mm256_max_ps(b, _mm256_max_ps(y0, y1));
-            __m256i any = _mm256_or_si256(g0, g1);
-            if (_mm256_testz_si256(any, any)) continue;
-            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g0)) |
-                         (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g1)) << 8;
-            if (take_candidates(x0, x1, m, i, vals, pos, &c)) return -1;
+            /* the first candidate without a branch (most steps have none or one: a branch on
+             * them mispredicts often), the others, rare, with one */
+            const unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g0)) |
+                               (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(g1)) << 8;
+            const unsigned lane = (unsigned)__builtin_ctz(m | 0x8000u);
+            const float v = load1(w, dtype, i + lane);
+            memcpy(&vals[c], &v, 4);
+            pos[c] = (uint32_t)(i + lane);
+            bad |= !isfinite(v); /* (a NaN or Inf is always a candidate) */
+            c += m != 0;
+            if (m & (m - 1)) {
+                if (take_candidates(x0, x1, m & (m - 1), i, vals, pos, &c)) return -1;
+            }
         }
         for (; i + 8 <= end; i += 8) {
             __m256 x = load8(w, dtype, i);
@@ -219,7 +227,7 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
         mn[j] = lo + 0.0f;
         mx[j] = hi + 0.0f;
     }
-    return c;
+    return bad ? -1 : c;
 }
 
 AVX2 static int64_t v_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *vals,

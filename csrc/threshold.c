@@ -85,8 +85,14 @@ static int one_pass_task(void *ctx, int64_t t, int worker) { return candidate_ro
 static int64_t sample_keys(qctx *c, int64_t sw, uint32_t *keys, float *buf) {
     const int64_t rows = c->m->rows, cols = c->m->cols;
     int64_t m = 0;
+    const size_t isz = c->m->dtype == ADPQ_F32 ? 4 : 2;
     for (int64_t r = 0; r < rows; r++) {
         int64_t off = (int64_t)(((uint64_t)r * 2654435761u) % (uint64_t)(cols - sw + 1));
+        if (r + 8 < rows) { /* the windows are short and scattered: ask for row r + 8's early */
+            const int64_t off8 = (int64_t)(((uint64_t)(r + 8) * 2654435761u) % (uint64_t)(cols - sw + 1));
+            const char *p = (const char *)c->m->data + (size_t)((r + 8) * c->m->row_stride + off8) * isz;
+            for (size_t b = 0; b < (size_t)sw * isz; b += 64) __builtin_prefetch(p + b);
+        }
         const float *w = adpq_load_span(c, r, off, sw, buf);
         for (int64_t i = 0; i < sw; i++)
             if (isfinite(w[i])) keys[m++] = adpq_abs_key(w[i]);
