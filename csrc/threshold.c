@@ -298,10 +298,12 @@ static int fix_group(qctx *c, chunk_out *co, chunk_out *rd, int64_t r, int64_t j
 /* Appends records [from, from + n) of src (and, format GROUP, record groups [gfrom, gfrom + ng)). */
 static void copy_records(chunk_out *out, const chunk_out *src, int64_t from, int64_t n, int64_t gfrom, int64_t ng,
                          int grp) {
-    memcpy(out->pos + out->n_out, src->pos + from, sizeof(uint32_t) * (size_t)n);
-    if (!grp) memcpy(out->vals + out->n_out, src->vals + from, sizeof(uint16_t) * (size_t)n);
-    out->n_out += n;
-    if (!grp) return;
+    if (n > 0) { /* (src's arrays are NULL when it has no records) */
+        memcpy(out->pos + out->n_out, src->pos + from, sizeof(uint32_t) * (size_t)n);
+        if (!grp) memcpy(out->vals + out->n_out, src->vals + from, sizeof(uint16_t) * (size_t)n);
+        out->n_out += n;
+    }
+    if (!grp || ng == 0) return;
     memcpy(out->osc + out->n_grp, src->osc + gfrom, sizeof(uint32_t) * (size_t)ng);
     memcpy(out->ozp + out->n_grp, src->ozp + gfrom, sizeof(uint32_t) * (size_t)ng);
     out->n_grp += ng;
