@@ -132,23 +132,18 @@ AVX2 static inline float load1(const void *w, int dtype, int64_t i) {
     return dtype == ADPQ_BF16 ? adpq_bf16_to_f32(h) : adpq_f16_to_f32(h);
 }
 
-/* Appends the lanes of x set in m (bit i: lane i of 16) as candidates at columns i0 + lane;
- * returns -1 if one is a NaN or Inf (those are always candidates: their keys exceed any t). */
-AVX2 static inline int take_candidates(__m256 x0, __m256 x1, unsigned m, int64_t i0, uint32_t *vals, uint32_t *pos,
-                                       int64_t *c) {
+/* Appends the lanes of x0:x1 set in m (bit i: lane i of 16) as candidates at columns i0 + lane. */
+AVX2 static inline void take_candidates(__m256 x0, __m256 x1, unsigned m, int64_t i0, uint32_t *vals, uint32_t *pos,
+                                        int64_t *c) {
     uint32_t buf[16];
     _mm256_storeu_ps((float *)buf, x0);
     _mm256_storeu_ps((float *)(buf + 8), x1);
-    int bad = 0;
     while (m) {
         int bit = __builtin_ctz(m);
-        uint32_t v = buf[bit];
-        bad |= (v & 0x7fffffffu) >= 0x7f800000u;
-        vals[*c] = v;
+        vals[*c] = buf[bit];
         pos[(*c)++] = (uint32_t)(i0 + bit);
         m &= m - 1;
     }
-    return bad ? -1 : 0;
 }
 
 /* The range of the weights of w[off, end) with |w| <= t (exact; for the rare groups where the
@@ -176,7 +171,6 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
     const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk = _mm256_set1_epi32((int)adpq_abs_key(t));
     const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
     int64_t c = 0;
-    int bad = 0;
     for (int64_t j = 0, off = 0; off < n; j++, off += g) {
         const int64_t end = n - off < g ? n : off + g, c0 = c;
         __m256 a = pinf, b = ninf;
@@ -196,11 +190,8 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
             const float v = load1(w, dtype, i + lane);
             memcpy(&vals[c], &v, 4);
             pos[c] = (uint32_t)(i + lane);
-            bad |= !isfinite(v); /* (a NaN or Inf is always a candidate) */
             c += m != 0;
-            if (m & (m - 1)) {
-                if (take_candidates(x0, x1, m & (m - 1), i, vals, pos, &c)) return -1;
-            }
+            if (m & (m - 1)) take_candidates(x0, x1, m & (m - 1), i, vals, pos, &c);
         }
         for (; i + 8 <= end; i += 8) {
             __m256 x = load8(w, dtype, i);
@@ -209,7 +200,7 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
             a = _mm256_min_ps(a, y);
             b = _mm256_max_ps(b, y);
             unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(gt));
-            if (m && take_candidates(x, x, m, i, vals, pos, &c)) return -1;
+            if (m) take_candidates(x, x, m, i, vals, pos, &c);
         }
         float lo = hmin8(a), hi = hmax8(b);
         for (; i < end; i++) {
@@ -227,6 +218,9 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
         mn[j] = lo + 0.0f;
         mx[j] = hi + 0.0f;
     }
+    /* NaN and Inf are always candidates (their keys exceed any t): look for them there */
+    uint32_t bad = 0;
+    for (int64_t k = 0; k < c; k++) bad |= (vals[k] & 0x7fffffffu) >= 0x7f800000u;
     return bad ? -1 : c;
 }
 
