@@ -23,9 +23,9 @@ int adpq_grow(void **p, int64_t *cap, int64_t need, size_t elem) {
 /* weights [off, off+len) of row r as float32, times the column factors when there are some */
 const float *adpq_load_span(qctx *c, int64_t r, int64_t off, int64_t len, float *buf) {
     const adpq_matrix *m = c->m;
-    const float *w = adpq_row_f32(c->K, m, r, off, len, buf);
-    if (!m->col_mul) return w;
-    c->K->mul_row(w, m->col_mul + off, len, buf);
+    if (!m->col_mul) return adpq_row_f32(c->K, m, r, off, len, buf);
+    const size_t isz = m->dtype == ADPQ_F32 ? 4 : 2;
+    c->K->mul_row((const char *)m->data + (size_t)(r * m->row_stride + off) * isz, m->dtype, m->col_mul + off, len, buf);
     return buf;
 }
 

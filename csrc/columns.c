@@ -13,7 +13,6 @@ typedef struct {
     double *sums;
     float **block;  /* per worker: one stripe of float32 block sums */
     int64_t stripe;
-    float **buf;
 } cctx;
 
 static int stripe_task(void *ctx, int64_t t, int worker) {
@@ -25,7 +24,8 @@ static int stripe_task(void *ctx, int64_t t, int worker) {
     double *sums = c->sums + j0;
     memset(blk, 0, sizeof(float) * (size_t)n);
     for (int64_t r = 0; r < m->rows; r++) {
-        K->abs_accumulate(adpq_row_f32(K, m, r, j0, n, c->buf[worker]), n, blk);
+        const size_t isz = m->dtype == ADPQ_F32 ? 4 : 2;
+        K->abs_accumulate((const char *)m->data + (size_t)(r * m->row_stride + j0) * isz, m->dtype, n, blk);
         if ((r + 1) % ADPQ_COLUMN_BLOCK == 0 || r + 1 == m->rows) {
             for (int64_t j = 0; j < n; j++) sums[j] += (double)blk[j];
             memset(blk, 0, sizeof(float) * (size_t)n);
@@ -47,14 +47,11 @@ adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean,
     c.stripe = stripe < 256 ? 256 : stripe;
     const int64_t ntasks = (m->cols + c.stripe - 1) / c.stripe;
     c.sums = (double *)calloc((size_t)m->cols, sizeof(double));
-    c.buf = (float **)calloc((size_t)threads, sizeof(float *));
     c.block = (float **)calloc((size_t)threads, sizeof(float *));
     int rc = ADPQ_OK;
-    if (!c.sums || !c.buf || !c.block) goto nomem;
+    if (!c.sums || !c.block) goto nomem;
     for (int i = 0; i < threads; i++)
-        if (!(c.buf[i] = (float *)malloc(sizeof(float) * (size_t)c.stripe)) ||
-            !(c.block[i] = (float *)malloc(sizeof(float) * (size_t)c.stripe)))
-            goto nomem;
+        if (!(c.block[i] = (float *)malloc(sizeof(float) * (size_t)c.stripe))) goto nomem;
     adpq_parallel_for(threads, ntasks, stripe_task, &c);
     for (int64_t j = 0; j < m->cols; j++) mean[j] = (float)(c.sums[j] / (double)m->rows);
     goto done;
@@ -62,11 +59,7 @@ nomem:
     adpq_set_err(err, "out of memory");
     rc = ADPQ_ERR_NOMEM;
 done:
-    for (int i = 0; i < threads; i++) {
-        if (c.buf) free(c.buf[i]);
-        if (c.block) free(c.block[i]);
-    }
-    free(c.buf);
+    for (int i = 0; c.block && i < threads; i++) free(c.block[i]);
     free(c.block);
     free(c.sums);
     return (adpq_status)rc;

@@ -51,13 +51,14 @@ typedef struct {
      * the value is kept so that the quantize pass need not read it again) and pos[c] = i (the
      * candidates); for each
      * group of g (the last one shorter), mn[j]/mx[j] = min/max of its other weights (canonical +0;
-     * +inf/-inf when there are none). Returns c, or -1 if w holds a NaN or Inf. */
+     * +inf/-inf when there are none); with row_f32 (16-bit dtypes), the row as float32 there too.
+     * Returns c, or -1 if w holds a NaN or Inf. */
     int64_t (*gather_groups)(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *vals, uint32_t *pos,
-                             float *mn, float *mx);
-    /* acc[i] += |w[i]| in float32 (block sums of the column statistic) */
-    void (*abs_accumulate)(const float *w, int64_t n, float *acc);
-    /* out[i] = w[i] * mul[i] in float32 (column scaling) */
-    void (*mul_row)(const float *w, const float *mul, int64_t n, float *out);
+                             float *mn, float *mx, float *row_f32);
+    /* acc[i] += |w[i]| in float32 (block sums of the column statistic); w of `dtype` */
+    void (*abs_accumulate)(const void *w, int dtype, int64_t n, float *acc);
+    /* out[i] = w[i] * mul[i] in float32 (column scaling); w of `dtype` */
+    void (*mul_row)(const void *w, int dtype, const float *mul, int64_t n, float *out);
     /* out[i] = ((float)codes[i] - z) * s */
     void (*dequant)(const uint8_t *codes, int64_t n, float s, float z, float *out);
     /* converts n values of a 16-bit float dtype to float32 */

@@ -158,12 +158,13 @@ static inline float value_of(const void *w, int dtype, int64_t i) {
 }
 
 static int64_t s_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *vals, uint32_t *pos,
-                               float *mn, float *mx) {
+                               float *mn, float *mx, float *row_f32) {
     int64_t c = 0;
     for (int64_t j = 0, off = 0; off < n; j++, off += g) {
         float a = INFINITY, b = -INFINITY;
         for (int64_t i = off; i < n && i < off + g; i++) {
             float v = value_of(w, dtype, i);
+            if (row_f32) row_f32[i] = v;
             if (!isfinite(v)) return -1;
             if (fabsf(v) > t) {
                 memcpy(&vals[c], &v, 4);
@@ -186,12 +187,12 @@ static int64_t s_mask_positions(const uint8_t *mask, int64_t n, uint32_t *pos) {
     return c;
 }
 
-static void s_abs_accumulate(const float *w, int64_t n, float *acc) {
-    for (int64_t i = 0; i < n; i++) acc[i] += fabsf(w[i]);
+static void s_abs_accumulate(const void *w, int dtype, int64_t n, float *acc) {
+    for (int64_t i = 0; i < n; i++) acc[i] += fabsf(value_of(w, dtype, i));
 }
 
-static void s_mul_row(const float *w, const float *mul, int64_t n, float *out) {
-    for (int64_t i = 0; i < n; i++) out[i] = w[i] * mul[i];
+static void s_mul_row(const void *w, int dtype, const float *mul, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = value_of(w, dtype, i) * mul[i];
 }
 
 static void s_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {

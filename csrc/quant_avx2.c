@@ -126,10 +126,15 @@ AVX2 static inline __attribute__((always_inline)) __m256 load8(const void *w, in
     if (dtype == ADPQ_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     return _mm256_cvtph_ps(h);
 }
-AVX2 static inline float load1(const void *w, int dtype, int64_t i) {
+/* one value as float32 (inline conversions: a call here would spill the caller's vectors) */
+AVX2 static inline __attribute__((always_inline)) float load1(const void *w, int dtype, int64_t i) {
     if (dtype == ADPQ_F32) return ((const float *)w)[i];
     uint16_t h = ((const uint16_t *)w)[i];
-    return dtype == ADPQ_BF16 ? adpq_bf16_to_f32(h) : adpq_f16_to_f32(h);
+    if (dtype == ADPQ_F16) return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+    uint32_t b = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
 }
 
 /* Appends the lanes of x0:x1 set in m (bit i: lane i of 16) as candidates at columns i0 + lane. */
@@ -167,7 +172,8 @@ AVX2 static inline void range_below(const void *w, int dtype, int64_t off, int64
  * taken. */
 AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const void *w, const int dtype, int64_t n,
                                                                           int64_t g, float t, uint32_t *vals,
-                                                                          uint32_t *pos, float *mn, float *mx) {
+                                                                          uint32_t *pos, float *mn, float *mx,
+                                                                          float *row_f32) {
     const __m256i absm = _mm256_set1_epi32(0x7fffffff), tk = _mm256_set1_epi32((int)adpq_abs_key(t));
     const __m256 pinf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
     int64_t c = 0;
@@ -177,6 +183,10 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
         int64_t i = off;
         for (; i + 16 <= end; i += 16) {
             __m256 x0 = load8(w, dtype, i), x1 = load8(w, dtype, i + 8);
+            if (dtype != ADPQ_F32 && row_f32) {
+                _mm256_storeu_ps(row_f32 + i, x0);
+                _mm256_storeu_ps(row_f32 + i + 8, x1);
+            }
             __m256i g0 = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x0), absm), tk);
             __m256i g1 = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x1), absm), tk);
             __m256 y0 = _mm256_andnot_ps(_mm256_castsi256_ps(g0), x0), y1 = _mm256_andnot_ps(_mm256_castsi256_ps(g1), x1);
@@ -195,6 +205,7 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
         }
         for (; i + 8 <= end; i += 8) {
             __m256 x = load8(w, dtype, i);
+            if (dtype != ADPQ_F32 && row_f32) _mm256_storeu_ps(row_f32 + i, x);
             __m256i gt = _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(x), absm), tk);
             __m256 y = _mm256_andnot_ps(_mm256_castsi256_ps(gt), x);
             a = _mm256_min_ps(a, y);
@@ -205,6 +216,7 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
         float lo = hmin8(a), hi = hmax8(b);
         for (; i < end; i++) {
             float v = load1(w, dtype, i);
+            if (dtype != ADPQ_F32 && row_f32) row_f32[i] = v;
             if (!isfinite(v)) return -1;
             if (fabsf(v) > t) {
                 memcpy(&vals[c], &v, 4);
@@ -225,11 +237,11 @@ AVX2 static inline __attribute__((always_inline)) int64_t gather_groups_t(const 
 }
 
 AVX2 static int64_t v_gather_groups(const void *w, int dtype, int64_t n, int64_t g, float t, uint32_t *vals,
-                                    uint32_t *pos, float *mn, float *mx) {
+                                    uint32_t *pos, float *mn, float *mx, float *row_f32) {
     /* one instance per dtype, so that the loads are resolved at compile time */
-    if (dtype == ADPQ_F32) return gather_groups_t(w, ADPQ_F32, n, g, t, vals, pos, mn, mx);
-    if (dtype == ADPQ_BF16) return gather_groups_t(w, ADPQ_BF16, n, g, t, vals, pos, mn, mx);
-    return gather_groups_t(w, ADPQ_F16, n, g, t, vals, pos, mn, mx);
+    if (dtype == ADPQ_F32) return gather_groups_t(w, ADPQ_F32, n, g, t, vals, pos, mn, mx, row_f32);
+    if (dtype == ADPQ_BF16) return gather_groups_t(w, ADPQ_BF16, n, g, t, vals, pos, mn, mx, row_f32);
+    return gather_groups_t(w, ADPQ_F16, n, g, t, vals, pos, mn, mx, row_f32);
 }
 
 /* 8 float16 conversions at a time; any overflow (exponent all ones) reports ADPQ_ERR_RANGE. */
@@ -353,18 +365,33 @@ AVX2 static int64_t v_mask_positions(const uint8_t *mask, int64_t n, uint32_t *p
 
 AVX2 static float v_from_f16(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
 
-AVX2 static void v_abs_accumulate(const float *w, int64_t n, float *acc) {
+/* (one instance per dtype, so that the loads are resolved at compile time) */
+AVX2 static inline __attribute__((always_inline)) void abs_accumulate_t(const void *w, const int dtype, int64_t n,
+                                                                         float *acc) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), _mm256_andnot_ps(sign, _mm256_loadu_ps(w + i))));
-    for (; i < n; i++) acc[i] += fabsf(w[i]);
+        _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), _mm256_andnot_ps(sign, load8(w, dtype, i))));
+    for (; i < n; i++) acc[i] += fabsf(load1(w, dtype, i));
 }
 
-AVX2 static void v_mul_row(const float *w, const float *mul, int64_t n, float *out) {
+AVX2 static void v_abs_accumulate(const void *w, int dtype, int64_t n, float *acc) {
+    if (dtype == ADPQ_F32) abs_accumulate_t(w, ADPQ_F32, n, acc);
+    else if (dtype == ADPQ_BF16) abs_accumulate_t(w, ADPQ_BF16, n, acc);
+    else abs_accumulate_t(w, ADPQ_F16, n, acc);
+}
+
+AVX2 static inline __attribute__((always_inline)) void mul_row_t(const void *w, const int dtype, const float *mul,
+                                                                  int64_t n, float *out) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(mul + i)));
-    for (; i < n; i++) out[i] = w[i] * mul[i];
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(load8(w, dtype, i), _mm256_loadu_ps(mul + i)));
+    for (; i < n; i++) out[i] = load1(w, dtype, i) * mul[i];
+}
+
+AVX2 static void v_mul_row(const void *w, int dtype, const float *mul, int64_t n, float *out) {
+    if (dtype == ADPQ_F32) mul_row_t(w, ADPQ_F32, mul, n, out);
+    else if (dtype == ADPQ_BF16) mul_row_t(w, ADPQ_BF16, mul, n, out);
+    else mul_row_t(w, ADPQ_F16, mul, n, out);
 }
 
 AVX2 static void v_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {

@@ -36,8 +36,8 @@ static int reserve_candidates(qctx *c, chunk_out *co, int64_t rows) {
 }
 
 /* The candidate pass over row r: appends its candidates to co, sets row_cnt[r] and the ranges of
- * the non-candidates. *w_row: the row as float32 where one exists (float32 input, or the scaled
- * row), else NULL. */
+ * the non-candidates. *w_row: the row as float32 (the input, the scaled row, or the 16-bit row
+ * converted by the pass into the worker's buffer). */
 static int gather_row(qctx *c, chunk_out *co, int64_t r, int worker, const float **w_row) {
     const int64_t cols = c->m->cols, G = c->lay.groups_per_row;
     if (adpq_grow((void **)&co->gvals, &co->cap_gvals, co->n_cand + cols, 4) ||
@@ -50,9 +50,11 @@ static int gather_row(qctx *c, chunk_out *co, int64_t r, int worker, const float
         w = adpq_load_span(c, r, 0, cols, c->scr[worker].rowf);
         dtype = ADPQ_F32;
     }
-    *w_row = dtype == ADPQ_F32 ? (const float *)w : NULL;
+    /* a 16-bit row comes out as float32 too, for the quantize step */
+    float *row_f32 = dtype == ADPQ_F32 ? NULL : c->scr[worker].rowf;
+    *w_row = dtype == ADPQ_F32 ? (const float *)w : row_f32;
     int64_t n = c->K->gather_groups(w, dtype, cols, c->lay.group_size, c->gather_thr, co->gvals + co->n_cand,
-                                    co->gcols + co->n_cand, c->nc_mn + r * G, c->nc_mx + r * G);
+                                    co->gcols + co->n_cand, c->nc_mn + r * G, c->nc_mx + r * G, row_f32);
     if (n < 0) return ADPQ_ERR_NONFINITE;
     c->row_cnt[r] = n;
     co->n_cand += n;
