@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 
 import adpq
-from adpq import _core
+from adpq.core import quantize_diagnostics
 
-from test_reference import check_config
+from test_reference import assert_same_arrays, check_config
+
+
+
+@pytest.fixture(autouse=True)
+def one_pass_always(monkeypatch):
+    """Small matrices take two passes by default (ADPQ_ONE_PASS_MIN_BYTES): force the one pass."""
+    monkeypatch.setenv("ADPQ_ONE_PASS", "always")
+
 
 # large enough to be sampled (more than 8192 weights); rows that end in a shorter group, cols % 8 != 0
 SHAPES = [(64, 300), (128, 1000), (40, 576), (256, 130)]
@@ -43,12 +51,8 @@ def random_config(rng):
 
 def core_stats(w, cfg):
     """(passes, fixed groups) of the C quantizer on w."""
-    from adpq.core import _DTYPE_CODE, _column_scaling, as_weight_matrix
-    w2, dname, _ = as_weight_matrix(w)
-    cfg = cfg.resolved(w2.shape[0])
-    _, mul = _column_scaling(w2, dname, cfg)
-    raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
-    return raw["_passes"], raw["_fixed_groups"]
+    d = quantize_diagnostics(w, cfg)
+    return d["passes"], d["fixed_groups"]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -97,3 +101,27 @@ def test_unlucky_sample_takes_two_passes():
     # and with a sample that is right, one pass
     w2 = (rng.standard_t(3, size=(rows, cols)) * 0.01).astype(np.float32)
     assert core_stats(w2, adpq.QuantConfig(outlier_ratio=0.1, column_scaling="none"))[0] == 1
+
+
+def test_one_pass_and_two_passes_agree(monkeypatch):
+    """The same arrays either way, on a matrix too large for the reference to be quick."""
+    rng = np.random.default_rng(11)
+    w = (rng.standard_t(4, size=(1024, 1100)) * 0.02).astype(np.float32)
+    for cfg in [adpq.QuantConfig(), adpq.QuantConfig(bits=4, group_size=64, symmetric=False, outlier_format="group"),
+                adpq.QuantConfig(bits=2, outlier_ratio=0.003, column_scaling="none", threads=3)]:
+        one = adpq.quantize(w, config=cfg).arrays()
+        assert core_stats(w, cfg)[0] == 1
+        monkeypatch.setenv("ADPQ_ONE_PASS", "never")
+        two = adpq.quantize(w, config=cfg).arrays()
+        assert core_stats(w, cfg) == (2, 0)
+        monkeypatch.setenv("ADPQ_ONE_PASS", "always")
+        assert_same_arrays(one, two)
+
+
+def test_default_choice_by_size(monkeypatch):
+    monkeypatch.delenv("ADPQ_ONE_PASS")
+    rng = np.random.default_rng(12)
+    small = (rng.standard_t(4, size=(256, 1000)) * 0.02).astype(np.float32)
+    assert core_stats(small, adpq.QuantConfig())[0] == 2  # in cache: two passes are cheaper
+    big = (rng.standard_t(4, size=(2048, 3200)) * 0.02).astype(np.float32)  # 25 MiB
+    assert core_stats(big, adpq.QuantConfig())[0] == 1
