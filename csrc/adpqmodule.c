@@ -8,6 +8,7 @@
 #include <numpy/arrayobject.h>
 
 #include "adpq.h"
+#include "internal.h" /* adpq_select_kth_largest, for its test */
 
 static int parse_config(PyObject *tuple, adpq_config *cfg) {
     long long gs;
@@ -354,6 +355,25 @@ static PyObject *py_layout(PyObject *self, PyObject *args) {
                          "scale_bytes", lay.scale_bytes);
 }
 
+static PyObject *py_kth_largest(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *obj;
+    long long k;
+    if (!PyArg_ParseTuple(args, "OL", &obj, &k)) return NULL;
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_UINT32, 1, 1, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ENSURECOPY);
+    if (!a) return NULL;
+    const npy_intp n = PyArray_SIZE(a);
+    if (k < 1 || k > n) {
+        Py_DECREF(a);
+        PyErr_Format(PyExc_ValueError, "k must be in [1, %lld], got %lld", (long long)n, k);
+        return NULL;
+    }
+    uint32_t v;
+    Py_BEGIN_ALLOW_THREADS v = adpq_select_kth_largest((uint32_t *)PyArray_DATA(a), (int64_t)n, (int64_t)k);
+    Py_END_ALLOW_THREADS Py_DECREF(a);
+    return PyLong_FromUnsignedLong(v);
+}
+
 static PyObject *py_set_kernels(PyObject *self, PyObject *args) {
     (void)self;
     const char *name;
@@ -407,6 +427,7 @@ static PyMethodDef methods[] = {
      "column_mean_abs(w2d, dtype_code, threads) -> float32 mean |w| of each column (double sums, row order)"},
     {"error_stats", py_error_stats, METH_VARARGS,
      "error_stats(w2d, dtype_code, w_hat float32 2-D, bins, threads) -> dict of sums and histograms"},
+    {"kth_largest", py_kth_largest, METH_VARARGS, "kth_largest(uint32 keys, k) -> the k-th largest (tests)"},
     {"set_kernels", py_set_kernels, METH_VARARGS, "set_kernels('scalar'|'avx2'|'auto') -> previous name"},
     {"kernels", py_kernels, METH_NOARGS, "name of the active kernel set"},
     {"round_f32", py_round_f32, METH_VARARGS, "round_f32(float32 array, 1=float16|2=bfloat16) -> uint16 bits"},

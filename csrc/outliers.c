@@ -46,7 +46,10 @@ uint32_t adpq_select_kth_largest(uint32_t *keys, int64_t n, int64_t k) {
     /* large sets: a histogram of the top 16 bits (sign and exponent, 7 bits of mantissa) finds the
      * bucket of the k-th largest; its keys, moved to the front, are few */
     enum { BUCKETS = 1 << 15 };
-    uint32_t *hist = n >= 65536 && n < UINT32_MAX ? (uint32_t *)calloc(BUCKETS, sizeof(uint32_t)) : NULL;
+    if (n < 4096) return quickselect(keys, n, k);
+    if (n < 65536) return radix_kth_largest(keys, n, k); /* (quickselect is slow on the many equal keys of
+                                                            weights that were quantized before) */
+    uint32_t *hist = n < UINT32_MAX ? (uint32_t *)calloc(BUCKETS, sizeof(uint32_t)) : NULL;
     if (!hist) return quickselect(keys, n, k);
     for (int64_t i = 0; i < n; i++) hist[keys[i] >> 16]++;
     int64_t above = 0;

@@ -252,3 +252,18 @@ def test_float16_and_bfloat16_rounding_match_numpy():
         want_bf = x.astype(ml_dtypes.bfloat16).view(np.uint16)
     assert np.array_equal(_core.round_f32(x, 1), want16)
     assert np.array_equal(_core.round_f32(x, 2), want_bf)
+
+
+@pytest.mark.parametrize("n", [1, 7, 4095, 4096, 5000, 65535, 65536, 100_000])
+def test_kth_largest_selection(n):
+    """The selection behind every outlier threshold (quickselect, radix, histogram-first by size),
+    against a sort, on keys with many ties (weights that were quantized before) and on distinct keys."""
+    rng = np.random.default_rng(n)
+    tied = rng.integers(0, 40, size=n).astype(np.uint32) * 0x10000 + 0x3C000000
+    distinct = rng.integers(0, 2**31, size=n, dtype=np.uint32)
+    for keys in (tied, distinct, np.zeros(n, np.uint32)):
+        desc = np.sort(keys)[::-1]
+        for k in {1, n, max(1, n // 3), max(1, n - 1)}:
+            assert _core.kth_largest(keys, k) == desc[k - 1]
+    with pytest.raises(ValueError):
+        _core.kth_largest(tied, n + 1)
