@@ -25,6 +25,7 @@ import numpy as np
 import adpq
 from adpq import _core, reference
 from adpq.config import default_threads
+from adpq.core import quantize_diagnostics
 
 SHAPES = [(4096, 4096), (4096, 11008)]
 
@@ -67,7 +68,7 @@ def main(argv=None):
     rows = []
     print(f"adpq {adpq.__version__}, kernels {_core.kernels()}, {all_cores} cores: {cpu_name()}")
     hdr = (f"{'shape':>12} {'dtype':>8} {'bits':>4} {'ratio':>6} {'cols':>8} {'thr':>3} {'ms':>8} {'Gw/s/core':>9} "
-           f"{'GB/s':>6} {'read ms':>8} {'x read':>6}")
+           f"{'GB/s':>6} {'read ms':>8} {'x read':>6} {'passes':>6} {'fixed%':>6}")
     print(hdr)
     print("-" * len(hdr))
     for shape in shapes:
@@ -85,15 +86,18 @@ def main(argv=None):
                     t_q = median_time(lambda: adpq.quantize(w, config=cfg), repeats)
                     t_r = median_time(lambda: plain_read(w), repeats)
                     n = w.size
+                    diag = quantize_diagnostics(w, cfg)  # (untimed) one pass or two, groups redone
                     row = dict(shape=list(shape), dtype=dtype, bits=bits, outlier_ratio=ratio, column_scaling=cs,
                                threads=threads,
                                seconds=t_q, weights_per_s_per_core=n / t_q / threads,
                                input_gb_per_s=w.nbytes / t_q / 1e9, read_seconds=t_r,
-                               ratio_to_read=t_q / t_r)
+                               ratio_to_read=t_q / t_r, passes=diag["passes"],
+                               fixed_group_fraction=diag["fixed_groups"] / diag["groups"])
                     rows.append(row)
                     print(f"{'x'.join(map(str, shape)):>12} {dtype:>8} {bits:>4} {ratio:>6} {cs:>8} {threads:>3} "
                           f"{t_q * 1e3:8.1f} {row['weights_per_s_per_core'] / 1e9:9.3f} "
-                          f"{row['input_gb_per_s']:6.2f} {t_r * 1e3:8.1f} {row['ratio_to_read']:6.2f}")
+                          f"{row['input_gb_per_s']:6.2f} {t_r * 1e3:8.1f} {row['ratio_to_read']:6.2f} "
+                          f"{row['passes']:>6} {100 * row['fixed_group_fraction']:6.2f}")
     # the NumPy reference, on a slice (it is slow on purpose: it is written to be read)
     ws = w32[:256]
     cfg = adpq.QuantConfig(bits=3, group_size=128, outlier_ratio=default_ratio)

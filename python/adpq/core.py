@@ -88,6 +88,20 @@ def quantize(w: Any, bits: int = _UNSET, group_size: int = _UNSET, outlier_ratio
     return QuantizedTensor(arrays, shape, cfg, dname)
 
 
+def quantize_diagnostics(w: Any, config: Optional[QuantConfig] = None) -> dict:
+    """What the C quantizer did on w (nothing is kept): `passes` over the matrix (tensor scope: 1 when
+    the sampled threshold let it quantize each row as it was read, 2 when it fell back to a
+    candidate pass then a quantize pass) and `fixed_groups`, the groups quantized a second time
+    because the sampled estimate put one of their weights on the wrong side of the exact threshold."""
+    cfg = _resolve_config(config)
+    w2, dname, _ = as_weight_matrix(w)
+    cfg = cfg.resolved(w2.shape[0])
+    _, mul = _column_scaling(w2, dname, cfg)
+    raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
+    groups = _core.layout(w2.shape[0], w2.shape[1], cfg.core_tuple())["num_groups"]
+    return {"passes": raw["_passes"], "fixed_groups": raw["_fixed_groups"], "groups": groups}
+
+
 def _column_scaling(w2: np.ndarray, dname: str, cfg: QuantConfig):
     """(column scales, the float32 factors the C core multiplies columns by), or (None, None)."""
     if cfg.column_scaling == "none":
