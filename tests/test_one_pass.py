@@ -125,3 +125,20 @@ def test_default_choice_by_size(monkeypatch):
     assert core_stats(small, adpq.QuantConfig())[0] == 2  # in cache: two passes are cheaper
     big = (rng.standard_t(4, size=(2048, 3200)) * 0.02).astype(np.float32)  # 25 MiB
     assert core_stats(big, adpq.QuantConfig())[0] == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_errors_in_one_pass(dtype):
+    """The same messages as two passes: NaN/Inf (count, first position), fp16 overflow, scale overflow."""
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((300, 400)).astype(np.float32)
+    w[200, 17], w[250, 3] = np.nan, np.inf
+    w = w.astype(ml_dtypes.bfloat16) if dtype == "bfloat16" else w.astype(dtype)
+    with pytest.raises(ValueError, match=r"2 non-finite value\(s\).*row 200, column 17"):
+        adpq.quantize(w)
+    big = rng.standard_normal((300, 400)).astype(np.float32)
+    big[5, 5] = 1e6
+    with pytest.raises(ValueError, match="row 5: an outlier exceeds the float16 range"):
+        adpq.quantize(big, outlier_format="fp16", column_scaling="none")
+    with pytest.raises(ValueError, match="does not fit in float16"):
+        adpq.quantize(big * 1e6, column_scaling="none")
