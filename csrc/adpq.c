@@ -73,52 +73,62 @@ static inline float bits_float(uint32_t b) {
     return f;
 }
 
+/* Tensor scope (adpq_row_outliers), without branches on the data: whether a candidate is an
+ * outlier is a coin toss near the threshold, and a mispredicted branch costs more than the
+ * selects. `outlier_range`: also the outliers' range of each group (format GROUP needs it). */
+static inline __attribute__((always_inline)) int64_t tensor_row_outliers(qctx *c, int64_t r, scratch *s,
+                                                                        const uint32_t *vals, const uint32_t *cols_of,
+                                                                        int64_t n, const int outlier_range) {
+    const int64_t G = c->lay.groups_per_row;
+    const uint32_t T = c->thr_key, *col_group = c->col_group;
+    const int64_t quota = c->tie_quota ? c->tie_quota[r] : INT64_MAX;
+    int64_t taken = 0, m = 0;
+    memcpy(s->gmn, c->nc_mn + r * G, sizeof(float) * (size_t)G);
+    memcpy(s->gmx, c->nc_mx + r * G, sizeof(float) * (size_t)G);
+    for (int64_t j = 0; j < G; j++) {
+        s->gcnt[j] = 0;
+        s->omn[j] = INFINITY;
+        s->omx[j] = -INFINITY;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const uint32_t key = vals[i] & 0x7fffffffu, col = cols_of[i], j = col_group[col];
+        const int tie = key == T, out = (key > T) | (tie & (taken < quota));
+        taken += out & tie;
+        s->rpos[m] = col;
+        m += out;
+        s->gcnt[j] += out;
+        /* v widens the inlier range or the outlier range: the other gets an infinity */
+        const uint32_t om = 0u - (uint32_t)out, vb = vals[i];
+        const float in_lo = bits_float((vb & ~om) | (0x7f800000u & om)), in_hi = bits_float((vb & ~om) | (0xff800000u & om));
+        s->gmn[j] = in_lo < s->gmn[j] ? in_lo : s->gmn[j];
+        s->gmx[j] = in_hi > s->gmx[j] ? in_hi : s->gmx[j];
+        if (outlier_range) {
+            const float out_lo = bits_float((vb & om) | (0x7f800000u & ~om)), out_hi = bits_float((vb & om) | (0xff800000u & ~om));
+            s->omn[j] = out_lo < s->omn[j] ? out_lo : s->omn[j];
+            s->omx[j] = out_hi > s->omx[j] ? out_hi : s->omx[j];
+        }
+    }
+    for (int64_t j = 0, f = 0; j < G; j++) {
+        s->gfirst[j] = f;
+        f += s->gcnt[j];
+    }
+    return m;
+}
+
 /* The outlier columns of row r, increasing, into s->rpos; each group's run of them (s->gfirst,
  * s->gcnt); returns their number.
  * Tensor scope: the row's candidates (vals, cols: n of them, from the threshold pass) that pass the
  * threshold; the others are inliers, whose values widen their group's range (s->gmn/gmx, which
  * start as the threshold pass's range of the non-candidates, canonical: a candidate is never 0),
- * so the row itself is not read. The outliers' ranges go to s->omn/omx.
+ * so the row itself is not read. The outliers' ranges go to s->omn/omx (format GROUP).
  * Group scope: each group's selection. */
 int64_t adpq_row_outliers(qctx *c, int64_t r, const float *w, scratch *s, const uint32_t *vals,
                           const uint32_t *cols_of, int64_t n) {
     const int64_t G = c->lay.groups_per_row, g = c->lay.group_size, cols = c->m->cols;
     int64_t m = 0;
-    if (c->mode == MODE_TENSOR) {
-        /* without branches on the data: whether a candidate is an outlier is a coin toss near
-         * the threshold, and a mispredicted branch costs more than the selects */
-        const uint32_t T = c->thr_key, *col_group = c->col_group;
-        const int64_t quota = c->tie_quota ? c->tie_quota[r] : INT64_MAX;
-        int64_t taken = 0;
-        memcpy(s->gmn, c->nc_mn + r * G, sizeof(float) * (size_t)G);
-        memcpy(s->gmx, c->nc_mx + r * G, sizeof(float) * (size_t)G);
-        for (int64_t j = 0; j < G; j++) {
-            s->gcnt[j] = 0;
-            s->omn[j] = INFINITY;
-            s->omx[j] = -INFINITY;
-        }
-        for (int64_t i = 0; i < n; i++) {
-            const uint32_t key = vals[i] & 0x7fffffffu, col = cols_of[i], j = col_group[col];
-            const int tie = key == T, out = (key > T) | (tie & (taken < quota));
-            taken += out & tie;
-            s->rpos[m] = col;
-            m += out;
-            s->gcnt[j] += out;
-            /* v widens the inlier range or the outlier range: the other gets an infinity */
-            const uint32_t om = 0u - (uint32_t)out, vb = vals[i];
-            const float in_lo = bits_float((vb & ~om) | (0x7f800000u & om)), in_hi = bits_float((vb & ~om) | (0xff800000u & om));
-            const float out_lo = bits_float((vb & om) | (0x7f800000u & ~om)), out_hi = bits_float((vb & om) | (0xff800000u & ~om));
-            s->gmn[j] = in_lo < s->gmn[j] ? in_lo : s->gmn[j];
-            s->gmx[j] = in_hi > s->gmx[j] ? in_hi : s->gmx[j];
-            s->omn[j] = out_lo < s->omn[j] ? out_lo : s->omn[j];
-            s->omx[j] = out_hi > s->omx[j] ? out_hi : s->omx[j];
-        }
-        for (int64_t j = 0, f = 0; j < G; j++) {
-            s->gfirst[j] = f;
-            f += s->gcnt[j];
-        }
-        return m;
-    }
+    if (c->mode == MODE_TENSOR)
+        return c->cfg->outlier_format == ADPQ_OUTLIERS_GROUP ? tensor_row_outliers(c, r, s, vals, cols_of, n, 1)
+                                                              : tensor_row_outliers(c, r, s, vals, cols_of, n, 0);
     if (c->mode == MODE_GROUP_SOLVE || c->mode == MODE_GROUP_LAM) {
         for (int64_t off = 0; off < cols; off += g) {
             int64_t len = (cols - off) < g ? (cols - off) : g;
