@@ -118,13 +118,15 @@ def test_one_pass_and_two_passes_agree(monkeypatch):
         assert_same_arrays(one, two)
 
 
-def test_default_choice_by_size(monkeypatch):
+def test_default_choice(monkeypatch):
+    """One pass for column-scaled matrices of 24 MiB and more, two otherwise (threshold.c)."""
     monkeypatch.delenv("ADPQ_ONE_PASS")
     rng = np.random.default_rng(12)
     small = (rng.standard_t(4, size=(256, 1000)) * 0.02).astype(np.float32)
     assert core_stats(small, adpq.QuantConfig())[0] == 2  # in cache: two passes are cheaper
     big = (rng.standard_t(4, size=(2048, 3200)) * 0.02).astype(np.float32)  # 25 MiB
     assert core_stats(big, adpq.QuantConfig())[0] == 1
+    assert core_stats(big, adpq.QuantConfig(column_scaling="none"))[0] == 2
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
