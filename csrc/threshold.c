@@ -103,13 +103,14 @@ static int64_t sample_keys(qctx *c, int64_t sw, uint32_t *keys, float *buf) {
 }
 
 /* From a sample of about n/64 weights: *gthr, a threshold a little below the k-th largest |w|
- * (0 when the sample says nothing), and *guess, the sample's estimate of the k-th largest key.
- * Returns 0 when the matrix is too small to sample (gthr = 0, guess = 0), 1 otherwise, or an error. */
+ * (0 when the sample says nothing), and (guess not NULL) *guess, the sample's estimate of the k-th
+ * largest key. Returns 0 when the matrix is too small to sample or the sample gives no estimate,
+ * 1 otherwise, or a negative error. */
 int adpq_sample_threshold(qctx *c, int64_t k, float *gthr, uint32_t *guess) {
     const int64_t rows = c->m->rows, cols = c->m->cols, n = rows * cols;
     const int64_t target = n / 64 > 4096 ? n / 64 : 4096;
     *gthr = 0.0f;
-    *guess = 0;
+    if (guess) *guess = 0;
     if (2 * target >= n) return 0;
     int64_t sw = (target + rows - 1) / rows;
     if (sw < 8) sw = 8;
@@ -130,13 +131,13 @@ int adpq_sample_threshold(qctx *c, int64_t k, float *gthr, uint32_t *guess) {
         uint32_t lo = adpq_select_kth_largest(skeys, m, ks);
         *gthr = adpq_key_to_float(lo);
         above = 0; /* the guess is among the sample's keys above gthr: move them to the front */
-        for (int64_t i = 0; i < m; i++)
+        for (int64_t i = 0; guess && i < m; i++)
             if (skeys[i] > lo) skeys[above++] = skeys[i];
     }
-    if (kg <= above) *guess = adpq_select_kth_largest(skeys, above, kg);
+    if (guess && kg <= above) *guess = adpq_select_kth_largest(skeys, above, kg);
     free(skeys);
     free(buf);
-    return *guess ? 1 : 0;
+    return !guess || *guess ? 1 : 0;
 }
 
 /* The keys (magnitudes) of the candidates of all chunks. */
@@ -233,8 +234,7 @@ int adpq_tensor_threshold(qctx *c, int64_t **quota_out, char *err) {
 
     const int64_t k = adpq_outlier_count(cfg->outlier_ratio, n);
     float gthr;
-    uint32_t guess;
-    if (adpq_sample_threshold(c, k, &gthr, &guess) < 0) goto nomem;
+    if (adpq_sample_threshold(c, k, &gthr, NULL) < 0) goto nomem;
     /* collect every |w| above gthr; if the sample was unlucky, every nonzero |w| */
     if ((rc = gather(c, gthr, &total, err))) return rc;
     if (total < k && gthr != 0.0f && (rc = gather(c, 0.0f, &total, err))) return rc;
