@@ -17,25 +17,36 @@ static inline void swap_u32(uint32_t *a, uint32_t *b) {
 }
 
 /* Exact k-th largest by three histogram passes over 11/11/10-bit digits: O(n), no allocation.
- * The quickselect below falls back to it when its pivots degrade, so selection stays O(n). */
-static uint32_t radix_kth_largest(const uint32_t *keys, int64_t n, int64_t k) {
+ * After each pass the keys of the chosen digit are swapped to the front (keys are reordered, as
+ * by every selection here), so the next pass reads only those. The quickselect below falls back to it when its pivots
+ * degrade, so selection stays O(n). */
+static uint32_t radix_kth_largest(uint32_t *keys, int64_t n, int64_t k) {
     static const int shifts[3] = {21, 10, 0};
     static const uint32_t widths[3] = {11, 11, 10};
     int64_t hist[2048];
-    uint32_t prefix = 0, prefix_mask = 0;
-    int64_t above = 0;
+    uint32_t prefix = 0;
     for (int p = 0; p < 3; p++) {
-        int nb = 1 << widths[p];
+        const int nb = 1 << widths[p];
+        const uint32_t dmask = (uint32_t)(nb - 1);
         memset(hist, 0, sizeof(int64_t) * (size_t)nb);
-        for (int64_t i = 0; i < n; i++)
-            if ((keys[i] & prefix_mask) == prefix) hist[(keys[i] >> shifts[p]) & (uint32_t)(nb - 1)]++;
+        for (int64_t i = 0; i < n; i++) hist[(keys[i] >> shifts[p]) & dmask]++;
+        int64_t above = 0;
         int d = nb - 1;
         for (; d > 0; d--) {
             if (above + hist[d] >= k) break;
             above += hist[d];
         }
         prefix |= (uint32_t)d << shifts[p];
-        prefix_mask |= (uint32_t)(nb - 1) << shifts[p];
+        k -= above; /* the rank among the keys of digit d */
+        int64_t m = 0;
+        for (int64_t i = 0; p < 2 && i < n; i++) {
+            const uint32_t v = keys[i];
+            if (((v >> shifts[p]) & dmask) == (uint32_t)d) {
+                keys[i] = keys[m];
+                keys[m++] = v;
+            }
+        }
+        if (p < 2) n = m;
     }
     return prefix;
 }
