@@ -36,8 +36,8 @@ static int reserve_candidates(qctx *c, chunk_out *co, int64_t rows) {
 }
 
 /* The candidate pass over row r: appends its candidates to co, sets row_cnt[r] and the ranges of
- * the non-candidates. *w_row: the row as float32 (the input, the scaled row, or the 16-bit row
- * converted by the pass into the worker's buffer). */
+ * the non-candidates. With w_row, the row as float32 there (the input, the scaled row, or the
+ * 16-bit row converted by the pass into the worker's buffer). */
 static int gather_row(qctx *c, chunk_out *co, int64_t r, int worker, const float **w_row) {
     const int64_t cols = c->m->cols, G = c->lay.groups_per_row;
     if (adpq_grow((void **)&co->gvals, &co->cap_gvals, co->n_cand + cols, 4) ||
@@ -51,8 +51,8 @@ static int gather_row(qctx *c, chunk_out *co, int64_t r, int worker, const float
         dtype = ADPQ_F32;
     }
     /* a 16-bit row comes out as float32 too, for the quantize step */
-    float *row_f32 = dtype == ADPQ_F32 ? NULL : c->scr[worker].rowf;
-    *w_row = dtype == ADPQ_F32 ? (const float *)w : row_f32;
+    float *row_f32 = dtype == ADPQ_F32 || !w_row ? NULL : c->scr[worker].rowf;
+    if (w_row) *w_row = dtype == ADPQ_F32 ? (const float *)w : row_f32;
     int64_t n = c->K->gather_groups(w, dtype, cols, c->lay.group_size, c->gather_thr, co->gvals + co->n_cand,
                                     co->gcols + co->n_cand, c->nc_mn + r * G, c->nc_mx + r * G, row_f32);
     if (n < 0) return ADPQ_ERR_NONFINITE;
@@ -70,8 +70,8 @@ static int candidate_rows(qctx *c, int64_t t, int worker, int quantize) {
     int rc = reserve_candidates(c, co, r1 - r0);
     for (int64_t r = r0; r < r1 && !rc; r++) {
         const int64_t o = co->n_cand;
-        const float *w_row;
-        rc = gather_row(c, co, r, worker, &w_row);
+        const float *w_row = NULL;
+        rc = gather_row(c, co, r, worker, quantize ? &w_row : NULL);
         if (!rc && quantize)
             rc = adpq_process_row(c, r, &c->scr[worker], co, co->gvals + o, co->gcols + o, c->row_cnt[r], w_row);
     }
