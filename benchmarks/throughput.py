@@ -98,6 +98,29 @@ def main(argv=None):
                           f"{t_q * 1e3:8.1f} {row['weights_per_s_per_core'] / 1e9:9.3f} "
                           f"{row['input_gb_per_s']:6.2f} {t_r * 1e3:8.1f} {row['ratio_to_read']:6.2f} "
                           f"{row['passes']:>6} {100 * row['fixed_group_fraction']:6.2f}")
+    # one pass against two (csrc/threshold.c picks one pass for column-scaled matrices >= 24 MiB):
+    # both forced through ADPQ_ONE_PASS, interleaved, 1 thread, outliers at the default ratio
+    routes = []
+    print(f"\n{'shape':>12} {'dtype':>8} {'cols':>8} {'two passes ms':>14} {'one pass ms':>12} {'one/two':>8}")
+    for shape in shapes:
+        w32 = (rng.standard_t(5, size=shape) * 0.02).astype(np.float32)
+        for dtype in ("float32", "bfloat16"):
+            w = w32 if dtype == "float32" else w32.astype(ml_dtypes.bfloat16)
+            for cs in ("none", "mean_abs"):
+                cfg = adpq.QuantConfig(bits=3, group_size=128, outlier_ratio=default_ratio, threads=1,
+                                       column_scaling=cs)
+                times = {"never": [], "always": []}
+                for _ in range(3):
+                    for mode in times:
+                        os.environ["ADPQ_ONE_PASS"] = mode
+                        adpq.quantize(w, config=cfg)
+                        times[mode].append(median_time(lambda: adpq.quantize(w, config=cfg), repeats))
+                os.environ.pop("ADPQ_ONE_PASS")
+                two, one = statistics.median(times["never"]), statistics.median(times["always"])
+                routes.append(dict(shape=list(shape), dtype=dtype, column_scaling=cs, two_pass_seconds=two,
+                                   one_pass_seconds=one))
+                print(f"{'x'.join(map(str, shape)):>12} {dtype:>8} {cs:>8} {two * 1e3:14.1f} {one * 1e3:12.1f} "
+                      f"{one / two:8.3f}")
     # the NumPy reference, on a slice (it is slow on purpose: it is written to be read)
     ws = w32[:256]
     cfg = adpq.QuantConfig(bits=3, group_size=128, outlier_ratio=default_ratio)
@@ -109,7 +132,7 @@ def main(argv=None):
         date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=f"{cpu_name()}, {all_cores} cores",
         python=sys.version.split()[0], numpy=np.__version__, kernels=_core.kernels(), command="python "
         + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
-        rows=rows, reference=dict(shape=list(ws.shape), weights_per_s=ws.size / t_ref, c_weights_per_s=ws.size / t_c),
+        rows=rows, one_pass_vs_two=routes, reference=dict(shape=list(ws.shape), weights_per_s=ws.size / t_ref, c_weights_per_s=ws.size / t_c),
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
