@@ -106,7 +106,7 @@ def _grid(quick: bool):
             rows.append((method, dict(bits=b, group_size=g)))
     for g in ((64, 128) if quick else (32, 64, 128)):
         rows.append(("nf4", dict(bits=4, group_size=g)))
-    for b, g in ((3, 64), (3, 128), (4, 128)):
+    for b, g in (((3, 64), (3, 128), (4, 128)) if quick else [(b, g) for b in (2, 3, 4) for g in groups]):
         rows.append(("gptq", dict(bits=b, group_size=g)))
     return rows
 
