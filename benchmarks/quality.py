@@ -397,23 +397,29 @@ def plot_pareto(rows, ctx, out, model_name):
 
 
 def plot_layers(rows, out, model_name):
-    """Per layer, AdpQ's KL divergence and MSE against RTN's at the same bits and group size."""
+    """Per tensor, AdpQ's KL divergence and MSE against RTN's with the same quantizer (bits, group
+    size, symmetric, zero-point, column scaling): AdpQ at outlier_ratio 0.01 with fp16 tensor-scope
+    outliers (the default kind) against outlier_ratio 0. Per bit width, the pair closest to the
+    default (g128, column-scaled, symmetric) that has per-tensor metrics."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    def quantizer(p):
+        return (p.get("bits"), p.get("group_size"), p.get("symmetric"), p.get("zero_point"), p.get("column_scaling"))
+
+    rtn = {quantizer(q["params"]): q for q in rows if q["method"] == "rtn" and q.get("per_tensor")}
     pairs = []
     for r in rows:
         p = r["params"]
-        if r["method"] != "adpq" or set(p) != {"bits", "group_size", "outlier_ratio"} or not r.get("per_tensor"):
-            continue
-        for q in rows:
-            if q["method"] == "rtn" and q["params"]["bits"] == p["bits"] and \
-                    q["params"]["group_size"] == p["group_size"] and q.get("per_tensor"):
-                pairs.append((r, q))
+        if (r["method"] == "adpq" and r.get("per_tensor") and p.get("outlier_ratio") == 0.01
+                and p.get("outlier_format") == "fp16" and p.get("outlier_scope") == "tensor"
+                and quantizer(p) in rtn):
+            pairs.append((r, rtn[quantizer(p)]))
     if not pairs:
         return
-    # one figure: the default-like point (ratio 0.01) per bits, g=128 if present
-    pairs.sort(key=lambda rq: (rq[0]["params"]["group_size"] != 128, abs(rq[0]["params"]["outlier_ratio"] - 0.01)))
+    pairs.sort(key=lambda rq: (rq[0]["params"]["group_size"] != 128, rq[0]["params"].get("column_scaling") != "mean_abs",
+                               not rq[0]["params"].get("symmetric")))
     chosen = {}
     for r, q in pairs:
         chosen.setdefault(r["params"]["bits"], (r, q))
@@ -421,17 +427,19 @@ def plot_layers(rows, out, model_name):
     for col, (bits, (r, q)) in enumerate(sorted(chosen.items())):
         names = list(r["per_tensor"])
         x = np.arange(len(names))
+        desc = label(q).replace("rtn ", "")
         for row_i, metric in enumerate(("kl_divergence", "mse")):
             ax = axes[row_i][col]
-            a = [r["per_tensor"][n][metric] for n in names]
-            b = [q["per_tensor"][n][metric] for n in names]
-            ax.semilogy(x, b, ".", label=f"RTN b{bits} g{q['params']['group_size']}")
-            ax.semilogy(x, a, ".", label=f"AdpQ r{r['params']['outlier_ratio']}")
-            ax.set_title(f"{bits}-bit: {metric} per layer ({sum(np.array(a) < np.array(b))}/{len(a)} lower with AdpQ)",
-                         fontsize=9)
+            a = np.array([r["per_tensor"][n][metric] for n in names])
+            b = np.array([q["per_tensor"][n][metric] for n in names])
+            ax.semilogy(x, b, ".", label=f"RTN {desc}")
+            ax.semilogy(x, a, ".", label="AdpQ, same quantizer, r0.01 fp16 outliers")
+            short = {"kl_divergence": "KL", "mse": "MSE"}[metric]
+            ax.set_title(f"{bits}-bit {short}: {int((a < b).sum())}/{len(a)} lower with AdpQ, "
+                         f"median ratio {np.median(a / b):.2f}", fontsize=9)
             ax.set_xlabel("tensor (checkpoint order)")
             ax.legend(fontsize=7)
-    fig.suptitle(f"{model_name}: per-tensor weight error, AdpQ vs RTN")
+    fig.suptitle(f"{model_name}: per-tensor weight error, AdpQ vs RTN with the same quantizer")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     log(f"wrote {out}")

@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                 # full table (issue 3), ~2 minutes on 2 cores
     python benchmarks/throughput.py --quick         # one shape, fewer runs
+    python benchmarks/throughput.py --out r1.json; ... r3.json; python benchmarks/throughput.py --merge r1.json r2.json r3.json
 
 For each case it prints the median of --repeats runs: weights/s per core, input GB/s and the ratio
 of adpq's time to a plain NumPy read of the same array (np.bitwise_xor.reduce over its bytes, which
@@ -54,12 +55,59 @@ def cpu_name():
     return platform.processor() or "unknown"
 
 
+def merge_runs(paths, out):
+    """The median, per case, of several whole runs (each a JSON written by this script): the
+    machine's speed drifts between runs by more than the spread within one."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    def key(r):
+        return (tuple(r["shape"]), r["dtype"], r["bits"], r["outlier_ratio"], r["column_scaling"], r["threads"])
+    cases = {}
+    for run in runs:
+        for r in run["rows"]:
+            cases.setdefault(key(r), []).append(r)
+    rows = []
+    print("| shape | dtype | bits | outlier_ratio | column_scaling | threads | ms | G weights/s per core | input GB/s "
+          "| x read | passes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k, rs in cases.items():
+        t = statistics.median(r["seconds"] for r in rs)
+        x = statistics.median(r["ratio_to_read"] for r in rs)
+        r0 = rs[0]
+        n = int(np.prod(r0["shape"]))
+        bytes_per = 4 if r0["dtype"] == "float32" else 2
+        row = dict(r0, seconds=t, ratio_to_read=x, weights_per_s_per_core=n / t / r0["threads"],
+                   input_gb_per_s=n * bytes_per / t / 1e9, runs=len(rs))
+        rows.append(row)
+        print(f"| {'x'.join(map(str, r0['shape']))} | {r0['dtype']} | {r0['bits']} | {r0['outlier_ratio']} | "
+              f"{r0['column_scaling']} | {r0['threads']} | {t * 1e3:.1f} | {row['weights_per_s_per_core'] / 1e9:.3f} | "
+              f"{row['input_gb_per_s']:.2f} | {x:.2f} | {r0.get('passes', '')} |")
+    routes = {}
+    for run in runs:
+        for r in run.get("one_pass_vs_two", []):
+            routes.setdefault((tuple(r["shape"]), r["dtype"], r["column_scaling"]), []).append(r)
+    print("\n| shape | dtype | column_scaling | two passes ms | one pass ms | one/two |\n|---|---|---|---|---|---|")
+    route_rows = []
+    for k, rs in routes.items():
+        two = statistics.median(r["two_pass_seconds"] for r in rs)
+        one = statistics.median(r["one_pass_seconds"] for r in rs)
+        route_rows.append(dict(rs[0], two_pass_seconds=two, one_pass_seconds=one, runs=len(rs)))
+        print(f"| {'x'.join(map(str, k[0]))} | {k[1]} | {k[2]} | {two * 1e3:.1f} | {one * 1e3:.1f} | {one / two:.3f} |")
+    merged = dict(runs[0], rows=rows, one_pass_vs_two=route_rows,
+                  dates=[r["date"] for r in runs], command="python benchmarks/throughput.py --merge " + " ".join(paths))
+    Path(out).write_text(json.dumps(merged, indent=1))
+    print(f"wrote {out}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
+    ap.add_argument("--merge", nargs="+", metavar="RUN_JSON",
+                    help="no measurement: the per-case medians of these runs' JSON files, to --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge_runs(args.merge, args.out)
     shapes = SHAPES[:1] if args.quick else SHAPES
     repeats = 3 if args.quick else args.repeats
     default_ratio = adpq.QuantConfig().outlier_ratio
