@@ -91,6 +91,5 @@ int adpq_tensor_threshold(qctx *c, int64_t **quota_out, char *err);
  * was unlucky and nothing is done (use the two passes) */
 #define ADPQ_ERR_AGAIN 100
 int adpq_tensor_one_pass(qctx *c, int64_t **quota_out, char *err);
-int adpq_sample_threshold(qctx *c, int64_t k, float *gthr, uint32_t *guess);
 
 #endif

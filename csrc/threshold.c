@@ -106,7 +106,7 @@ static int64_t sample_keys(qctx *c, int64_t sw, uint32_t *keys, float *buf) {
  * (0 when the sample says nothing), and (guess not NULL) *guess, the sample's estimate of the k-th
  * largest key. Returns 0 when the matrix is too small to sample or the sample gives no estimate,
  * 1 otherwise, or a negative error. */
-int adpq_sample_threshold(qctx *c, int64_t k, float *gthr, uint32_t *guess) {
+static int sample_threshold(qctx *c, int64_t k, float *gthr, uint32_t *guess) {
     const int64_t rows = c->m->rows, cols = c->m->cols, n = rows * cols;
     const int64_t target = n / 64 > 4096 ? n / 64 : 4096;
     *gthr = 0.0f;
@@ -234,7 +234,7 @@ int adpq_tensor_threshold(qctx *c, int64_t **quota_out, char *err) {
 
     const int64_t k = adpq_outlier_count(cfg->outlier_ratio, n);
     float gthr;
-    if (adpq_sample_threshold(c, k, &gthr, NULL) < 0) goto nomem;
+    if (sample_threshold(c, k, &gthr, NULL) < 0) goto nomem;
     /* collect every |w| above gthr; if the sample was unlucky, every nonzero |w| */
     if ((rc = gather(c, gthr, &total, err))) return rc;
     if (total < k && gthr != 0.0f && (rc = gather(c, 0.0f, &total, err))) return rc;
@@ -432,7 +432,7 @@ int adpq_tensor_one_pass(qctx *c, int64_t **quota_out, char *err) {
     float gthr;
     uint32_t guess;
     if (alloc_pass_arrays(c)) goto nomem;
-    int rc = adpq_sample_threshold(c, k, &gthr, &guess);
+    int rc = sample_threshold(c, k, &gthr, &guess);
     if (rc < 0) goto nomem;
     if (rc == 0) return ADPQ_ERR_AGAIN; /* too small to sample */
     c->row_rec = (int64_t *)malloc(sizeof(int64_t) * 2 * (size_t)c->m->rows);
