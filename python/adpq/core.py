@@ -78,14 +78,19 @@ def quantize(w: Any, bits: int = _UNSET, group_size: int = _UNSET, outlier_ratio
                           outlier_scope=outlier_scope, gamma=gamma, lam=lam, symmetric=symmetric,
                           outlier_format=outlier_format, threads=threads, scale_dtype=scale_dtype,
                           zero_point=zero_point, column_scaling=column_scaling)
-    w2, dname, shape = as_weight_matrix(w)
-    cfg = cfg.resolved(w2.shape[0])
-    scales, mul = _column_scaling(w2, dname, cfg)
-    raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
+    raw, scales, cfg, dname, shape = _quantize_raw(w, cfg)
     arrays = _typed_arrays(raw, cfg)
     if scales is not None:
         arrays["column_scales"] = scales
     return QuantizedTensor(arrays, shape, cfg, dname)
+
+
+def _quantize_raw(w: Any, cfg: QuantConfig):
+    """The C quantizer on w: (its dict, column scales or None, the resolved config, dtype name, shape)."""
+    w2, dname, shape = as_weight_matrix(w)
+    cfg = cfg.resolved(w2.shape[0])
+    scales, mul = _column_scaling(w2, dname, cfg)
+    return _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul), scales, cfg, dname, shape
 
 
 def quantize_diagnostics(w: Any, config: Optional[QuantConfig] = None) -> dict:
@@ -93,13 +98,8 @@ def quantize_diagnostics(w: Any, config: Optional[QuantConfig] = None) -> dict:
     the sampled threshold let it quantize each row as it was read, 2 when it fell back to a
     candidate pass then a quantize pass) and `fixed_groups`, the groups quantized a second time
     because the sampled estimate put one of their weights on the wrong side of the exact threshold."""
-    cfg = _resolve_config(config)
-    w2, dname, _ = as_weight_matrix(w)
-    cfg = cfg.resolved(w2.shape[0])
-    _, mul = _column_scaling(w2, dname, cfg)
-    raw = _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
-    groups = _core.layout(w2.shape[0], w2.shape[1], cfg.core_tuple())["num_groups"]
-    return {"passes": raw["_passes"], "fixed_groups": raw["_fixed_groups"], "groups": groups}
+    raw = _quantize_raw(w, _resolve_config(config))[0]
+    return {"passes": raw["_passes"], "fixed_groups": raw["_fixed_groups"], "groups": raw["scales"].size}
 
 
 def _column_scaling(w2: np.ndarray, dname: str, cfg: QuantConfig):
