@@ -7,6 +7,9 @@ For each checkpoint, in one run (ratios, since the machine is shared):
   * read:       every byte of the safetensors files read with readinto() into a reused 16 MiB buffer
                 (warm page cache; one untimed read first); median of --runs;
   * read-mmap:  every page of every file touched through np.memmap (the access pattern quantize uses);
+  * read+write: the read above, then as many bytes as adpq's output folder holds written to a new file
+                next to it (16 MiB write() calls, no fsync, as adpq writes): the floor for any tool that
+                reads this checkpoint and writes an output of that size;
   * quantize:   adpq.quantize_checkpoint(..., format="adpq") at the default QuantConfig into a temporary
                 folder, with and without the per-tensor error metrics; median of --runs.
 Every measurement runs in its own subprocess; the child reports its own peak RSS
@@ -51,7 +54,7 @@ def _child(argv):
         return
     if mode == "idle":
         pass
-    elif mode == "read":
+    elif mode in ("read", "read+write"):
         files = [sf.path for sf in SourceCheckpoint(src).files.values()]
         buf = bytearray(16 << 20)
         mv = memoryview(buf)
@@ -64,7 +67,14 @@ def _child(argv):
                     if not k:
                         break
                     n += k
+        if mode == "read+write":
+            left = int(argv[3])
+            with open(os.path.join(argv[2], "blob"), "wb", buffering=0) as f:
+                while left > 0:
+                    left -= f.write(mv[:min(left, len(mv))])
         out.update(seconds=time.perf_counter() - t0, bytes=n)
+        if mode == "read+write":
+            os.unlink(os.path.join(argv[2], "blob"))
     elif mode == "read-mmap":
         files = [sf.path for sf in SourceCheckpoint(src).files.values()]
         t0 = time.perf_counter()
@@ -84,6 +94,7 @@ def _child(argv):
                                        compute_metrics=(mode == "quantize"))
         out.update(seconds=time.perf_counter() - t0, bytes=rep.input_bytes,
                    bits_per_weight=rep.totals()["bits_per_weight_quantized"],
+                   output_bytes=sum(os.path.getsize(os.path.join(dst, f)) for f in os.listdir(dst)),
                    config=rep.config)
     else:
         raise SystemExit(f"unknown mode {mode}")
@@ -158,10 +169,12 @@ def bench(src, runs, label):
         _run_child("read", src)  # warm the page cache
         idle = _run_child("idle", src)
         res["idle_maxrss_bytes"] = idle["maxrss_bytes"]
-        for mode in ("read", "read-mmap", "quantize", "quantize-nometrics"):
+        for mode in ("read", "read-mmap", "quantize", "quantize-nometrics", "read+write"):
             rs = []
             for _ in range(runs):
                 args = [mode, src] + ([os.path.join(tmp, "out")] if mode.startswith("quantize") else [])
+                if mode == "read+write":
+                    args += [tmp, str(res["quantize"]["output_bytes"])]
                 rs.append(_run_child(*args))
                 print(f"  {label} {mode}: {rs[-1]['seconds']:.3f} s, peak RSS {rs[-1]['maxrss_bytes'] / 2**20:.0f} MiB",
                       file=sys.stderr)
@@ -171,10 +184,12 @@ def bench(src, runs, label):
                          "bytes": rs[0]["bytes"]}
             if "bits_per_weight" in rs[0]:
                 res[mode]["bits_per_weight"] = rs[0]["bits_per_weight"]
+                res[mode]["output_bytes"] = rs[0]["output_bytes"]
                 res["config"] = rs[0]["config"]
-        rd = res["read"]["seconds_median"]
-        for mode in ("read-mmap", "quantize", "quantize-nometrics"):
+        rd, rw = res["read"]["seconds_median"], res["read+write"]["seconds_median"]
+        for mode in ("read-mmap", "quantize", "quantize-nometrics", "read+write"):
             res[mode]["ratio_vs_read"] = res[mode]["seconds_median"] / rd
+            res[mode]["ratio_vs_read_write"] = res[mode]["seconds_median"] / rw
             res[mode]["gb_per_s"] = res[mode]["bytes"] / res[mode]["seconds_median"] / 1e9
         res["read"]["gb_per_s"] = res["read"]["bytes"] / rd / 1e9
     finally:
@@ -184,16 +199,17 @@ def bench(src, runs, label):
 
 def table(results):
     lines = []
-    hdr = ("| checkpoint | model MB | largest tensor MB | mode | median s | GB/s | x read | peak RSS MiB | "
+    hdr = ("| checkpoint | model MB | largest tensor MB | mode | median s | GB/s | x read | x read+write | peak RSS MiB | "
            "RSS - idle MiB |")
-    lines += [hdr, "|" + "---|" * 9]
+    lines += [hdr, "|" + "---|" * 10]
     for r in results:
         idle = r["idle_maxrss_bytes"]
-        for mode in ("read", "read-mmap", "quantize", "quantize-nometrics"):
+        for mode in ("read", "read-mmap", "quantize", "quantize-nometrics", "read+write"):
             m = r[mode]
+            rw = f"{m['ratio_vs_read_write']:.2f}" if "ratio_vs_read_write" in m else ""
             lines.append(f"| {r['label']} | {r['model_bytes'] / 1e6:.0f} | {r['largest_tensor']['bytes'] / 1e6:.1f} | "
                          f"{mode} | {m['seconds_median']:.3f} | {m['gb_per_s']:.3f} | "
-                         f"{m.get('ratio_vs_read', 1.0):.2f} | {m['maxrss_bytes'] / 2**20:.0f} | "
+                         f"{m.get('ratio_vs_read', 1.0):.2f} | {rw} | {m['maxrss_bytes'] / 2**20:.0f} | "
                          f"{(m['maxrss_bytes'] - idle) / 2**20:.0f} |")
     return "\n".join(lines)
 

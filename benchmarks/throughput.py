@@ -3,6 +3,11 @@
     python benchmarks/throughput.py                 # full table (issue 3), ~2 minutes on 2 cores
     python benchmarks/throughput.py --quick         # one shape, fewer runs
     python benchmarks/throughput.py --out r1.json; ... r3.json; python benchmarks/throughput.py --merge r1.json r2.json r3.json
+    python benchmarks/throughput.py --ggml-lib PATH/libggml-base.so    # + ggml's quantizers, same run
+
+With --ggml-lib, ggml's quantizers (llama-quantize's ggml_quantize_chunk: q3_K, q4_K, q4_0; see
+benchmarks/ggml_peer.py for how to build the library) are timed on the same float32 matrices, one
+thread, interleaved with adpq's 1-thread runs, and the ratio ggml time / adpq time is printed.
 
 For each case it prints the median of --repeats runs: weights/s per core, input GB/s and the ratio
 of adpq's time to a plain NumPy read of the same array (np.bitwise_xor.reduce over its bytes, which
@@ -98,11 +103,58 @@ def merge_runs(paths, out):
     print(f"wrote {out}")
 
 
+def ggml_vs_adpq(lib_paths, shapes, rng, repeats, default_ratio):
+    """ggml's quantizers against adpq's on the same float32 matrix, 1 thread each, interleaved (each
+    time a median of `repeats`, then the median of 3 rounds); x = ggml's time / adpq's. Several
+    library builds (e.g. ggml's default flags and -march=native) are labelled by their build folder."""
+    from ggml_peer import Ggml, decode_q4_0
+    libs = {os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(p)))) or p: Ggml(p) for p in lib_paths}
+    g = next(iter(libs.values()))
+    adpq_cases = {"adpq b3 g128 RTN": dict(bits=3, outlier_ratio=0.0, column_scaling="none"),
+                  "adpq b3 g128 outliers": dict(bits=3, outlier_ratio=default_ratio, column_scaling="none"),
+                  "adpq default (b3 g128 outliers + cs)": {},
+                  "adpq b4 g128 outliers + cs": dict(bits=4)}
+    ggml_types = [(lib, t) for lib in libs for t in ("q3_K", "q4_K", "q4_0")]
+    ggml_names = [f"ggml {t} [{lib}]" for lib, t in ggml_types]
+    out = dict(libraries={lib: g.path for lib, g in libs.items()}, rows=[])
+    print(f"\nggml's quantizers, 1 thread, float32 input; x = its time / this row's")
+    for shape in shapes:
+        w = (rng.standard_t(5, size=shape) * 0.02).astype(np.float32)
+        packed = g.quantize("q4_0", w)  # warm, and a check that the call did the work
+        rel = float(np.linalg.norm(decode_q4_0(packed, w.shape) - w) / np.linalg.norm(w))
+        times = {name: [] for name in list(adpq_cases) + ggml_names}
+        bpw = {}
+        for _ in range(3):
+            for name, kw in adpq_cases.items():
+                cfg = adpq.QuantConfig(group_size=128, threads=1, **kw)
+                qt = adpq.quantize(w, config=cfg)
+                bpw[name] = qt.bits_per_weight
+                times[name].append(median_time(lambda: adpq.quantize(w, config=cfg), repeats))
+            for name, (lib, t) in zip(ggml_names, ggml_types):
+                buf = libs[lib].quantize(t, w)
+                bpw[name] = libs[lib].bits_per_weight(t)
+                times[name].append(median_time(lambda: libs[lib].quantize(t, w, buf), max(1, repeats // 2)))
+        t = {k: statistics.median(v) for k, v in times.items()}
+        print(f"{'x'.join(map(str, shape))} (q4_0 decoded: relative error {rel:.3f})")
+        q3 = [n for n in ggml_names if " q3_K " in n]  # the issue's anchor; the JSON has every ratio
+        print(f"{'quantizer':>38} {'bits/w':>6} {'ms':>8} {'Gw/s':>7}  " + " ".join(f"{'x ' + n:>22}" for n in q3))
+        for name in t:
+            xs = " ".join(f"{t[n] / t[name]:22.2f}" for n in q3)
+            print(f"{name:>38} {bpw[name]:6.3f} {t[name] * 1e3:8.1f} {w.size / t[name] / 1e9:7.3f}  {xs}")
+            out["rows"].append(dict(shape=list(shape), quantizer=name, bits_per_weight=bpw[name], seconds=t[name],
+                                    weights_per_s=w.size / t[name],
+                                    ggml_time_over_this={n: t[n] / t[name] for n in ggml_names}))
+        out.setdefault("q4_0_relative_error", {})["x".join(map(str, shape))] = rel
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
+    ap.add_argument("--ggml-lib", metavar="PATH", nargs="+",
+                    help="libggml-base.so (one or more builds): also time ggml's quantizers (a peer)")
     ap.add_argument("--merge", nargs="+", metavar="RUN_JSON",
                     help="no measurement: the per-case medians of these runs' JSON files, to --out")
     args = ap.parse_args(argv)
@@ -169,6 +221,7 @@ def main(argv=None):
                                    one_pass_seconds=one))
                 print(f"{'x'.join(map(str, shape)):>12} {dtype:>8} {cs:>8} {two * 1e3:14.1f} {one * 1e3:12.1f} "
                       f"{one / two:8.3f}")
+    peer = ggml_vs_adpq(args.ggml_lib, shapes, rng, repeats, default_ratio) if args.ggml_lib else None
     # the NumPy reference, on a slice (it is slow on purpose: it is written to be read)
     ws = w32[:256]
     cfg = adpq.QuantConfig(bits=3, group_size=128, outlier_ratio=default_ratio)
@@ -180,7 +233,7 @@ def main(argv=None):
         date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=f"{cpu_name()}, {all_cores} cores",
         python=sys.version.split()[0], numpy=np.__version__, kernels=_core.kernels(), command="python "
         + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
-        rows=rows, one_pass_vs_two=routes, reference=dict(shape=list(ws.shape), weights_per_s=ws.size / t_ref, c_weights_per_s=ws.size / t_c),
+        rows=rows, one_pass_vs_two=routes, ggml=peer, reference=dict(shape=list(ws.shape), weights_per_s=ws.size / t_ref, c_weights_per_s=ws.size / t_c),
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

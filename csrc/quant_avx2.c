@@ -516,11 +516,12 @@ AVX2 static void v_error_sums(const float *w, const float *h, int64_t n, double 
     }
 }
 
-/* The bin of each value with the scalar formula in double (same bins), 8 at a time. */
+/* The bin of each value with the scalar formula in double (same bins), 8 at a time. The bins leave
+ * the vector registers through general registers: stored to memory and loaded back one by one, the
+ * loads wait on failed store forwarding (half the speed on Zen 1). */
 AVX2 static void v_histogram(const float *x, int64_t n, double lo, double scale, int bins, int64_t *hist) {
     const __m256d lov = _mm256_set1_pd(lo), sc = _mm256_set1_pd(scale);
     const __m128i zero = _mm_setzero_si128(), top = _mm_set1_epi32(bins - 1);
-    int32_t idx[8];
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 xv = _mm256_loadu_ps(x + i);
@@ -528,9 +529,16 @@ AVX2 static void v_histogram(const float *x, int64_t n, double lo, double scale,
         __m256d b = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xv, 1)), lov), sc);
         __m128i ia = _mm_min_epi32(_mm_max_epi32(_mm256_cvttpd_epi32(a), zero), top);
         __m128i ib = _mm_min_epi32(_mm_max_epi32(_mm256_cvttpd_epi32(b), zero), top);
-        _mm_storeu_si128((__m128i *)idx, ia);
-        _mm_storeu_si128((__m128i *)(idx + 4), ib);
-        for (int k = 0; k < 8; k++) hist[idx[k]]++;
+        const uint64_t a0 = (uint64_t)_mm_cvtsi128_si64(ia), a1 = (uint64_t)_mm_extract_epi64(ia, 1);
+        const uint64_t b0 = (uint64_t)_mm_cvtsi128_si64(ib), b1 = (uint64_t)_mm_extract_epi64(ib, 1);
+        hist[(uint32_t)a0]++;
+        hist[a0 >> 32]++;
+        hist[(uint32_t)a1]++;
+        hist[a1 >> 32]++;
+        hist[(uint32_t)b0]++;
+        hist[b0 >> 32]++;
+        hist[(uint32_t)b1]++;
+        hist[b1 >> 32]++;
     }
     for (; i < n; i++) {
         int64_t b = (int64_t)(((double)x[i] - lo) * scale);
