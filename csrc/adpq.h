@@ -122,8 +122,11 @@ adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint
  * order from 0). */
 adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean, char *err);
 
-/* Dequantizes q to float32 (rows x cols, row-major). Validates counts and indices. */
-adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, float *out, char *err);
+/* Dequantizes q to float32 (rows x cols, row-major). Validates counts and indices. col_mul: NULL,
+ * or cols factors applied to each row afterwards in float32, w_hat[r][j] * col_mul[j] (the column
+ * scales, which undo column scaling). */
+adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul, float *out,
+                            char *err);
 
 /* Sums behind the error metrics: in double, sum (w - w_hat)^2, sum w^2, max |w - w_hat|, the joint
  * min/max of w and w_hat, and histograms of both in `bins` equal bins over [min, max]

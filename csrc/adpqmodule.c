@@ -228,17 +228,21 @@ static int get_array(PyObject *obj, const char *name, npy_intp nbytes, void **da
 
 static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *cfgt, *codes, *scales, *zeros, *counts, *oscales, *ozeros, *indices, *values;
+    PyObject *cfgt, *codes, *scales, *zeros, *counts, *oscales, *ozeros, *indices, *values, *col_mul = NULL;
     long long rows, cols, n_out, n_grp;
     adpq_config cfg;
     adpq_layout lay;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTuple(args, "LLO!LLOOOOOOOO", &rows, &cols, &PyTuple_Type, &cfgt, &n_out, &n_grp, &codes, &scales,
-                          &zeros, &counts, &oscales, &ozeros, &indices, &values))
+    if (!PyArg_ParseTuple(args, "LLO!LLOOOOOOOO|O", &rows, &cols, &PyTuple_Type, &cfgt, &n_out, &n_grp, &codes, &scales,
+                          &zeros, &counts, &oscales, &ozeros, &indices, &values, &col_mul))
         return NULL;
     if (parse_config(cfgt, &cfg)) return NULL;
     adpq_status st = adpq_layout_of(rows, cols, &cfg, &lay, err);
     if (st) return raise_status(st, err);
+    adpq_matrix cm; /* (only its cols and col_mul: the column factors, checked) */
+    memset(&cm, 0, sizeof(cm));
+    cm.cols = cols;
+    if (set_col_mul(col_mul, &cm)) return NULL;
     if (n_out < 0 || n_grp < 0 || n_out > rows * cols || n_grp > lay.num_groups) {
         PyErr_SetString(PyExc_ValueError, "outlier counts out of range");
         return NULL;
@@ -267,7 +271,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     npy_intp dims[2] = {rows, cols};
     PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!out) return NULL;
-    Py_BEGIN_ALLOW_THREADS st = adpq_dequantize(&q, &cfg, (float *)PyArray_DATA((PyArrayObject *)out), err);
+    Py_BEGIN_ALLOW_THREADS st = adpq_dequantize(&q, &cfg, cm.col_mul, (float *)PyArray_DATA((PyArrayObject *)out), err);
     Py_END_ALLOW_THREADS if (st) {
         Py_DECREF(out);
         return raise_status(st, err);
@@ -421,7 +425,8 @@ static PyMethodDef methods[] = {
      "outlier_mask(w2d, dtype_code, config_tuple, col_mul=None) -> bool array"},
     {"dequantize", py_dequantize, METH_VARARGS,
      "dequantize(rows, cols, config_tuple, num_outliers, num_outlier_groups, codes, scales, zeros, counts, "
-     "outlier_scales, outlier_zeros, outlier_indices, outlier_values) -> float32 array"},
+     "outlier_scales, outlier_zeros, outlier_indices, outlier_values, col_mul=None) -> float32 array "
+     "(col_mul: float32 factors each column is multiplied by, the column scales)"},
     {"layout", py_layout, METH_VARARGS, "layout(rows, cols, config_tuple) -> dict"},
     {"column_mean_abs", py_column_mean_abs, METH_VARARGS,
      "column_mean_abs(w2d, dtype_code, threads) -> float32 mean |w| of each column (double sums, row order)"},

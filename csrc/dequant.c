@@ -14,6 +14,7 @@ typedef struct {
     const int64_t *row_out;  /* first outlier of each row */
     const int64_t *row_ogrp; /* first outlier group of each row */
     const uint32_t *pos;     /* unpacked outlier positions */
+    const float *col_mul;    /* NULL or per-column factors */
     float *out;
     int64_t rows_per_task;
     uint8_t **codes;         /* per worker: one row of codes */
@@ -53,11 +54,13 @@ static int dequant_task(void *ctx, int64_t t, int worker) {
             o += cnt;
             og++;
         }
+        if (c->col_mul) c->K->mul_row(out, ADPQ_F32, c->col_mul, cols, out); /* while the row is in cache */
     }
     return 0;
 }
 
-adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, float *out, char *err) {
+adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul, float *out,
+                            char *err) {
     adpq_layout lay;
     if (!q || !cfg || !out) {
         adpq_set_err(err, "null argument");
@@ -127,7 +130,7 @@ adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, float
     if (!codes) goto nomem;
     for (int i = 0; i < threads; i++)
         if (!(codes[i] = (uint8_t *)malloc((size_t)cols + 8))) goto nomem;
-    dctx c = {q, cfg, lay, adpq_active_kernels(), row_out, row_ogrp, pos, out, 0, codes};
+    dctx c = {q, cfg, lay, adpq_active_kernels(), row_out, row_ogrp, pos, col_mul, out, 0, codes};
     c.rows_per_task = (rows + (int64_t)threads * 4 - 1) / ((int64_t)threads * 4);
     if (c.rows_per_task < 1) c.rows_per_task = 1;
     rc = adpq_parallel_for(threads, (rows + c.rows_per_task - 1) / c.rows_per_task, dequant_task, &c);

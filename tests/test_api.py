@@ -364,6 +364,11 @@ def test_column_scales_are_stored_counted_and_checked():
         adpq.QuantizedTensor.from_arrays(qt.arrays(), qt.shape, qt.config.replace(column_scaling="none"))
     with pytest.raises(ValueError, match="column_scales"):
         adpq.QuantizedTensor.from_arrays({**qt.arrays(), "column_scales": c[:-1]}, qt.shape, qt.config)
+    for bad in (np.inf, np.nan, 0.0, -1.0):
+        c_bad = c.copy()
+        c_bad[5] = bad
+        with pytest.raises(ValueError, match="column_scales must be finite"):
+            adpq.QuantizedTensor.from_arrays({**qt.arrays(), "column_scales": c_bad}, qt.shape, qt.config)
     # NaN is still found and located with column scaling on
     w[3, 7] = np.nan
     with pytest.raises(ValueError, match=r"1 non-finite value\(s\).*row 3, column 7"):

@@ -6,7 +6,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from . import _core, columns
+from . import _core
 from .config import QuantConfig
 from .layout import ARRAY_NAMES, CODE_ARRAYS, OUTLIER_ARRAYS, SCALE_ARRAYS, layout_of, scale_np_dtype, unpack_bits
 
@@ -79,6 +79,9 @@ class QuantizedTensor:
                 raise ValueError("column_scaling 'none' stores no 'column_scales'")
         else:
             self._expect("column_scales", np.dtype(ml_dtypes.bfloat16), lay.cols)
+            c = self._arrays["column_scales"].astype(np.float32)
+            if not np.all(np.isfinite(c) & (c > 0)):
+                raise ValueError("column_scales must be finite and > 0 (as quantize writes them)")
         if cfg.symmetric:
             if "zeros" in self._arrays:
                 raise ValueError("a symmetric quantizer stores no 'zeros'")
@@ -149,9 +152,9 @@ class QuantizedTensor:
             self.num_outlier_groups, _raw(a["codes"]), _raw(a["scales"]), _raw(a.get("zeros")),
             _raw(a.get("outlier_counts")), _raw(a.get("outlier_scales")), _raw(a.get("outlier_zeros")),
             _raw(a.get("outlier_indices")), _raw(a.get("outlier_values")),
+            # (columns.unscale's product, done by the C core on each row while it is in cache)
+            np.asarray(a["column_scales"], dtype=np.float32) if "column_scales" in a else None,
         )
-        if "column_scales" in a:
-            out = columns.unscale(out.reshape(self.layout.rows, self.layout.cols), a["column_scales"])
         out = out.reshape(self.shape)
         if dtype is None:
             return out
