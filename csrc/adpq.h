@@ -136,6 +136,11 @@ typedef struct {
 } adpq_error_stats;
 adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bins, int threads,
                                 adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err);
+/* The same with w_hat = the dequantization of q (cfg, col_mul as adpq_dequantize), computed row by
+ * row and never stored whole. */
+adpq_status adpq_error_stats_q(const adpq_matrix *w, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
+                               int bins, int threads, adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat,
+                               char *err);
 
 /* Kernel selection: "scalar" (the reference), "avx2" (x86-64 with AVX2+F16C), or "auto".
  * Returns 0 on success, -1 if that kernel set is not available on this CPU. */

@@ -226,51 +226,63 @@ static int get_array(PyObject *obj, const char *name, npy_intp nbytes, void **da
     return 0;
 }
 
-static PyObject *py_dequantize(PyObject *self, PyObject *args) {
-    (void)self;
+/* The arguments of dequantize (see its docstring) into q, cfg and the column factors (cm.col_mul);
+ * the arrays stay owned by the caller's objects. */
+static int parse_qmatrix(PyObject *args, adpq_qmatrix *q, adpq_config *cfg, adpq_matrix *cm) {
     PyObject *cfgt, *codes, *scales, *zeros, *counts, *oscales, *ozeros, *indices, *values, *col_mul = NULL;
     long long rows, cols, n_out, n_grp;
-    adpq_config cfg;
     adpq_layout lay;
     char err[ADPQ_ERRLEN] = {0};
     if (!PyArg_ParseTuple(args, "LLO!LLOOOOOOOO|O", &rows, &cols, &PyTuple_Type, &cfgt, &n_out, &n_grp, &codes, &scales,
                           &zeros, &counts, &oscales, &ozeros, &indices, &values, &col_mul))
-        return NULL;
-    if (parse_config(cfgt, &cfg)) return NULL;
-    adpq_status st = adpq_layout_of(rows, cols, &cfg, &lay, err);
-    if (st) return raise_status(st, err);
-    adpq_matrix cm; /* (only its cols and col_mul: the column factors, checked) */
-    memset(&cm, 0, sizeof(cm));
-    cm.cols = cols;
-    if (set_col_mul(col_mul, &cm)) return NULL;
+        return -1;
+    if (parse_config(cfgt, cfg)) return -1;
+    adpq_status st = adpq_layout_of(rows, cols, cfg, &lay, err);
+    if (st) {
+        raise_status(st, err);
+        return -1;
+    }
+    memset(cm, 0, sizeof(*cm)); /* (only its cols and col_mul: the column factors, checked) */
+    cm->cols = cols;
+    if (set_col_mul(col_mul, cm)) return -1;
     if (n_out < 0 || n_grp < 0 || n_out > rows * cols || n_grp > lay.num_groups) {
         PyErr_SetString(PyExc_ValueError, "outlier counts out of range");
-        return NULL;
+        return -1;
     }
-    adpq_qmatrix q;
-    memset(&q, 0, sizeof(q));
-    q.rows = rows;
-    q.cols = cols;
-    q.num_outliers = n_out;
-    q.num_outlier_groups = n_grp;
+    memset(q, 0, sizeof(*q));
+    q->rows = rows;
+    q->cols = cols;
+    q->num_outliers = n_out;
+    q->num_outlier_groups = n_grp;
     npy_intp sb = lay.scale_bytes;
-    if (get_array(codes, "codes", lay.code_bytes, (void **)&q.codes)) return NULL;
-    if (get_array(scales, "scales", lay.num_groups * sb, &q.scales)) return NULL;
-    if (!cfg.symmetric && get_array(zeros, "zeros", lay.num_groups * sb, &q.zeros)) return NULL;
+    if (get_array(codes, "codes", lay.code_bytes, (void **)&q->codes)) return -1;
+    if (get_array(scales, "scales", lay.num_groups * sb, &q->scales)) return -1;
+    if (!cfg->symmetric && get_array(zeros, "zeros", lay.num_groups * sb, &q->zeros)) return -1;
     if (n_out > 0) {
-        if (get_array(counts, "outlier_counts", lay.num_groups * lay.count_bytes, &q.outlier_counts)) return NULL;
-        if (get_array(indices, "outlier_indices", (n_out * lay.index_bits + 7) / 8, (void **)&q.outlier_indices))
-            return NULL;
-        if (cfg.outlier_format == ADPQ_OUTLIERS_GROUP) {
-            if (get_array(oscales, "outlier_scales", n_grp * sb, &q.outlier_scales)) return NULL;
-            if (!cfg.symmetric && get_array(ozeros, "outlier_zeros", n_grp * sb, &q.outlier_zeros)) return NULL;
-        } else if (get_array(values, "outlier_values", n_out * 2, (void **)&q.outlier_values)) {
-            return NULL;
+        if (get_array(counts, "outlier_counts", lay.num_groups * lay.count_bytes, &q->outlier_counts)) return -1;
+        if (get_array(indices, "outlier_indices", (n_out * lay.index_bits + 7) / 8, (void **)&q->outlier_indices))
+            return -1;
+        if (cfg->outlier_format == ADPQ_OUTLIERS_GROUP) {
+            if (get_array(oscales, "outlier_scales", n_grp * sb, &q->outlier_scales)) return -1;
+            if (!cfg->symmetric && get_array(ozeros, "outlier_zeros", n_grp * sb, &q->outlier_zeros)) return -1;
+        } else if (get_array(values, "outlier_values", n_out * 2, (void **)&q->outlier_values)) {
+            return -1;
         }
     }
-    npy_intp dims[2] = {rows, cols};
+    return 0;
+}
+
+static PyObject *py_dequantize(PyObject *self, PyObject *args) {
+    (void)self;
+    adpq_qmatrix q;
+    adpq_config cfg;
+    adpq_matrix cm;
+    char err[ADPQ_ERRLEN] = {0};
+    if (parse_qmatrix(args, &q, &cfg, &cm)) return NULL;
+    npy_intp dims[2] = {q.rows, q.cols};
     PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!out) return NULL;
+    adpq_status st;
     Py_BEGIN_ALLOW_THREADS st = adpq_dequantize(&q, &cfg, cm.col_mul, (float *)PyArray_DATA((PyArrayObject *)out), err);
     Py_END_ALLOW_THREADS if (st) {
         Py_DECREF(out);
@@ -305,21 +317,38 @@ static PyObject *py_column_mean_abs(PyObject *self, PyObject *args) {
 
 static PyObject *py_error_stats(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *w, *what;
+    PyObject *w, *what, *dq_args = NULL;
     int dtype, bins, threads;
     adpq_matrix m;
+    adpq_qmatrix q;
+    adpq_config cfg;
+    adpq_matrix cm;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTuple(args, "OiOii", &w, &dtype, &what, &bins, &threads)) return NULL;
+    if (!PyArg_ParseTuple(args, "OiOii|O!", &w, &dtype, &what, &bins, &threads, &PyTuple_Type, &dq_args)) return NULL;
     if (as_matrix(w, dtype, &m)) return NULL;
     if (bins < 1 || threads < 1) {
         PyErr_SetString(PyExc_ValueError, "bins and threads must be >= 1");
         return NULL;
     }
-    void *hat;
-    if (get_array(what, "w_hat", (npy_intp)(m.rows * m.cols * 4), &hat)) return NULL;
-    if (PyArray_TYPE((PyArrayObject *)what) != NPY_FLOAT32) {
-        PyErr_SetString(PyExc_TypeError, "w_hat must be float32");
-        return NULL;
+    void *hat = NULL;
+    if (what == Py_None) { /* w_hat: the dequantization of dq_args, row by row */
+        if (!dq_args) {
+            PyErr_SetString(PyExc_TypeError, "error_stats needs w_hat or the dequantize arguments");
+            return NULL;
+        }
+        if (parse_qmatrix(dq_args, &q, &cfg, &cm)) return NULL;
+        if (q.rows != m.rows || q.cols != m.cols) {
+            PyErr_Format(PyExc_ValueError, "w is %lld x %lld but the quantized matrix is %lld x %lld", (long long)m.rows,
+                         (long long)m.cols, (long long)q.rows, (long long)q.cols);
+            return NULL;
+        }
+        cfg.threads = threads;
+    } else {
+        if (get_array(what, "w_hat", (npy_intp)(m.rows * m.cols * 4), &hat)) return NULL;
+        if (PyArray_TYPE((PyArrayObject *)what) != NPY_FLOAT32) {
+            PyErr_SetString(PyExc_TypeError, "w_hat must be float32");
+            return NULL;
+        }
     }
     npy_intp nb = bins;
     PyObject *hw = PyArray_SimpleNew(1, &nb, NPY_INT64), *hh = PyArray_SimpleNew(1, &nb, NPY_INT64);
@@ -330,9 +359,9 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args) {
     }
     adpq_error_stats s;
     adpq_status st;
-    Py_BEGIN_ALLOW_THREADS st = adpq_error_stats_of(&m, (const float *)hat, bins, threads, &s,
-                                                    (int64_t *)PyArray_DATA((PyArrayObject *)hw),
-                                                    (int64_t *)PyArray_DATA((PyArrayObject *)hh), err);
+    int64_t *hwp = (int64_t *)PyArray_DATA((PyArrayObject *)hw), *hhp = (int64_t *)PyArray_DATA((PyArrayObject *)hh);
+    Py_BEGIN_ALLOW_THREADS st = hat ? adpq_error_stats_of(&m, (const float *)hat, bins, threads, &s, hwp, hhp, err)
+                                    : adpq_error_stats_q(&m, &q, &cfg, cm.col_mul, bins, threads, &s, hwp, hhp, err);
     Py_END_ALLOW_THREADS if (st) {
         Py_DECREF(hw);
         Py_DECREF(hh);
@@ -431,7 +460,8 @@ static PyMethodDef methods[] = {
     {"column_mean_abs", py_column_mean_abs, METH_VARARGS,
      "column_mean_abs(w2d, dtype_code, threads) -> float32 mean |w| of each column (double sums, row order)"},
     {"error_stats", py_error_stats, METH_VARARGS,
-     "error_stats(w2d, dtype_code, w_hat float32 2-D, bins, threads) -> dict of sums and histograms"},
+     "error_stats(w2d, dtype_code, w_hat float32 2-D or None, bins, threads, dequantize_args=None) -> dict of sums "
+     "and histograms (w_hat None: the dequantization of dequantize_args, row by row, never stored whole)"},
     {"kth_largest", py_kth_largest, METH_VARARGS, "kth_largest(uint32 keys, k) -> the k-th largest (tests)"},
     {"set_kernels", py_set_kernels, METH_VARARGS, "set_kernels('scalar'|'avx2'|'auto') -> previous name"},
     {"kernels", py_kernels, METH_NOARGS, "name of the active kernel set"},

@@ -125,4 +125,21 @@ int64_t adpq_outlier_count(double ratio, int64_t n);
 typedef int (*adpq_task_fn)(void *ctx, int64_t task, int worker);
 int adpq_parallel_for(int threads, int64_t ntasks, adpq_task_fn fn, void *ctx);
 
+/* dequant.c: a dequantizer prepared once (arrays validated, per-row outlier offsets), then used
+ * row by row (adpq_dequantize, and metrics that never materialize w_hat) */
+typedef struct {
+    const adpq_qmatrix *q;
+    const adpq_config *cfg;
+    adpq_layout lay;
+    const adpq_kernels *K;
+    int64_t *row_out;      /* first outlier of each row */
+    int64_t *row_ogrp;     /* first outlier group of each row */
+    uint32_t *pos;         /* unpacked outlier positions */
+    const float *col_mul;  /* NULL or per-column factors */
+} adpq_dq;
+int adpq_dq_init(adpq_dq *d, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul, char *err);
+/* row r of w_hat into out; codes: cols + 8 bytes of scratch */
+void adpq_dq_row(const adpq_dq *d, int64_t r, uint8_t *codes, float *out);
+void adpq_dq_free(adpq_dq *d);
+
 #endif /* ADPQ_INTERNAL_H */

@@ -8,17 +8,27 @@
 
 typedef struct {
     const adpq_matrix *w;
-    const float *w_hat;      /* rows x cols, row-major */
+    const float *w_hat;      /* rows x cols, row-major; or NULL and dq: */
+    const adpq_dq *dq;       /* w_hat dequantized row by row, never stored whole */
     int64_t rows_per_task;
     adpq_error_stats *part;  /* one per task */
     int64_t *hist_w, *hist_hat; /* one histogram of `bins` per task (pass 2) */
     double lo, scale;
     int bins;
-    float **buf;             /* per worker: one row as float32 */
+    float **buf;             /* per worker: one row as float32 (w), then one of w_hat (dq) */
+    uint8_t **codes;         /* per worker: one row of codes (dq) */
 } mctx;
 
 static const float *row_f32(const mctx *c, int64_t r, float *buf) {
     return adpq_row_f32(adpq_active_kernels(), c->w, r, 0, c->w->cols, buf);
+}
+
+static const float *hat_row(const mctx *c, int64_t r, int worker) {
+    const int64_t cols = c->w->cols;
+    if (c->w_hat) return c->w_hat + r * cols;
+    float *h = c->buf[worker] + cols;
+    adpq_dq_row(c->dq, r, c->codes[worker], h);
+    return h;
 }
 
 static int sums_task(void *ctx, int64_t t, int worker) {
@@ -31,7 +41,7 @@ static int sums_task(void *ctx, int64_t t, int worker) {
     double acc[3] = {0, 0, 0};
     float mm[4] = {INFINITY, -INFINITY, INFINITY, -INFINITY};
     for (int64_t r = r0; r < r1; r++)
-        K->error_sums(row_f32(c, r, c->buf[worker]), c->w_hat + r * cols, cols, acc, mm);
+        K->error_sums(row_f32(c, r, c->buf[worker]), hat_row(c, r, worker), cols, acc, mm);
     double se = acc[0], sw = acc[1], maxe = acc[2];
     float mn = mm[0], mx = mm[1], hmn = mm[2], hmx = mm[3];
     p->sum_sq_err = se;
@@ -51,14 +61,14 @@ static int hist_task(void *ctx, int64_t t, int worker) {
     const adpq_kernels *K = adpq_active_kernels();
     for (int64_t r = r0; r < r1; r++) {
         K->histogram(row_f32(c, r, c->buf[worker]), cols, c->lo, c->scale, c->bins, hw);
-        K->histogram(c->w_hat + r * cols, cols, c->lo, c->scale, c->bins, hh);
+        K->histogram(hat_row(c, r, worker), cols, c->lo, c->scale, c->bins, hh);
     }
     return 0;
 }
 
-adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bins, int threads,
-                                adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
-    if (!w || !w_hat || !out || bins < 1 || threads < 1 || w->rows < 1 || w->cols < 1) {
+static adpq_status error_stats(const adpq_matrix *w, const float *w_hat, const adpq_dq *dq, int bins, int threads,
+                               adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
+    if (!w || (!w_hat && !dq) || !out || bins < 1 || threads < 1 || w->rows < 1 || w->cols < 1) {
         adpq_set_err(err, "bad arguments to error_stats");
         return ADPQ_ERR_ARG;
     }
@@ -69,6 +79,7 @@ adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bi
     memset(&c, 0, sizeof(c));
     c.w = w;
     c.w_hat = w_hat;
+    c.dq = dq;
     c.bins = bins;
     c.rows_per_task = (rows + ntasks - 1) / ntasks;
     ntasks = (rows + c.rows_per_task - 1) / c.rows_per_task;
@@ -76,10 +87,13 @@ adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bi
     c.hist_w = (int64_t *)calloc((size_t)(ntasks * bins), sizeof(int64_t));
     c.hist_hat = (int64_t *)calloc((size_t)(ntasks * bins), sizeof(int64_t));
     c.buf = (float **)calloc((size_t)threads, sizeof(float *));
+    c.codes = (uint8_t **)calloc((size_t)threads, sizeof(uint8_t *));
     int rc = ADPQ_OK;
-    if (!c.part || !c.hist_w || !c.hist_hat || !c.buf) goto nomem;
-    for (int i = 0; i < threads; i++)
-        if (!(c.buf[i] = (float *)malloc(sizeof(float) * (size_t)w->cols))) goto nomem;
+    if (!c.part || !c.hist_w || !c.hist_hat || !c.buf || !c.codes) goto nomem;
+    for (int i = 0; i < threads; i++) {
+        if (!(c.buf[i] = (float *)malloc(sizeof(float) * (size_t)w->cols * (dq ? 2 : 1)))) goto nomem;
+        if (dq && !(c.codes[i] = (uint8_t *)malloc((size_t)w->cols + 8))) goto nomem;
+    }
     adpq_parallel_for(threads, ntasks, sums_task, &c);
     memset(out, 0, sizeof(*out));
     out->min = INFINITY;
@@ -115,9 +129,36 @@ nomem:
 done:
     if (c.buf)
         for (int i = 0; i < threads; i++) free(c.buf[i]);
+    if (c.codes)
+        for (int i = 0; i < threads; i++) free(c.codes[i]);
     free(c.buf);
+    free(c.codes);
     free(c.part);
     free(c.hist_w);
     free(c.hist_hat);
     return (adpq_status)rc;
+}
+
+adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bins, int threads,
+                                adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
+    if (!w_hat) {
+        adpq_set_err(err, "bad arguments to error_stats");
+        return ADPQ_ERR_ARG;
+    }
+    return error_stats(w, w_hat, NULL, bins, threads, out, hist_w, hist_hat, err);
+}
+
+adpq_status adpq_error_stats_q(const adpq_matrix *w, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
+                               int bins, int threads, adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat,
+                               char *err) {
+    if (!w || !q || q->rows != w->rows || q->cols != w->cols) {
+        adpq_set_err(err, "w and the quantized matrix differ in shape");
+        return ADPQ_ERR_ARG;
+    }
+    adpq_dq d;
+    adpq_status st = (adpq_status)adpq_dq_init(&d, q, cfg, col_mul, err);
+    if (st) return st;
+    st = error_stats(w, NULL, &d, bins, threads, out, hist_w, hist_hat, err);
+    adpq_dq_free(&d);
+    return st;
 }

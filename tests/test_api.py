@@ -212,6 +212,28 @@ def test_metrics_match_a_float64_numpy_computation():
         adpq.metrics(w, w[:, :10])
 
 
+@pytest.mark.parametrize("kw", [
+    dict(bits=3, group_size=128, column_scaling="mean_abs"),
+    dict(bits=4, group_size=64, symmetric=False, outlier_format="group", column_scaling="mean_abs"),
+    dict(bits=2, group_size=-1, outlier_ratio=0.0, column_scaling="none"),
+    dict(bits=3, group_size=32, outlier_scope="group", outlier_ratio=0.05, outlier_format="group"),
+])
+def test_metrics_of_a_quantized_tensor_equal_those_of_its_dequantization(kw):
+    """metrics(w, qt) dequantizes row by row inside the C core (w_hat never stored): the same
+    numbers as metrics(w, qt.dequantize()), for every outlier format, column scaling, ragged rows,
+    16-bit input and any thread count."""
+    w = weights((70, 300), seed=11)
+    for dtype in (np.float32, ml_dtypes.bfloat16):
+        wd = w.astype(dtype)
+        qt = adpq.quantize(wd, **kw)
+        for threads in (1, 3):
+            fused = adpq.metrics(wd, qt, threads=threads)
+            plain = adpq.metrics(wd, qt.dequantize(), threads=threads)
+            assert {k: v for k, v in fused.items() if k in plain} == plain
+    with pytest.raises(ValueError, match="shape"):
+        adpq.metrics(w[:, :200], qt)
+
+
 def test_repr_and_metrics():
     w = weights()
     qt = adpq.quantize(w)

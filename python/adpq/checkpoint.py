@@ -483,14 +483,15 @@ def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, 
         meta[f"adpq:{info.name}"] = json.dumps({
             "shape": list(info.shape), "dtype": qt.dtype, "arrays": list(arrays),
             "config": cfg_json_dict, "num_outliers": int(qt.num_outliers)})
-        w_hat = qt.dequantize(threads=threads) if compute_metrics else None
+        w_hat = qt  # (metrics dequantize it row by row in C, never whole)
     else:
         w_out = qt.dequantize(dtype=out_dt if out_dt is not None else "input", threads=threads)
         entries = [(info.name, w_out)]
         rep.bytes_out = int(w_out.nbytes)
         w_hat = w_out if compute_metrics else None
     if compute_metrics:
-        rep.metrics = _jsonable(dict(core.metrics(w, w_hat, threads=threads)))
+        m = core.metrics(w, w_hat, threads=threads)
+        rep.metrics = _jsonable({k: v for k, v in m.items() if k not in ("num_outliers", "bits_per_weight")})
     rep.seconds = time.perf_counter() - ts
     return entries, meta, rep
 

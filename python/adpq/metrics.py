@@ -35,22 +35,23 @@ def kl_divergence(w: Any, w_hat: Any, bins: int = KL_BINS) -> float:
 def metrics(w: Any, w_hat: Union[np.ndarray, QuantizedTensor], kl_bins: int = KL_BINS,
             threads: Optional[int] = None) -> Dict[str, float]:
     """MSE, relative Frobenius error, SQNR (dB), max abs error and histogram KL divergence of w_hat
-    against w (sums in float64). If w_hat is a QuantizedTensor it is dequantized, and its outlier
-    count and bits per weight are reported too."""
+    against w (sums in float64). If w_hat is a QuantizedTensor it is dequantized (row by row, in C,
+    without storing w_hat), and its outlier count and bits per weight are reported too."""
     qt = w_hat if isinstance(w_hat, QuantizedTensor) else None
     w2, dname, shape = as_weight_matrix(w, "w")
+    nthreads = int(threads or default_threads())
     if qt is not None:
         if qt.shape != shape:
             raise ValueError(f"w has shape {shape} but the QuantizedTensor has shape {qt.shape}")
-        hat = qt.dequantize(threads=threads)
+        # dequantized row by row inside the C core: w_hat is never stored whole
+        s = _core.error_stats(w2, _DTYPE_CODE[dname], None, int(kl_bins), nthreads, qt._dequantize_args(nthreads))
     else:
         hat_arr = np.asarray(w_hat)
         if hat_arr.shape != shape:
             raise ValueError(f"w has shape {shape} but w_hat has shape {hat_arr.shape}")
         as_weight_matrix(hat_arr, "w_hat")  # the same dtype and shape checks as w
-        hat = np.asarray(hat_arr, dtype=np.float32)  # no copy when already float32
-    hat = np.ascontiguousarray(hat, dtype=np.float32).reshape(w2.shape)
-    s = _core.error_stats(w2, _DTYPE_CODE[dname], hat, int(kl_bins), int(threads or default_threads()))
+        hat = np.ascontiguousarray(hat_arr, dtype=np.float32).reshape(w2.shape)  # no copy when float32
+        s = _core.error_stats(w2, _DTYPE_CODE[dname], hat, int(kl_bins), nthreads)
     n = w2.shape[0] * w2.shape[1]
     sq, ref = s["sum_sq_err"], s["sum_sq_ref"]
     out = {

@@ -144,10 +144,10 @@ class QuantizedTensor:
 
         return {"codes": bits(CODE_ARRAYS), "scales": bits(SCALE_ARRAYS), "outliers": bits(OUTLIER_ARRAYS)}
 
-    def dequantize(self, dtype: Union[None, str, np.dtype] = None, threads: Optional[int] = None) -> np.ndarray:
-        """w_hat as float32 (default), the input's dtype (dtype="input") or the given float dtype."""
+    def _dequantize_args(self, threads: Optional[int] = None) -> tuple:
+        """The C core's dequantize arguments (also taken by its error_stats, which dequantizes row by row)."""
         a = self._arrays
-        out = _core.dequantize(
+        return (
             self.layout.rows, self.layout.cols, self.config.core_tuple(threads), self.num_outliers,
             self.num_outlier_groups, _raw(a["codes"]), _raw(a["scales"]), _raw(a.get("zeros")),
             _raw(a.get("outlier_counts")), _raw(a.get("outlier_scales")), _raw(a.get("outlier_zeros")),
@@ -155,6 +155,10 @@ class QuantizedTensor:
             # (columns.unscale's product, done by the C core on each row while it is in cache)
             np.asarray(a["column_scales"], dtype=np.float32) if "column_scales" in a else None,
         )
+
+    def dequantize(self, dtype: Union[None, str, np.dtype] = None, threads: Optional[int] = None) -> np.ndarray:
+        """w_hat as float32 (default), the input's dtype (dtype="input") or the given float dtype."""
+        out = _core.dequantize(*self._dequantize_args(threads))
         out = out.reshape(self.shape)
         if dtype is None:
             return out
