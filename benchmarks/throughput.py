@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --quick         # one shape, fewer runs
     python benchmarks/throughput.py --out r1.json; ... r3.json; python benchmarks/throughput.py --merge r1.json r2.json r3.json
     python benchmarks/throughput.py --ggml-lib PATH/libggml-base.so    # + ggml's quantizers, same run
+    python benchmarks/throughput.py --ggml-only --ggml-lib PATH/libggml-base.so --out results/throughput_ggml.json
 
 With --ggml-lib, ggml's quantizers (llama-quantize's ggml_quantize_chunk: q3_K, q4_K, q4_0; see
 benchmarks/ggml_peer.py for how to build the library) are timed on the same float32 matrices, one
@@ -124,16 +125,18 @@ def ggml_vs_adpq(lib_paths, shapes, rng, repeats, default_ratio):
         rel = float(np.linalg.norm(decode_q4_0(packed, w.shape) - w) / np.linalg.norm(w))
         times = {name: [] for name in list(adpq_cases) + ggml_names}
         bpw = {}
+        bufs = {}
         for _ in range(3):
             for name, kw in adpq_cases.items():
                 cfg = adpq.QuantConfig(group_size=128, threads=1, **kw)
                 qt = adpq.quantize(w, config=cfg)
                 bpw[name] = qt.bits_per_weight
                 times[name].append(median_time(lambda: adpq.quantize(w, config=cfg), repeats))
-            for name, (lib, t) in zip(ggml_names, ggml_types):
-                buf = libs[lib].quantize(t, w)
+            for name, (lib, t) in zip(ggml_names, ggml_types):  # (slow: one timing per round, warm once)
+                if name not in bufs:
+                    bufs[name] = libs[lib].quantize(t, w)
                 bpw[name] = libs[lib].bits_per_weight(t)
-                times[name].append(median_time(lambda: libs[lib].quantize(t, w, buf), max(1, repeats // 2)))
+                times[name].append(median_time(lambda: libs[lib].quantize(t, w, bufs[name]), 1))
         t = {k: statistics.median(v) for k, v in times.items()}
         print(f"{'x'.join(map(str, shape))} (q4_0 decoded: relative error {rel:.3f})")
         q3 = [n for n in ggml_names if " q3_K " in n]  # the issue's anchor; the JSON has every ratio
@@ -155,11 +158,14 @@ def main(argv=None):
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput.json"))
     ap.add_argument("--ggml-lib", metavar="PATH", nargs="+",
                     help="libggml-base.so (one or more builds): also time ggml's quantizers (a peer)")
+    ap.add_argument("--ggml-only", action="store_true", help="only the comparison with ggml (needs --ggml-lib)")
     ap.add_argument("--merge", nargs="+", metavar="RUN_JSON",
                     help="no measurement: the per-case medians of these runs' JSON files, to --out")
     args = ap.parse_args(argv)
     if args.merge:
         return merge_runs(args.merge, args.out)
+    if args.ggml_only and not args.ggml_lib:
+        ap.error("--ggml-only needs --ggml-lib")
     shapes = SHAPES[:1] if args.quick else SHAPES
     repeats = 3 if args.quick else args.repeats
     default_ratio = adpq.QuantConfig().outlier_ratio
@@ -167,6 +173,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     rows = []
     print(f"adpq {adpq.__version__}, kernels {_core.kernels()}, {all_cores} cores: {cpu_name()}")
+    if args.ggml_only:
+        return save(args, argv, dict(ggml=ggml_vs_adpq(args.ggml_lib, shapes, rng, repeats, default_ratio)))
     hdr = (f"{'shape':>12} {'dtype':>8} {'bits':>4} {'ratio':>6} {'cols':>8} {'thr':>3} {'ms':>8} {'Gw/s/core':>9} "
            f"{'GB/s':>6} {'read ms':>8} {'x read':>6} {'passes':>6} {'fixed%':>6}")
     print(hdr)
@@ -229,12 +237,16 @@ def main(argv=None):
     t_c = median_time(lambda: adpq.quantize(ws, config=cfg.replace(threads=1)), 5)
     print(f"\nreference.quantize on {ws.shape}: {ws.size / t_ref / 1e6:.2f} Mw/s; "
           f"C core on 1 thread: {ws.size / t_c / 1e6:.1f} Mw/s ({t_ref / t_c:.0f}x faster)")
+    save(args, argv, dict(rows=rows, one_pass_vs_two=routes, ggml=peer,
+                          reference=dict(shape=list(ws.shape), weights_per_s=ws.size / t_ref,
+                                         c_weights_per_s=ws.size / t_c)))
+
+
+def save(args, argv, parts):
     result = dict(
-        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=f"{cpu_name()}, {all_cores} cores",
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=f"{cpu_name()}, {default_threads()} cores",
         python=sys.version.split()[0], numpy=np.__version__, kernels=_core.kernels(), command="python "
-        + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])),
-        rows=rows, one_pass_vs_two=routes, ggml=peer, reference=dict(shape=list(ws.shape), weights_per_s=ws.size / t_ref, c_weights_per_s=ws.size / t_c),
-    )
+        + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:])), **parts)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
