@@ -234,6 +234,20 @@ def test_metrics_of_a_quantized_tensor_equal_those_of_its_dequantization(kw):
         adpq.metrics(w[:, :200], qt)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(symmetric=False, outlier_format="group"), dict(outlier_ratio=0.0),
+                                dict(group_size=-1, column_scaling="none"), dict(outlier_scope="group")])
+def test_quantize_result_passes_the_checks_it_skips(kw):
+    """quantize builds its QuantizedTensor without re-validating the C core's arrays: the same
+    arrays must pass from_arrays' checks and give the same totals and layout."""
+    w = weights((90, 200), seed=4)
+    for shape_w in (w, w[0]):
+        qt = adpq.quantize(shape_w, **kw)
+        again = adpq.QuantizedTensor.from_arrays(qt.arrays(), qt.shape, qt.config, qt.dtype)
+        assert (again.num_outliers, again.num_outlier_groups, again.layout, again.config) == \
+            (qt.num_outliers, qt.num_outlier_groups, qt.layout, qt.config)
+        assert np.array_equal(again.dequantize(), qt.dequantize())
+
+
 def test_repr_and_metrics():
     w = weights()
     qt = adpq.quantize(w)

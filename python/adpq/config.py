@@ -1,6 +1,7 @@
 """QuantConfig: every parameter of the AdpQ quantizer, validated, as one dataclass."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -139,7 +140,9 @@ class QuantConfig:
         """The config with column_scaling "auto" decided for a matrix of `rows` rows."""
         if self.column_scaling != "auto":
             return self
-        return self.replace(column_scaling="mean_abs" if rows >= AUTO_COLUMN_SCALING_MIN_ROWS else "none")
+        out = copy.copy(self)  # (a valid value: no second validation, this runs once per tensor)
+        object.__setattr__(out, "column_scaling", "mean_abs" if rows >= AUTO_COLUMN_SCALING_MIN_ROWS else "none")
+        return out
 
     @property
     def uses_outliers(self) -> bool:

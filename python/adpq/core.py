@@ -82,7 +82,7 @@ def quantize(w: Any, bits: int = _UNSET, group_size: int = _UNSET, outlier_ratio
     arrays = _typed_arrays(raw, cfg)
     if scales is not None:
         arrays["column_scales"] = scales
-    return QuantizedTensor(arrays, shape, cfg, dname)
+    return QuantizedTensor._from_core(arrays, shape, cfg, dname)
 
 
 def _quantize_raw(w: Any, cfg: QuantConfig):

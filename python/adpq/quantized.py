@@ -54,6 +54,18 @@ class QuantizedTensor:
         self.shape, self.config, self.dtype, self.layout = shape, config, dtype, lay
         self._validate()
 
+    @classmethod
+    def _from_core(cls, arrays: Dict[str, np.ndarray], shape: Tuple[int, ...], config: QuantConfig,
+                   dtype: str) -> "QuantizedTensor":
+        """The arrays adpq.quantize's C core just produced (config already resolved): consistent by
+        construction, so not validated again (from_arrays and the constructor validate)."""
+        qt = cls.__new__(cls)
+        rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+        qt._arrays, qt.shape, qt.config, qt.dtype = arrays, tuple(shape), config, dtype
+        qt.layout = layout_of(rows, cols, config)
+        qt.num_outliers, qt.num_outlier_groups = qt._outlier_totals()
+        return qt
+
     # ------------------------------------------------------------------ checks
     def _expect(self, name: str, dtype: np.dtype, size: int, required: bool = True) -> None:
         a = self._arrays.get(name)
@@ -95,8 +107,7 @@ class QuantizedTensor:
             self.num_outliers = self.num_outlier_groups = 0
             return
         self._expect("outlier_counts", lay.count_dtype, lay.num_groups)
-        self.num_outliers = int(counts.sum(dtype=np.int64))
-        self.num_outlier_groups = int(np.count_nonzero(counts))
+        self.num_outliers, self.num_outlier_groups = self._outlier_totals()
         self._expect("outlier_indices", np.dtype(np.uint8), (self.num_outliers * lay.index_bits + 7) // 8)
         if cfg.outlier_format == "group":
             self._expect("outlier_scales", sdt, self.num_outlier_groups)
@@ -110,6 +121,13 @@ class QuantizedTensor:
             for k in ("outlier_scales", "outlier_zeros"):
                 if k in self._arrays:
                     raise ValueError(f"outlier_format 'fp16' stores no {k!r}")
+
+    def _outlier_totals(self) -> Tuple[int, int]:
+        """(outliers, groups holding one), from outlier_counts."""
+        counts = self._arrays.get("outlier_counts")
+        if counts is None:
+            return 0, 0
+        return int(counts.sum(dtype=np.int64)), int(np.count_nonzero(counts))
 
     # ------------------------------------------------------------------ API
     @classmethod
