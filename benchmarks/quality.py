@@ -108,6 +108,9 @@ def _grid(quick: bool):
         rows.append(("nf4", dict(bits=4, group_size=g)))
     for b, g in (((3, 64), (3, 128), (4, 128)) if quick else [(b, g) for b in (2, 3, 4) for g in groups]):
         rows.append(("gptq", dict(bits=b, group_size=g)))
+    # GPTQ from a maintained package (llm-compressor, symmetric): folders from gptq_llmcompressor.py
+    for b, g in ((3, 64), (3, 128), (4, 128)):
+        rows.append(("gptq-llmc", dict(bits=b, group_size=g)))
     return rows
 
 
@@ -191,7 +194,8 @@ class Model:
         """A folder benchmarks/peers.py already wrote for this config (GPTQ: GPTQ_NSAMPLES x
         GPTQ_SEQLEN calibration tokens), or None."""
         b, g, name = params["bits"], params["group_size"], Path(self.path).name
-        tag = {"gptq": f"{name}-gptq-b{b}-g{g}-n{GPTQ_NSAMPLES}x{GPTQ_SEQLEN}", "nf4": f"{name}-nf4-g{g}-dq"}.get(
+        tag = {"gptq": f"{name}-gptq-b{b}-g{g}-n{GPTQ_NSAMPLES}x{GPTQ_SEQLEN}", "nf4": f"{name}-nf4-g{g}-dq",
+               "gptq-llmc": f"{name}-llmcgptq-b{b}-g{g}-n{GPTQ_NSAMPLES}x{GPTQ_SEQLEN}"}.get(
             method, f"{name}-{method}-b{b}-g{g}")
         folder = Path(self.peer_dir) / tag
         return folder if (folder / "peer_quantization.json").exists() else None
@@ -236,6 +240,9 @@ class Model:
                 return (*self._load_folder(folder), {})
         if method == "gptq":
             return self._gptq(params)
+        if method == "gptq-llmc":
+            raise RuntimeError(f"no folder for {method} {params} in {self.peer_dir}: write it with "
+                               "benchmarks/gptq_llmcompressor.py (in its own venv, see its docstring)")
         for name, w in self.orig.items():
             if method in ("rtn", "adpq"):
                 t0 = time.perf_counter()
@@ -453,7 +460,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="ctx 512, 4 windows, a smaller grid")
     ap.add_argument("--ctx", type=int, nargs="+", default=None)
     ap.add_argument("--max-windows", type=int, default=None)
-    ap.add_argument("--methods", default="baseline,rtn,adpq,hqq,sinq,nf4,gptq")
+    ap.add_argument("--methods", default="baseline,rtn,adpq,hqq,sinq,nf4,gptq,gptq-llmc")
     ap.add_argument("--bits", type=int, nargs="+", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer-dir", default="/work/models/peers",
