@@ -11,7 +11,9 @@
 their group scales rounded to float16, the dtype they are counted in (a stored checkpoint keeps them in
 16 bits; GPTQ's own format stores fp16 scales). One scheme for every selected Linear (the decoder's q/k/v/o/gate/up/down projections, as for every method):
 int `--bits`, group strategy, `--group-size`, symmetric unless `--asym`; the rest is llm-compressor's
-GPTQModifier defaults (recorded in the folder). Calibration: the same windows as benchmarks/peers.py's
+GPTQModifier defaults (recorded in the folder). llm-compressor refuses a group size that does not divide
+every selected matrix's columns (g128 on SmolLM2's 576-wide matrices), unless told to bypass the check,
+which this script does not do. Calibration: the same windows as benchmarks/peers.py's
 GPTQ reimplementation (16 random windows x 512 tokens of WikiText-2 *validation*, detokenized, the
 model's tokenizer, seed 0). Never the test split.
 
