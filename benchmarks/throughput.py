@@ -118,7 +118,7 @@ def ggml_vs_adpq(lib_paths, shapes, rng, repeats, default_ratio):
     ggml_types = [(lib, t) for lib in libs for t in ("q3_K", "q4_K", "q4_0")]
     ggml_names = [f"ggml {t} [{lib}]" for lib, t in ggml_types]
     out = dict(libraries={lib: g.path for lib, g in libs.items()}, rows=[])
-    print(f"\nggml's quantizers, 1 thread, float32 input; x = its time / this row's")
+    print("\nggml's quantizers, 1 thread, float32 input; x = its time / this row's")
     for shape in shapes:
         w = (rng.standard_t(5, size=shape) * 0.02).astype(np.float32)
         packed = g.quantize("q4_0", w)  # warm, and a check that the call did the work
