@@ -18,7 +18,8 @@ void adpq_dq_row(const adpq_dq *d, int64_t r, uint8_t *codes, float *out) {
         float s = adpq_stored_to_float(adpq_get_stored(q->scales, gi, sb), sd);
         float z = d->cfg->symmetric ? (float)(1 << (d->cfg->bits - 1))
                                     : adpq_stored_to_float(adpq_get_stored(q->zeros, gi, sb), sd);
-        d->K->dequant(codes + off, len, s, z, out + off);
+        const float *mul = d->col_mul ? d->col_mul + off : NULL; /* column scales, while in registers */
+        d->K->dequant(codes + off, len, s, z, mul, out + off);
         int64_t cnt = q->num_outliers ? adpq_get_count(q->outlier_counts, gi, d->lay.count_bytes) : 0;
         if (!cnt) continue;
         if (d->cfg->outlier_format == ADPQ_OUTLIERS_GROUP) {
@@ -27,15 +28,18 @@ void adpq_dq_row(const adpq_dq *d, int64_t r, uint8_t *codes, float *out) {
                                          : adpq_stored_to_float(adpq_get_stored(q->outlier_zeros, og, sb), sd);
             for (int64_t i = 0; i < cnt; i++) {
                 int64_t p = off + d->pos[o + i];
-                out[p] = ((float)codes[p] - zo) * so;
+                float v = ((float)codes[p] - zo) * so;
+                out[p] = mul ? v * mul[p - off] : v;
             }
         } else {
-            for (int64_t i = 0; i < cnt; i++) out[off + d->pos[o + i]] = adpq_f16_to_f32(q->outlier_values[o + i]);
+            for (int64_t i = 0; i < cnt; i++) {
+                float v = adpq_f16_to_f32(q->outlier_values[o + i]);
+                out[off + d->pos[o + i]] = mul ? v * mul[d->pos[o + i]] : v;
+            }
         }
         o += cnt;
         og++;
     }
-    if (d->col_mul) d->K->mul_row(out, ADPQ_F32, d->col_mul, cols, out); /* while the row is in cache */
 }
 
 void adpq_dq_free(adpq_dq *d) {

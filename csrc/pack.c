@@ -63,6 +63,33 @@ static inline uint64_t unfold8(uint64_t x, int bits) {
     }
 }
 
+/* The low `bytes` bytes at p, little-endian, in whole-register loads (a memcpy of 3 bytes into a
+ * uint64_t is two narrow stores and a wide reload, which stalls on failed store forwarding). */
+static inline uint64_t load_le(const uint8_t *p, int bytes) {
+    uint16_t h;
+    uint32_t w;
+    uint64_t d;
+    switch (bytes) {
+    case 2:
+        memcpy(&h, p, 2);
+        return h;
+    case 3:
+        memcpy(&h, p, 2);
+        return (uint64_t)h | (uint64_t)p[2] << 16;
+    case 4:
+        memcpy(&w, p, 4);
+        return w;
+    case 8:
+        memcpy(&d, p, 8);
+        return d;
+    default: {
+        uint64_t x = 0;
+        for (int b = 0; b < bytes; b++) x |= (uint64_t)p[b] << (8 * b);
+        return x;
+    }
+    }
+}
+
 void adpq_pack_body_scalar(const uint8_t *codes, int64_t n, int bits, uint8_t *out) {
     switch (bits) { /* one loop per width, so that fold8 is specialised */
 #define PACK_BODY(B)                                                                                                   \
@@ -102,12 +129,24 @@ void adpq_unpack_codes(const uint8_t *src, int64_t first, int64_t n, int bits, u
         i++;
     }
     const uint8_t *in = src + ((first + i) >> 3) * bits;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x = 0;
-        for (int b = 0; b < bits; b++) x |= (uint64_t)in[b] << (8 * b);
-        uint64_t c = unfold8(x, bits);
-        memcpy(codes + i, &c, 8);
-        in += bits;
+    switch (bits) { /* one loop per width, so that unfold8 is specialised (as in pack_body) */
+#define UNPACK_BODY(B)                                                                                                 \
+    case B:                                                                                                            \
+        for (; i + 8 <= n; i += 8, in += B) {                                                                          \
+            uint64_t c = unfold8(load_le(in, B), B);                                                                   \
+            memcpy(codes + i, &c, 8);                                                                                  \
+        }                                                                                                              \
+        break;
+        UNPACK_BODY(2)
+        UNPACK_BODY(3)
+        UNPACK_BODY(4)
+        UNPACK_BODY(8)
+#undef UNPACK_BODY
+    default:
+        for (; i + 8 <= n; i += 8, in += bits) {
+            uint64_t c = unfold8(load_le(in, bits), bits);
+            memcpy(codes + i, &c, 8);
+        }
     }
     for (; i < n; i++) codes[i] = (uint8_t)get_bits(src, (uint64_t)(first + i) * (uint64_t)bits, bits);
 }

@@ -195,8 +195,10 @@ static void s_mul_row(const void *w, int dtype, const float *mul, int64_t n, flo
     for (int64_t i = 0; i < n; i++) out[i] = value_of(w, dtype, i) * mul[i];
 }
 
-static void s_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {
+static void s_dequant(const uint8_t *codes, int64_t n, float s, float z, const float *mul, float *out) {
     for (int64_t i = 0; i < n; i++) out[i] = ((float)codes[i] - z) * s;
+    if (mul)
+        for (int64_t i = 0; i < n; i++) out[i] *= mul[i];
 }
 
 static void s_f16_to_f32(const uint16_t *src, int64_t n, float *dst) {

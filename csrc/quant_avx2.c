@@ -394,9 +394,21 @@ AVX2 static void v_mul_row(const void *w, int dtype, const float *mul, int64_t n
     else mul_row_t(w, ADPQ_F16, mul, n, out);
 }
 
-AVX2 static void v_dequant(const uint8_t *codes, int64_t n, float s, float z, float *out) {
+AVX2 static void v_dequant(const uint8_t *codes, int64_t n, float s, float z, const float *mul, float *out) {
     const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
     int64_t i = 0;
+    if (mul) {
+        for (; i + 8 <= n; i += 8) {
+            __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i))));
+            __m256 v = _mm256_mul_ps(_mm256_sub_ps(q, zv), sv);
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(v, _mm256_loadu_ps(mul + i)));
+        }
+        for (; i < n; i++) {
+            float v = ((float)codes[i] - z) * s;
+            out[i] = v * mul[i];
+        }
+        return;
+    }
     for (; i + 8 <= n; i += 8) {
         __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i))));
         _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_sub_ps(q, zv), sv));

@@ -533,19 +533,22 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     bar = _Progress(sum(i.nbytes for i in todo), progress, "quantizing")
     # Tensors are quantized by a small pipeline (the C core releases the GIL) and written in order
     # by this thread: on a model of small matrices, two at a time on half the cores each scale
-    # better than one at a time on every core. At most `depth` tensors are in flight: memory stays
-    # bounded by the largest tensors, not the model. An explicit config.threads: one tensor at a
-    # time on that many threads.
+    # better than one at a time on every core. Up to three tensors per worker are in flight, so that
+    # a large tensor at the head of the queue does not leave the other worker idle behind it (depth 2
+    # -> 6 took SmolLM2 with metrics from ~0.89 s to ~0.69 s on 2 cores). Memory stays bounded by the
+    # largest tensors, not the model. An explicit config.threads: one tensor at a time on that many
+    # threads, the next one quantized while this one is written.
     cores = default_threads()
-    depth = 2 if cfg.threads is None and cores >= 2 else 1
-    per_tensor_threads = cfg.threads or max(1, cores // depth)
+    workers = 2 if cfg.threads is None and cores >= 2 else 1
+    depth = 3 * workers
+    per_tensor_threads = cfg.threads or max(1, cores // workers)
     work = functools.partial(_process_tensor, src, selected, cfg, cfg.replace(threads=per_tensor_threads),
                              cfg_json_dict, format, out_dt, compute_metrics, per_tensor_threads)
     new_reports: Dict[str, TensorReport] = {}
     t0 = time.perf_counter()
     bytes_read = 0
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=depth) as ex:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as ex:
             pending: collections.deque = collections.deque()
             ahead = iter(todo)
             try:
