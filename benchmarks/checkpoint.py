@@ -11,7 +11,16 @@ For each checkpoint, in one run (ratios, since the machine is shared):
                 next to it (16 MiB write() calls, no fsync, as adpq writes): the floor for any tool that
                 reads this checkpoint and writes an output of that size;
   * quantize:   adpq.quantize_checkpoint(..., format="adpq") at the default QuantConfig into a temporary
-                folder, with and without the per-tensor error metrics; median of --runs.
+                folder, with and without the per-tensor error metrics; median of --runs;
+Both writing modes (read+write, quantize) start from the same state: the parent deletes the previous
+output first (untimed), and the child writes and deletes a file the size of the output before it
+starts the clock. On a VM, guest memory not touched lately is backed by the host on first use, and
+that first touch, not the copy, dominates writes into new page-cache pages: on the 2-core VM here a
+106 MB write() took ~0.19 s into never-used pages and ~0.03 s into pages just freed, and which one a
+run gets depends on what ran before it. Writing the output's size first makes every writing run get
+reused pages, so the timings compare the software rather than the hypervisor's history.
+The modes are interleaved: each of --runs rounds runs every mode once, so drift on a shared machine
+affects them alike.
 Every measurement runs in its own subprocess; the child reports its own peak RSS
 (getrusage(RUSAGE_SELF).ru_maxrss), compared with an idle child that only imports adpq, with the
 largest tensor and with the model size. (Linux keeps ru_maxrss across fork+exec, so the parent does
@@ -48,6 +57,16 @@ def _child(argv):
     from adpq.checkpoint import SourceCheckpoint
 
     out = {"mode": mode}
+    if len(argv) > 2 and argv[-2] == "--warm":
+        # write and delete a file the size of the output: the timed writes then reuse its pages
+        tmp_dir = argv[2] if mode == "read+write" else os.path.dirname(os.path.abspath(argv[2]))
+        blob = os.path.join(tmp_dir, "warm.blob")
+        buf, left = bytearray(1 << 20), int(argv[-1])  # (small: it counts in the peak RSS)
+        with open(blob, "wb", buffering=0) as f:
+            while left > 0:
+                left -= f.write(memoryview(buf)[:min(left, len(buf))])
+        os.unlink(blob)
+        argv = argv[:-2]
     if mode == "make-synthetic":
         make_synthetic(argv[2], src, int(argv[3]))
         print(json.dumps({"dst": argv[2]}))
@@ -155,6 +174,9 @@ def make_synthetic(dst, like, layer_mult):
     return dst
 
 
+MODES = ("read", "read-mmap", "read+write", "quantize", "quantize-nometrics")
+
+
 def bench(src, runs, label):
     from adpq.checkpoint import SourceCheckpoint
 
@@ -169,27 +191,35 @@ def bench(src, runs, label):
         _run_child("read", src)  # warm the page cache
         idle = _run_child("idle", src)
         res["idle_maxrss_bytes"] = idle["maxrss_bytes"]
-        for mode in ("read", "read-mmap", "quantize", "quantize-nometrics", "read+write"):
-            rs = []
-            for _ in range(runs):
-                args = [mode, src] + ([os.path.join(tmp, "out")] if mode.startswith("quantize") else [])
+        out_dir = os.path.join(tmp, "out")
+        out_bytes = _run_child("quantize-nometrics", src, out_dir)["output_bytes"]  # untimed: the output size
+        rs = {mode: [] for mode in MODES}
+        for rnd in range(runs):
+            for mode in MODES:
+                args = [mode, src]
+                if mode.startswith("quantize"):
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    args.append(out_dir)
                 if mode == "read+write":
-                    args += [tmp, str(res["quantize"]["output_bytes"])]
-                rs.append(_run_child(*args))
-                print(f"  {label} {mode}: {rs[-1]['seconds']:.3f} s, peak RSS {rs[-1]['maxrss_bytes'] / 2**20:.0f} MiB",
-                      file=sys.stderr)
-            res[mode] = {"seconds_median": statistics.median(r["seconds"] for r in rs),
-                         "seconds_all": [r["seconds"] for r in rs],
-                         "maxrss_bytes": max(r["maxrss_bytes"] for r in rs),
-                         "bytes": rs[0]["bytes"]}
-            if "bits_per_weight" in rs[0]:
-                res[mode]["bits_per_weight"] = rs[0]["bits_per_weight"]
-                res[mode]["output_bytes"] = rs[0]["output_bytes"]
-                res["config"] = rs[0]["config"]
-        rd, rw = res["read"]["seconds_median"], res["read+write"]["seconds_median"]
-        for mode in ("read-mmap", "quantize", "quantize-nometrics", "read+write"):
+                    args += [tmp, str(out_bytes)]
+                if mode in ("read+write", "quantize", "quantize-nometrics"):
+                    args += ["--warm", str(out_bytes)]
+                rs[mode].append(_run_child(*args))
+                print(f"  {label} round {rnd + 1} {mode}: {rs[mode][-1]['seconds']:.3f} s, "
+                      f"peak RSS {rs[mode][-1]['maxrss_bytes'] / 2**20:.0f} MiB", file=sys.stderr)
+        for mode in MODES:
+            r = rs[mode]
+            res[mode] = {"seconds_median": statistics.median(x["seconds"] for x in r),
+                         "seconds_all": [x["seconds"] for x in r],
+                         "maxrss_bytes": max(x["maxrss_bytes"] for x in r), "bytes": r[0]["bytes"]}
+            if "bits_per_weight" in r[0]:
+                res[mode]["bits_per_weight"] = r[0]["bits_per_weight"]
+                res[mode]["output_bytes"] = r[0]["output_bytes"]
+                res["config"] = r[0]["config"]
+        rd = res["read"]["seconds_median"]
+        for mode in MODES[1:]:
             res[mode]["ratio_vs_read"] = res[mode]["seconds_median"] / rd
-            res[mode]["ratio_vs_read_write"] = res[mode]["seconds_median"] / rw
+            res[mode]["ratio_vs_read_write"] = res[mode]["seconds_median"] / res["read+write"]["seconds_median"]
             res[mode]["gb_per_s"] = res[mode]["bytes"] / res[mode]["seconds_median"] / 1e9
         res["read"]["gb_per_s"] = res["read"]["bytes"] / rd / 1e9
     finally:
@@ -199,12 +229,12 @@ def bench(src, runs, label):
 
 def table(results):
     lines = []
-    hdr = ("| checkpoint | model MB | largest tensor MB | mode | median s | GB/s | x read | x read+write | peak RSS MiB | "
-           "RSS - idle MiB |")
+    hdr = ("| checkpoint | model MB | largest tensor MB | mode | median s | GB/s | x read | x read+write | "
+           "peak RSS MiB | RSS - idle MiB |")
     lines += [hdr, "|" + "---|" * 10]
     for r in results:
         idle = r["idle_maxrss_bytes"]
-        for mode in ("read", "read-mmap", "quantize", "quantize-nometrics", "read+write"):
+        for mode in MODES:
             m = r[mode]
             rw = f"{m['ratio_vs_read_write']:.2f}" if "ratio_vs_read_write" in m else ""
             lines.append(f"| {r['label']} | {r['model_bytes'] / 1e6:.0f} | {r['largest_tensor']['bytes'] / 1e6:.1f} | "
