@@ -13,7 +13,7 @@ For each checkpoint, in one run (ratios, since the machine is shared):
   * quantize:   adpq.quantize_checkpoint(..., format="adpq") at the default QuantConfig into a temporary
                 folder, with and without the per-tensor error metrics; median of --runs;
 Both writing modes (read+write, quantize) start from the same state: the parent deletes the previous
-output first (untimed), and the child writes and deletes a file the size of the output before it
+output and flushes dirty pages with sync() first (untimed), and the child writes and deletes a file the size of the output before it
 starts the clock. On a VM, guest memory not touched lately is backed by the host on first use, and
 that first touch, not the copy, dominates writes into new page-cache pages: on the 2-core VM here a
 106 MB write() took ~0.19 s into never-used pages and ~0.03 s into pages just freed, and which one a
@@ -204,6 +204,7 @@ def bench(src, runs, label):
                     args += [tmp, str(out_bytes)]
                 if mode in ("read+write", "quantize", "quantize-nometrics"):
                     args += ["--warm", str(out_bytes)]
+                    os.sync()  # no writeback of earlier runs' output during this one
                 rs[mode].append(_run_child(*args))
                 print(f"  {label} round {rnd + 1} {mode}: {rs[mode][-1]['seconds']:.3f} s, "
                       f"peak RSS {rs[mode][-1]['maxrss_bytes'] / 2**20:.0f} MiB", file=sys.stderr)
