@@ -1,10 +1,23 @@
-/* metrics.c - the sums behind adpq.metrics (DESIGN.md 2.5), in one parallel pass plus a
- * histogram pass, so that error reports cost about as much as reading the two matrices.
- * Partial sums are per chunk of rows and added in chunk order: results do not depend on threads. */
+/* metrics.c - the sums behind adpq.metrics (DESIGN.md 2.5), so that error reports cost about as
+ * much as reading the two matrices. Partial sums are per chunk of rows and added in chunk order:
+ * results do not depend on threads.
+ *
+ * The histogram bins span [min, max] of w and w_hat together, which is known only after a pass
+ * over both. Rather than a second pass (converting w and dequantizing w_hat again), a cheap
+ * pre-pass finds min/max of w and the rows holding them; the range guessed from those values and
+ * from w_hat on those two rows is almost always the exact one (w_hat rarely leaves w's range
+ * elsewhere: the extremes of w are outliers, stored nearly exactly), so the sums pass fills the
+ * histograms with it. If the exact range turns out different, the histograms are redone in a
+ * second pass with it: the results are the same either way. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "internal.h"
+
+typedef struct {
+    float min, max;          /* of w over a task's rows */
+    int64_t row_min, row_max; /* the rows where they first occur */
+} wrange;
 
 typedef struct {
     const adpq_matrix *w;
@@ -15,6 +28,8 @@ typedef struct {
     int64_t *hist_w, *hist_hat; /* one histogram of `bins` per task (pass 2) */
     double lo, scale;
     int bins;
+    int fill_hist;           /* the sums pass also fills the histograms with lo/scale */
+    wrange *pre;             /* pre-pass, per task */
     float **buf;             /* per worker: one row as float32 (w), then one of w_hat (dq) */
     uint8_t **codes;         /* per worker: one row of codes (dq) */
 } mctx;
@@ -40,8 +55,16 @@ static int sums_task(void *ctx, int64_t t, int worker) {
     const adpq_kernels *K = adpq_active_kernels();
     double acc[3] = {0, 0, 0};
     float mm[4] = {INFINITY, -INFINITY, INFINITY, -INFINITY};
-    for (int64_t r = r0; r < r1; r++)
-        K->error_sums(row_f32(c, r, c->buf[worker]), hat_row(c, r, worker), cols, acc, mm);
+    const int64_t stride = c->fill_hist ? c->bins : 0;
+    int64_t *hw = c->hist_w + t * stride, *hh = c->hist_hat + t * stride;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *wr = row_f32(c, r, c->buf[worker]), *hr = hat_row(c, r, worker);
+        K->error_sums(wr, hr, cols, acc, mm);
+        if (c->fill_hist) {
+            K->histogram(wr, cols, c->lo, c->scale, c->bins, hw);
+            K->histogram(hr, cols, c->lo, c->scale, c->bins, hh);
+        }
+    }
     double se = acc[0], sw = acc[1], maxe = acc[2];
     float mn = mm[0], mx = mm[1], hmn = mm[2], hmx = mm[3];
     p->sum_sq_err = se;
@@ -50,6 +73,30 @@ static int sums_task(void *ctx, int64_t t, int worker) {
     p->min = mn < hmn ? mn : hmn;
     p->max = mx > hmx ? mx : hmx;
     return 0;
+}
+
+/* min/max of w over the task's rows, and the rows where they first occur */
+static int pre_task(void *ctx, int64_t t, int worker) {
+    mctx *c = (mctx *)ctx;
+    const int64_t cols = c->w->cols;
+    int64_t r0 = t * c->rows_per_task, r1 = r0 + c->rows_per_task;
+    if (r1 > c->w->rows) r1 = c->w->rows;
+    const adpq_kernels *K = adpq_active_kernels();
+    float mn = INFINITY, mx = -INFINITY;
+    int64_t rmn = r0, rmx = r0;
+    for (int64_t r = r0; r < r1; r++) {
+        float a, b;
+        K->minmax(row_f32(c, r, c->buf[worker]), cols, 0, &a, &b);
+        if (a < mn) mn = a, rmn = r;
+        if (b > mx) mx = b, rmx = r;
+    }
+    c->pre[t] = (wrange){mn, mx, rmn, rmx};
+    return 0;
+}
+
+static void set_range(mctx *c, double mn, double mx) {
+    c->lo = mn;
+    c->scale = c->bins / (mx - mn);
 }
 
 static int hist_task(void *ctx, int64_t t, int worker) {
@@ -88,11 +135,30 @@ static adpq_status error_stats(const adpq_matrix *w, const float *w_hat, const a
     c.hist_hat = (int64_t *)calloc((size_t)(ntasks * bins), sizeof(int64_t));
     c.buf = (float **)calloc((size_t)threads, sizeof(float *));
     c.codes = (uint8_t **)calloc((size_t)threads, sizeof(uint8_t *));
+    c.pre = (wrange *)malloc(sizeof(wrange) * (size_t)ntasks);
     int rc = ADPQ_OK;
-    if (!c.part || !c.hist_w || !c.hist_hat || !c.buf || !c.codes) goto nomem;
+    if (!c.part || !c.hist_w || !c.hist_hat || !c.buf || !c.codes || !c.pre) goto nomem;
     for (int i = 0; i < threads; i++) {
         if (!(c.buf[i] = (float *)malloc(sizeof(float) * (size_t)w->cols * (dq ? 2 : 1)))) goto nomem;
         if (dq && !(c.codes[i] = (uint8_t *)malloc((size_t)w->cols + 8))) goto nomem;
+    }
+    /* the guessed range: w's, widened by w_hat on the rows holding w's min and max */
+    adpq_parallel_for(threads, ntasks, pre_task, &c);
+    float guess_min = INFINITY, guess_max = -INFINITY;
+    int64_t row_min = 0, row_max = 0;
+    for (int64_t t = 0; t < ntasks; t++) {
+        if (c.pre[t].min < guess_min) guess_min = c.pre[t].min, row_min = c.pre[t].row_min;
+        if (c.pre[t].max > guess_max) guess_max = c.pre[t].max, row_max = c.pre[t].row_max;
+    }
+    for (int i = 0; i < 2; i++) {
+        float a, b;
+        adpq_active_kernels()->minmax(hat_row(&c, i ? row_max : row_min, 0), w->cols, 0, &a, &b);
+        guess_min = a < guess_min ? a : guess_min;
+        guess_max = b > guess_max ? b : guess_max;
+    }
+    if (isfinite(guess_min) && isfinite(guess_max) && guess_max > guess_min) {
+        c.fill_hist = 1;
+        set_range(&c, guess_min, guess_max);
     }
     adpq_parallel_for(threads, ntasks, sums_task, &c);
     memset(out, 0, sizeof(*out));
@@ -113,9 +179,13 @@ static adpq_status error_stats(const adpq_matrix *w, const float *w_hat, const a
     memset(hist_w, 0, sizeof(int64_t) * (size_t)bins);
     memset(hist_hat, 0, sizeof(int64_t) * (size_t)bins);
     if (out->max > out->min) {
-        c.lo = out->min;
-        c.scale = bins / (out->max - out->min);
-        adpq_parallel_for(threads, ntasks, hist_task, &c);
+        /* (+0 and -0 give the same bins: comparing values is enough) */
+        if (!c.fill_hist || out->min != guess_min || out->max != guess_max) { /* the guess missed */
+            memset(c.hist_w, 0, sizeof(int64_t) * (size_t)(ntasks * bins));
+            memset(c.hist_hat, 0, sizeof(int64_t) * (size_t)(ntasks * bins));
+            set_range(&c, out->min, out->max);
+            adpq_parallel_for(threads, ntasks, hist_task, &c);
+        }
         for (int64_t t = 0; t < ntasks; t++)
             for (int b = 0; b < bins; b++) {
                 hist_w[b] += c.hist_w[t * bins + b];
@@ -136,6 +206,7 @@ done:
     free(c.part);
     free(c.hist_w);
     free(c.hist_hat);
+    free(c.pre);
     return (adpq_status)rc;
 }
 

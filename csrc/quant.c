@@ -228,8 +228,8 @@ static void s_error_sums(const float *w, const float *h, int64_t n, double *acc,
 
 static void s_histogram(const float *x, int64_t n, double lo, double scale, int bins, int64_t *hist) {
     for (int64_t i = 0; i < n; i++) {
-        int64_t b = (int64_t)(((double)x[i] - lo) * scale);
-        hist[b < 0 ? 0 : b >= bins ? bins - 1 : b]++;
+        double v = ((double)x[i] - lo) * scale; /* clipped before the conversion: also NaN and huge v */
+        hist[v >= bins ? bins - 1 : v >= 1 ? (int64_t)v : 0]++;
     }
 }
 

@@ -553,8 +553,8 @@ AVX2 static void v_histogram(const float *x, int64_t n, double lo, double scale,
         hist[b1 >> 32]++;
     }
     for (; i < n; i++) {
-        int64_t b = (int64_t)(((double)x[i] - lo) * scale);
-        hist[b < 0 ? 0 : b >= bins ? bins - 1 : b]++;
+        double v = ((double)x[i] - lo) * scale; /* as the scalar kernel */
+        hist[v >= bins ? bins - 1 : v >= 1 ? (int64_t)v : 0]++;
     }
 }
 

@@ -197,19 +197,54 @@ def test_metrics_match_a_float64_numpy_computation():
         assert m["mse"] == pytest.approx(np.mean(e * e), rel=1e-12)
         assert m["rel_fro_error"] == pytest.approx(np.sqrt((e * e).sum() / (a * a).sum()), rel=1e-12)
         assert m["max_abs_error"] == np.abs(e).max()
-        lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
-
-        def hist(x):
-            i = ((x.ravel() - lo) * (256 / (hi - lo))).astype(np.int64)
-            return np.bincount(np.clip(i, 0, 255), minlength=256)
-
-        p, q = hist(a) / a.size + 1e-10, hist(b) / b.size + 1e-10
-        p, q = p / p.sum(), q / q.sum()
-        assert m["kl_divergence"] == pytest.approx(float(np.sum(p * np.log(p / q))), rel=1e-12)
+        assert m["kl_divergence"] == pytest.approx(_numpy_kl(a, b), rel=1e-12)
         assert adpq.metrics(wd, qt.dequantize()) == {k: v for k, v in m.items()
                                                      if k not in ("num_outliers", "bits_per_weight")}
     with pytest.raises(ValueError, match="shape"):
         adpq.metrics(w, w[:, :10])
+
+
+def _numpy_kl(a, b, bins=256):
+    """KL of the two histograms as metrics documents it, in float64 NumPy."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+
+    def hist(x):
+        i = ((x.ravel() - lo) * (bins / (hi - lo))).astype(np.int64)
+        return np.bincount(np.clip(i, 0, bins - 1), minlength=bins)
+
+    p, q = hist(a) / a.size + 1e-10, hist(b) / b.size + 1e-10
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p * np.log(p / q)))
+
+
+@pytest.mark.parametrize("where", ["inside", "below", "above", "both", "on_extreme_rows"])
+def test_kl_bins_when_w_hat_leaves_the_range_of_w(where):
+    """The C core guesses the histogram range from w's extremes and w_hat on the rows holding them,
+    fills the histograms in its first pass, and redoes them when the exact range differs: every
+    case must give the documented bins, on both kernels and any thread count."""
+    from adpq import _core
+
+    w = weights((40, 300), seed=21)
+    hat = w + np.float32(0.01) * weights((40, 300), seed=22)
+    np.clip(hat, w.min(), w.max(), out=hat)  # inside w's range
+    r_min, r_max = np.unravel_index(np.argmin(w), w.shape)[0], np.unravel_index(np.argmax(w), w.shape)[0]
+    other = next(r for r in range(40) if r not in (r_min, r_max))
+    if where in ("below", "both"):
+        hat[other, 7] = w.min() - 0.5
+    if where in ("above", "both"):
+        hat[other, 9] = w.max() + 0.25
+    if where == "on_extreme_rows":
+        hat[r_min, 3] = w.min() - 0.5
+        hat[r_max, 5] = w.max() + 0.25
+    expected = _numpy_kl(w, hat)
+    try:
+        for kernels in ("scalar", "auto"):
+            _core.set_kernels(kernels)
+            for threads in (1, 3):
+                assert adpq.metrics(w, hat, threads=threads)["kl_divergence"] == pytest.approx(expected, rel=1e-12)
+    finally:
+        _core.set_kernels("auto")
 
 
 @pytest.mark.parametrize("kw", [
