@@ -110,7 +110,7 @@ class CheckpointReport:
 
     def format_table(self) -> str:
         tot = self.totals()
-        lines = [f"adpq {self.format}: {self.src} -> {self.dst}"]
+        lines = [f"adpq quantize ({self.format} format): {self.src} -> {self.dst}"]
         cfg = ", ".join(f"{k}={v}" for k, v in self.config.items())
         lines.append(f"config: {cfg}")
         lines.append(f"tensors: {tot['tensors_quantized']} quantized ({tot['params_quantized']:,} weights), "
@@ -133,6 +133,7 @@ class CheckpointReport:
                     s += (f"{r['rel_fro_error']:>9.4f}{r['sqnr_db']:>9.2f}{r['max_abs_error']:>10.4g}"
                           f"{r['kl_divergence']:>9.2e}")
                 lines.append(s)
+        out_mb = sum(t.bytes_out for t in self.tensors) / 1e6
         lines += ["", f"time: {self.seconds:.2f} s, input {self.input_bytes / 1e6:.1f} MB, "
-                      f"{self.gb_per_s:.3f} GB/s"]
+                      f"{self.gb_per_s:.3f} GB/s; output {out_mb:.1f} MB of tensors"]
         return "\n".join(lines)
