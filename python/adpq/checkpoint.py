@@ -500,8 +500,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
                         progress: bool = True, overwrite: bool = False, resume: bool = True,
                         fake_dtype: Optional[str] = None, max_shard_size="2GB",
                         compute_metrics: bool = True) -> CheckpointReport:
-    """Quantize a Hugging Face safetensors folder into dst_dir, tensor by tensor (two in flight, on
-    half the cores each, unless config.threads is set).
+    """Quantize a Hugging Face safetensors folder into dst_dir, tensor by tensor (two workers on half
+    the cores each, up to six tensors in flight, unless config.threads is set).
 
     format="adpq": packed arrays (docs/FORMAT.md); format="fake": an ordinary HF folder holding the
     dequantized weights in the source dtype (or fake_dtype: float16/bfloat16/float32).
