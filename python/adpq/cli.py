@@ -38,7 +38,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     q = sub.add_parser("quantize", help="quantize a Hugging Face safetensors folder",
-                       description="Quantize a Hugging Face safetensors folder one tensor at a time. "
+                       description="Quantize a Hugging Face safetensors folder tensor by tensor, each memory-mapped "
+                                   "(a few in flight: memory does not grow with the number of layers). "
                                    "Options left out take the QuantConfig defaults.")
     q.add_argument("src", metavar="SRC", help="Hugging Face model folder (config.json + *.safetensors)")
     q.add_argument("dst", metavar="DST", help="output folder")
