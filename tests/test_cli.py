@@ -43,8 +43,13 @@ def test_quantize_inspect_dequantize(tmp_path):
     info = json.loads(r.stdout)
     assert info["totals"]["tensors_quantized"] == 14
     assert abs(info["totals"]["bits_per_weight_quantized"] - rep["totals"]["bits_per_weight_quantized"]) < 1e-9
+    layers = info["per_layer_type"]
+    assert set(layers) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    for k, row in layers.items():  # the stored bytes, regrouped: the same figures as the quantize report
+        assert row["tensors"] == 2 and abs(row["bits_per_weight"] - rep["per_layer_type"][k]["bits_per_weight"]) < 1e-9
     r = run_cli("inspect", dst, "--tensors", check=0)
     assert "model.layers.1.mlp.down_proj.weight" in r.stdout
+    assert any(line.startswith("down_proj") for line in r.stdout.splitlines())  # the per-layer-type table
 
     r = run_cli("dequantize", dst, tmp_path / "deq", "--dtype", "float16", "--no-progress", check=0)
     f = SafetensorsFile(tmp_path / "deq" / "model.safetensors")

@@ -142,6 +142,7 @@ def cmd_quantize(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .hf import inspect_checkpoint
+    from .report import format_layer_types
 
     info = inspect_checkpoint(args.dir)
     if args.json:
@@ -157,6 +158,8 @@ def cmd_inspect(args) -> int:
           f"({t['params_total'] - t['params_quantized']:,} weights)")
     print(f"bits/weight: {_fmt_bits(t['bits_per_weight_quantized'])} over quantized tensors, "
           f"{_fmt_bits(t['bits_per_weight_model'])} over the whole model; {t['bytes_total'] / 1e6:.2f} MB of tensors")
+    for line in format_layer_types(info["per_layer_type"]):
+        print(line)
     if args.tensors:
         w = max(len(r["name"]) for r in info["tensors"])
         print()

@@ -15,6 +15,7 @@ import numpy as np
 from .checkpoint import (FORMAT_VERSION, INCOMPLETE_MARKER, CheckpointError, CheckpointReport, SourceCheckpoint,
                          TensorReport, _core, _is_float, _jsonable, _np_dtype_of, _Progress, _report_from_dict,
                          _Run, _set_config_dtype, _parse_size)
+from .report import per_layer_type
 from .safetensors_io import dtype_name
 
 __all__ = ["AdpqCheckpoint", "dequantize_checkpoint", "inspect_checkpoint", "load", "load_state_dict"]
@@ -156,7 +157,7 @@ def inspect_checkpoint(path) -> Dict[str, Any]:
             split = {a: 8 * ck.src.tensors[f"{name}.adpq.{a}"].nbytes / numel for a in m["arrays"]}
             b = ck.stored_bytes(name)
             rows.append({"name": name, "quantized": True, "shape": m["shape"], "dtype": m["dtype"],
-                         "bits_per_weight": 8 * b / numel, "arrays": split,
+                         "bytes": b, "bits_per_weight": 8 * b / numel, "arrays": split,
                          "num_outliers": m.get("num_outliers")})
             nq += numel
             bq += b
@@ -165,11 +166,14 @@ def inspect_checkpoint(path) -> Dict[str, Any]:
             t = ck.src.tensors[name]
             numel, b = t.numel, t.nbytes
             rows.append({"name": name, "quantized": False, "shape": list(t.shape), "dtype": str(t.np_dtype),
-                         "bits_per_weight": 8.0 * t.np_dtype.itemsize})
+                         "bytes": b, "bits_per_weight": 8.0 * t.np_dtype.itemsize})
         nall += numel
         ball += b
+    layers = per_layer_type([TensorReport(r["name"], tuple(r["shape"]), r["dtype"], True, 0, r["bytes"],
+                                          r["bits_per_weight"], num_outliers=r["num_outliers"] or 0)
+                             for r in rows if r["quantized"]])
     return {"path": ck.path, "quantization_config": ck.quantization_config, "files": list(ck.src.files),
-            "tensors": rows,
+            "tensors": rows, "per_layer_type": layers,
             "totals": {"tensors_quantized": sum(r["quantized"] for r in rows),
                        "tensors_kept": sum(not r["quantized"] for r in rows),
                        "params_quantized": nq, "params_total": nall,

@@ -7,7 +7,9 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-__all__ = ["TensorReport", "CheckpointReport"]
+__all__ = ["TensorReport", "CheckpointReport", "per_layer_type", "format_layer_types"]
+
+_LAYER_ORDER = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclasses.dataclass
@@ -82,23 +84,7 @@ class CheckpointReport:
         }
 
     def per_layer_type(self) -> Dict[str, Dict[str, float]]:
-        groups: Dict[str, List[TensorReport]] = {}
-        for t in self.quantized:
-            groups.setdefault(t.layer_type, []).append(t)
-        order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        out = {}
-        for k in sorted(groups, key=lambda k: (order.index(k) if k in order else len(order), k)):
-            ts = groups[k]
-            n = sum(t.numel for t in ts)
-            row = {"tensors": len(ts), "params": n, "bits_per_weight": 8 * sum(t.bytes_out for t in ts) / n,
-                   "outlier_frac": sum(t.num_outliers for t in ts) / n}
-            if all(t.metrics for t in ts):
-                row["rel_fro_error"] = float(np.mean([t.metrics["rel_fro_error"] for t in ts]))
-                row["sqnr_db"] = float(np.mean([t.metrics["sqnr_db"] for t in ts]))
-                row["max_abs_error"] = float(max(t.metrics["max_abs_error"] for t in ts))
-                row["kl_divergence"] = float(np.mean([t.metrics.get("kl_divergence", float("nan")) for t in ts]))
-            out[k] = row
-        return out
+        return per_layer_type(self.quantized)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -119,21 +105,49 @@ class CheckpointReport:
         split = " + ".join(f"{k} {v:.3f}" for k, v in tot["bits_breakdown_quantized"].items())
         lines.append(f"bits/weight: {tot['bits_per_weight_quantized']:.3f} over quantized tensors ({split}); "
                      f"{tot['bits_per_weight_model']:.3f} over the whole model")
-        rows = self.per_layer_type()
-        if rows:
-            has_m = all("rel_fro_error" in r for r in rows.values())
-            hdr = f"{'layer type':<16}{'n':>4}{'weights':>13}{'bits/w':>8}{'outl%':>7}"
-            if has_m:
-                hdr += f"{'rel_err':>9}{'sqnr_dB':>9}{'max_abs':>10}{'KL':>9}"
-            lines += ["", hdr, "-" * len(hdr)]
-            for k, r in rows.items():
-                s = (f"{k:<16}{r['tensors']:>4}{r['params']:>13,}{r['bits_per_weight']:>8.3f}"
-                     f"{100 * r['outlier_frac']:>7.2f}")
-                if has_m:
-                    s += (f"{r['rel_fro_error']:>9.4f}{r['sqnr_db']:>9.2f}{r['max_abs_error']:>10.4g}"
-                          f"{r['kl_divergence']:>9.2e}")
-                lines.append(s)
+        lines += format_layer_types(self.per_layer_type())
         out_mb = sum(t.bytes_out for t in self.tensors) / 1e6
         lines += ["", f"time: {self.seconds:.2f} s, input {self.input_bytes / 1e6:.1f} MB, "
                       f"{self.gb_per_s:.3f} GB/s; output {out_mb:.1f} MB of tensors"]
         return "\n".join(lines)
+
+
+def per_layer_type(tensors: List[TensorReport]) -> Dict[str, Dict[str, float]]:
+    """Quantized tensors grouped by layer type (the name before ".weight": q_proj, down_proj, ...):
+    count, weights, bits/weight, outlier fraction, and the mean error metrics when every tensor has
+    them (max for max_abs_error)."""
+    groups: Dict[str, List[TensorReport]] = {}
+    for t in tensors:
+        if t.quantized:
+            groups.setdefault(t.layer_type, []).append(t)
+    out = {}
+    for k in sorted(groups, key=lambda k: (_LAYER_ORDER.index(k) if k in _LAYER_ORDER else len(_LAYER_ORDER), k)):
+        ts = groups[k]
+        n = sum(t.numel for t in ts)
+        row = {"tensors": len(ts), "params": n, "bits_per_weight": 8 * sum(t.bytes_out for t in ts) / n,
+               "outlier_frac": sum(t.num_outliers for t in ts) / n}
+        if all(t.metrics for t in ts):
+            row["rel_fro_error"] = float(np.mean([t.metrics["rel_fro_error"] for t in ts]))
+            row["sqnr_db"] = float(np.mean([t.metrics["sqnr_db"] for t in ts]))
+            row["max_abs_error"] = float(max(t.metrics["max_abs_error"] for t in ts))
+            row["kl_divergence"] = float(np.mean([t.metrics.get("kl_divergence", float("nan")) for t in ts]))
+        out[k] = row
+    return out
+
+
+def format_layer_types(rows: Dict[str, Dict[str, float]]) -> List[str]:
+    """per_layer_type's rows as text lines (a blank line, a header, a rule, one line per type)."""
+    if not rows:
+        return []
+    has_m = all("rel_fro_error" in r for r in rows.values())
+    hdr = f"{'layer type':<16}{'n':>4}{'weights':>13}{'bits/w':>8}{'outl%':>7}"
+    if has_m:
+        hdr += f"{'rel_err':>9}{'sqnr_dB':>9}{'max_abs':>10}{'KL':>9}"
+    lines = ["", hdr, "-" * len(hdr)]
+    for k, r in rows.items():
+        s = f"{k:<16}{r['tensors']:>4}{r['params']:>13,}{r['bits_per_weight']:>8.3f}{100 * r['outlier_frac']:>7.2f}"
+        if has_m:
+            s += (f"{r['rel_fro_error']:>9.4f}{r['sqnr_db']:>9.2f}{r['max_abs_error']:>10.4g}"
+                  f"{r['kl_divergence']:>9.2e}")
+        lines.append(s)
+    return lines
