@@ -2,6 +2,7 @@
 
     python benchmarks/checkpoint.py                       # SmolLM2 folder + synthetic 4x-layers checkpoint
     python benchmarks/checkpoint.py --src DIR --runs 5 --no-synthetic
+    python benchmarks/checkpoint.py --no-synthetic --ggml-lib PATH/libggml-base.so --ggml-type q4_0 iq4_nl
 
 For each checkpoint, in one run (ratios, since the machine is shared):
   * read:       every byte of the safetensors files read with readinto() into a reused 16 MiB buffer
@@ -19,6 +20,12 @@ that first touch, not the copy, dominates writes into new page-cache pages: on t
 106 MB write() took ~0.19 s into never-used pages and ~0.03 s into pages just freed, and which one a
 run gets depends on what ran before it. Writing the output's size first makes every writing run get
 reused pages, so the timings compare the software rather than the hypervisor's history.
+  * ggml <type> (with --ggml-lib): a peer in the same loop, shaped like llama-quantize: one tensor at a
+                time, the selected ones converted to float32 and quantized by ggml_quantize_chunk with
+                the rows split over every core, each written to one safetensors file with the kept
+                tensors (see benchmarks/ggml_peer.py for building libggml-base). llama-quantize's
+                Q3_K turns rows that are not a multiple of 256 (576 on SmolLM2) into iq4_nl; q4_0 is
+                ggml's fastest quantizer. Both are 4.5 bits/weight with no outliers.
 The modes are interleaved: each of --runs rounds runs every mode once, so drift on a shared machine
 affects them alike.
 Every measurement runs in its own subprocess; the child reports its own peak RSS
@@ -104,6 +111,8 @@ def _child(argv):
             n += m.size
             del m
         out.update(seconds=time.perf_counter() - t0, bytes=n)
+    elif mode.startswith("ggml "):
+        out.update(_ggml_pipeline(src, argv[2], mode.split()[1], argv[3]))
     elif mode in ("quantize", "quantize-nometrics"):
         dst = argv[2]
         t0 = time.perf_counter()
@@ -119,6 +128,54 @@ def _child(argv):
         raise SystemExit(f"unknown mode {mode}")
     out["maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(out))
+
+
+def _ggml_pipeline(src, dst, qtype, lib):
+    """llama-quantize's loop with ggml's kernels: tensor by tensor, rows split over the cores."""
+    import concurrent.futures
+
+    import numpy as np
+
+    from adpq.checkpoint import SourceCheckpoint, select_tensors
+    from adpq.safetensors_io import ShardWriter
+
+    sys.path.insert(0, HERE)
+    from ggml_peer import GGML_BLOCKS, GGML_TYPES, Ggml
+
+    g = Ggml(lib)
+    threads = os.cpu_count() or 1
+    t0 = time.perf_counter()
+    ck = SourceCheckpoint(src)
+    selected = set(select_tensors(list(ck.tensors.values())))
+    os.makedirs(dst, exist_ok=True)
+    writer = ShardWriter(os.path.join(dst, "model.safetensors"), {"format": "ggml-peer"}, reserve=1 << 20)
+    n_q = n_bytes_q = 0
+    def chunk(a, out, r0, r1):
+        # each thread converts its own rows (integer casts release the GIL), then ggml quantizes them
+        if a.dtype.itemsize == 2 and a.dtype != np.float16:  # bfloat16: the high half of a float32
+            w = (a[r0:r1].view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            w = np.ascontiguousarray(a[r0:r1], dtype=np.float32)
+        g.quantize_rows_into(qtype, w, out, r0)
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as ex:  # ctypes releases the GIL
+        for name in ck.names():
+            a = ck.get(name)
+            if name in selected and a.shape[1] % GGML_BLOCKS[qtype][0] == 0:
+                rows, cols = a.shape
+                out = np.empty(rows * g.lib.ggml_row_size(GGML_TYPES[qtype], cols), np.uint8)
+                cuts = np.linspace(0, rows, threads + 1).astype(int)
+                list(ex.map(lambda i: chunk(a, out, cuts[i], cuts[i + 1]), range(threads)))
+                writer.add(name, out)
+                n_q += a.size
+                n_bytes_q += out.nbytes
+            else:
+                writer.add(name, a)
+    writer.close()
+    seconds = time.perf_counter() - t0
+    size = os.path.getsize(os.path.join(dst, "model.safetensors"))
+    return {"seconds": seconds, "bytes": ck.nbytes, "bits_per_weight": 8 * n_bytes_q / max(n_q, 1),
+            "output_bytes": size, "weights_quantized": n_q, "config": {"ggml_type": qtype, "threads": threads}}
 
 
 # ------------------------------------------------------------------ parent side
@@ -177,7 +234,7 @@ def make_synthetic(dst, like, layer_mult):
 MODES = ("read", "read-mmap", "read+write", "quantize", "quantize-nometrics")
 
 
-def bench(src, runs, label):
+def bench(src, runs, label, ggml_modes=(), ggml_lib=None):
     from adpq.checkpoint import SourceCheckpoint
 
     ck = SourceCheckpoint(src)
@@ -193,22 +250,26 @@ def bench(src, runs, label):
         res["idle_maxrss_bytes"] = idle["maxrss_bytes"]
         out_dir = os.path.join(tmp, "out")
         out_bytes = _run_child("quantize-nometrics", src, out_dir)["output_bytes"]  # untimed: the output size
-        rs = {mode: [] for mode in MODES}
+        modes = MODES + tuple(ggml_modes)
+        rs = {mode: [] for mode in modes}
         for rnd in range(runs):
-            for mode in MODES:
+            for mode in modes:
                 args = [mode, src]
+                if mode.startswith("ggml "):
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    args += [out_dir, ggml_lib]
                 if mode.startswith("quantize"):
                     shutil.rmtree(out_dir, ignore_errors=True)
                     args.append(out_dir)
                 if mode == "read+write":
                     args += [tmp, str(out_bytes)]
-                if mode in ("read+write", "quantize", "quantize-nometrics"):
+                if mode in ("read+write", "quantize", "quantize-nometrics") or mode.startswith("ggml "):
                     args += ["--warm", str(out_bytes)]
                     os.sync()  # no writeback of earlier runs' output during this one
                 rs[mode].append(_run_child(*args))
                 print(f"  {label} round {rnd + 1} {mode}: {rs[mode][-1]['seconds']:.3f} s, "
                       f"peak RSS {rs[mode][-1]['maxrss_bytes'] / 2**20:.0f} MiB", file=sys.stderr)
-        for mode in MODES:
+        for mode in modes:
             r = rs[mode]
             res[mode] = {"seconds_median": statistics.median(x["seconds"] for x in r),
                          "seconds_all": [x["seconds"] for x in r],
@@ -216,9 +277,12 @@ def bench(src, runs, label):
             if "bits_per_weight" in r[0]:
                 res[mode]["bits_per_weight"] = r[0]["bits_per_weight"]
                 res[mode]["output_bytes"] = r[0]["output_bytes"]
-                res["config"] = r[0]["config"]
+                if mode.startswith("ggml "):
+                    res[mode]["config"] = r[0]["config"]
+                else:
+                    res["config"] = r[0]["config"]
         rd = res["read"]["seconds_median"]
-        for mode in MODES[1:]:
+        for mode in modes[1:]:
             res[mode]["ratio_vs_read"] = res[mode]["seconds_median"] / rd
             res[mode]["ratio_vs_read_write"] = res[mode]["seconds_median"] / res["read+write"]["seconds_median"]
             res[mode]["gb_per_s"] = res[mode]["bytes"] / res[mode]["seconds_median"] / 1e9
@@ -230,16 +294,17 @@ def bench(src, runs, label):
 
 def table(results):
     lines = []
-    hdr = ("| checkpoint | model MB | largest tensor MB | mode | median s | GB/s | x read | x read+write | "
-           "peak RSS MiB | RSS - idle MiB |")
-    lines += [hdr, "|" + "---|" * 10]
+    hdr = ("| checkpoint | model MB | largest tensor MB | mode | bits/weight | median s | GB/s | x read | "
+           "x read+write | peak RSS MiB | RSS - idle MiB |")
+    lines += [hdr, "|" + "---|" * 11]
     for r in results:
         idle = r["idle_maxrss_bytes"]
-        for mode in MODES:
+        for mode in [m for m in r if m in MODES or m.startswith("ggml ")]:
             m = r[mode]
             rw = f"{m['ratio_vs_read_write']:.2f}" if "ratio_vs_read_write" in m else ""
+            bpw = f"{m['bits_per_weight']:.3f}" if "bits_per_weight" in m else ""
             lines.append(f"| {r['label']} | {r['model_bytes'] / 1e6:.0f} | {r['largest_tensor']['bytes'] / 1e6:.1f} | "
-                         f"{mode} | {m['seconds_median']:.3f} | {m['gb_per_s']:.3f} | "
+                         f"{mode} | {bpw} | {m['seconds_median']:.3f} | {m['gb_per_s']:.3f} | "
                          f"{m.get('ratio_vs_read', 1.0):.2f} | {rw} | {m['maxrss_bytes'] / 2**20:.0f} | "
                          f"{(m['maxrss_bytes'] - idle) / 2**20:.0f} |")
     return "\n".join(lines)
@@ -255,6 +320,9 @@ def main():
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "checkpoint.json"))
     ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--ggml-lib", metavar="PATH", help="libggml-base.so: add ggml's quantizers as a peer pipeline")
+    ap.add_argument("--ggml-type", nargs="+", default=["q4_0", "iq4_nl"], metavar="TYPE",
+                    help="ggml types for the peer pipeline (default: %(default)s)")
     args = ap.parse_args()
     sys.path.append(os.path.join(ROOT, "python"))
 
@@ -273,11 +341,13 @@ def main():
             label = "synthetic-tiny"
         else:
             label = os.path.basename(os.path.normpath(src))
-        results.append(bench(src, args.runs, label))
+        ggml_modes = [f"ggml {t}" for t in args.ggml_type] if args.ggml_lib else []
+        results.append(bench(src, args.runs, label, ggml_modes, args.ggml_lib))
         if not args.no_synthetic:
             # in a child: ru_maxrss survives fork+exec, so the parent must stay small
             syn = _run_child("make-synthetic", src, os.path.join(work, "syn"), str(args.layer_mult))["dst"]
-            results.append(bench(syn, args.runs, f"{label} x{args.layer_mult} layers (synthetic)"))
+            results.append(bench(syn, args.runs, f"{label} x{args.layer_mult} layers (synthetic)", ggml_modes,
+                                 args.ggml_lib))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -22,10 +22,11 @@ import ctypes
 import numpy as np
 
 # enum ggml_type (ggml.h)
-GGML_TYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 8, "q2_K": 10, "q3_K": 11, "q4_K": 12, "q5_K": 13, "q6_K": 14}
+GGML_TYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 8, "q2_K": 10, "q3_K": 11, "q4_K": 12, "q5_K": 13, "q6_K": 14,
+              "iq4_nl": 20}
 # weights per block and bytes per block (ggml-common.h): bits/weight = 8 * bytes / weights
 GGML_BLOCKS = {"q4_0": (32, 18), "q4_1": (32, 20), "q8_0": (32, 34), "q2_K": (256, 84), "q3_K": (256, 110),
-               "q4_K": (256, 144), "q5_K": (256, 176), "q6_K": (256, 210)}
+               "q4_K": (256, 144), "q5_K": (256, 176), "q6_K": (256, 210), "iq4_nl": (32, 18)}
 
 
 class Ggml:
@@ -65,6 +66,23 @@ class Ggml:
         if got != size:
             raise RuntimeError(f"ggml_quantize_chunk wrote {got} bytes, expected {size}")
         return out
+
+
+    def quantize_rows_into(self, name: str, w: np.ndarray, out: np.ndarray, first_row: int) -> None:
+        """Rows first_row.. of a matrix (w: those rows, C-contiguous float32) into their place in out,
+        the packed bytes of the whole matrix: what llama-quantize's threads each do with a chunk."""
+        t, first_row = GGML_TYPES[name], int(first_row)
+        if w.dtype != np.float32 or w.ndim != 2 or not w.flags.c_contiguous:
+            raise TypeError("ggml_quantize_chunk takes a C-contiguous 2-D float32 array")
+        rows, cols = w.shape
+        row_size = self.lib.ggml_row_size(t, cols)
+        if cols % GGML_BLOCKS[name][0] or out.nbytes < (first_row + rows) * row_size:
+            raise ValueError(f"{name}: bad shape {w.shape} or output size for rows from {first_row}")
+        # ggml writes at dst + start / cols * row_size and reads src + start: shift src back to match
+        src = w.ctypes.data - first_row * cols * 4
+        got = self.lib.ggml_quantize_chunk(t, src, out.ctypes.data, first_row * cols, rows, cols, None)
+        if got != rows * row_size:
+            raise RuntimeError(f"ggml_quantize_chunk wrote {got} bytes, expected {rows * row_size}")
 
 
 def decode_q4_0(packed: np.ndarray, shape) -> np.ndarray:
