@@ -117,6 +117,16 @@ def test_adpq_format_round_trips_bit_for_bit(tmp_path):
         else:
             assert bits_equal(ck.tensor(name), w)
 
+    # the pipeline (several tensors in flight on two workers) writes in source order, across shards
+    written = []
+    for fn in rep.output_files:
+        f = SafetensorsFile(dst / fn)
+        for n in f.names():  # by offset
+            base = n.split(".adpq.")[0]
+            if not written or written[-1] != base:
+                written.append(base)
+    assert written == source.names()
+
     t = rep.totals()
     assert t["tensors_quantized"] == 14 and t["tensors_kept"] == 7
     ins = inspect_checkpoint(dst)["totals"]
