@@ -25,7 +25,7 @@ typedef struct {
     const adpq_dq *dq;       /* w_hat dequantized row by row, never stored whole */
     int64_t rows_per_task;
     adpq_error_stats *part;  /* one per task */
-    int64_t *hist_w, *hist_hat; /* one histogram of `bins` per task (pass 2) */
+    int64_t *hist_w, *hist_hat; /* one histogram of `bins` per task */
     double lo, scale;
     int bins;
     int fill_hist;           /* the sums pass also fills the histograms with lo/scale */
@@ -55,8 +55,7 @@ static int sums_task(void *ctx, int64_t t, int worker) {
     const adpq_kernels *K = adpq_active_kernels();
     double acc[3] = {0, 0, 0};
     float mm[4] = {INFINITY, -INFINITY, INFINITY, -INFINITY};
-    const int64_t stride = c->fill_hist ? c->bins : 0;
-    int64_t *hw = c->hist_w + t * stride, *hh = c->hist_hat + t * stride;
+    int64_t *hw = c->hist_w + t * c->bins, *hh = c->hist_hat + t * c->bins;
     for (int64_t r = r0; r < r1; r++) {
         const float *wr = row_f32(c, r, c->buf[worker]), *hr = hat_row(c, r, worker);
         K->error_sums(wr, hr, cols, acc, mm);
