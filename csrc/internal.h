@@ -59,8 +59,7 @@ typedef struct {
     void (*abs_accumulate)(const void *w, int dtype, int64_t n, float *acc);
     /* out[i] = w[i] * mul[i] in float32 (column scaling); w of `dtype` */
     void (*mul_row)(const void *w, int dtype, const float *mul, int64_t n, float *out);
-    /* out[i] = ((float)codes[i] - z) * s */
-    /* out[i] = (codes[i] - z) * s, then times mul[i] when mul is not NULL (two roundings, as two passes) */
+    /* out[i] = ((float)codes[i] - z) * s, then times mul[i] when mul is not NULL (two roundings, as two passes) */
     void (*dequant)(const uint8_t *codes, int64_t n, float s, float z, const float *mul, float *out);
     /* converts n values of a 16-bit float dtype to float32 */
     void (*f16_to_f32)(const uint16_t *src, int64_t n, float *dst);
