@@ -13,21 +13,22 @@ For each checkpoint, in one run (ratios, since the machine is shared):
                 reads this checkpoint and writes an output of that size;
   * quantize:   adpq.quantize_checkpoint(..., format="adpq") at the default QuantConfig into a temporary
                 folder, with and without the per-tensor error metrics; median of --runs;
-Both writing modes (read+write, quantize) start from the same state: the parent deletes the previous
-output and flushes dirty pages with sync() first (untimed), and the child writes and deletes a file the size of the output before it
-starts the clock. On a VM, guest memory not touched lately is backed by the host on first use, and
-that first touch, not the copy, dominates writes into new page-cache pages: on the 2-core VM here a
-106 MB write() took ~0.19 s into never-used pages and ~0.03 s into pages just freed, and which one a
-run gets depends on what ran before it. Writing the output's size first makes every writing run get
-reused pages, so the timings compare the software rather than the hypervisor's history.
   * ggml <type> (with --ggml-lib): a peer in the same loop, shaped like llama-quantize: one tensor at a
                 time, the selected ones converted to float32 and quantized by ggml_quantize_chunk with
                 the rows split over every core, each written to one safetensors file with the kept
                 tensors (see benchmarks/ggml_peer.py for building libggml-base). llama-quantize's
                 Q3_K turns rows that are not a multiple of 256 (576 on SmolLM2) into iq4_nl; q4_0 is
                 ggml's fastest quantizer. Both are 4.5 bits/weight with no outliers.
-The modes are interleaved: each of --runs rounds runs every mode once, so drift on a shared machine
-affects them alike.
+
+Every writing mode (read+write, quantize, ggml) starts from the same state: the parent deletes the
+previous output and flushes dirty pages with sync() (untimed), and the child writes and deletes a file
+the size of the output before it starts the clock. On a VM, guest memory not touched lately is backed
+by the host on first use, and that first touch, not the copy, dominates writes into new page-cache
+pages: on the 2-core VM here a 106 MB write() took ~0.19 s into never-used pages and ~0.03 s into pages
+just freed, and which one a run gets depends on what ran before it. Writing the output's size first
+makes every writing run get reused pages, so the timings compare the software rather than the
+hypervisor's history. The modes are interleaved: each of --runs rounds runs every mode once, so drift on
+a shared machine affects them alike.
 Every measurement runs in its own subprocess; the child reports its own peak RSS
 (getrusage(RUSAGE_SELF).ru_maxrss), compared with an idle child that only imports adpq, with the
 largest tensor and with the model size. (Linux keeps ru_maxrss across fork+exec, so the parent does
