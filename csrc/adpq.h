@@ -121,6 +121,10 @@ adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint
  * in double and in order, the float32 sums of |w[r][j]| over blocks of 64 rows (each summed in row
  * order from 0). */
 adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean, char *err);
+/* Column scaling from those means (python/adpq/columns.py): scales[j] = bfloat16 bits of c_j, the mean
+ * rounded to nearest even, or 1 where the mean is not finite, below float32's normal range or rounds
+ * past bfloat16's; mul[j] = 1 / c_j in float32. */
+adpq_status adpq_column_scales(const adpq_matrix *m, int threads, uint16_t *scales, float *mul, char *err);
 
 /* Dequantizes q to float32 (rows x cols, row-major). Validates counts and indices. col_mul: NULL,
  * or cols factors applied to each row afterwards in float32, w_hat[r][j] * col_mul[j] (the column
@@ -141,6 +145,9 @@ adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bi
 adpq_status adpq_error_stats_q(const adpq_matrix *w, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
                                int bins, int threads, adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat,
                                char *err);
+/* KL(P || Q) in nats of two histograms of `bins` counts: each normalised by its total (at least 1),
+ * eps added to every bin, renormalised; sum of p log(p / q) in double, in bin order. */
+double adpq_kl_from_histograms(const int64_t *p, const int64_t *q, int bins, double eps);
 
 /* Kernel selection: "scalar" (the reference), "avx2" (x86-64 with AVX2+F16C), or "auto".
  * Returns 0 on success, -1 if that kernel set is not available on this CPU. */

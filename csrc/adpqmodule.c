@@ -291,7 +291,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     return out;
 }
 
-static PyObject *py_column_mean_abs(PyObject *self, PyObject *args) {
+static PyObject *py_column_scales(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *w;
     int dtype, threads;
@@ -304,15 +304,21 @@ static PyObject *py_column_mean_abs(PyObject *self, PyObject *args) {
         return NULL;
     }
     npy_intp n = m.cols;
-    PyObject *out = PyArray_SimpleNew(1, &n, NPY_FLOAT32);
-    if (!out) return NULL;
+    PyObject *scales = PyArray_SimpleNew(1, &n, NPY_UINT16), *mul = PyArray_SimpleNew(1, &n, NPY_FLOAT32);
+    if (!scales || !mul) {
+        Py_XDECREF(scales);
+        Py_XDECREF(mul);
+        return NULL;
+    }
     adpq_status st;
-    Py_BEGIN_ALLOW_THREADS st = adpq_column_mean_abs(&m, threads, (float *)PyArray_DATA((PyArrayObject *)out), err);
+    Py_BEGIN_ALLOW_THREADS st = adpq_column_scales(&m, threads, (uint16_t *)PyArray_DATA((PyArrayObject *)scales),
+                                                   (float *)PyArray_DATA((PyArrayObject *)mul), err);
     Py_END_ALLOW_THREADS if (st) {
-        Py_DECREF(out);
+        Py_DECREF(scales);
+        Py_DECREF(mul);
         return raise_status(st, err);
     }
-    return out;
+    return Py_BuildValue("(NN)", scales, mul);
 }
 
 static PyObject *py_error_stats(PyObject *self, PyObject *args) {
@@ -324,7 +330,17 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args) {
     adpq_config cfg;
     adpq_matrix cm;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTuple(args, "OiOii|O!", &w, &dtype, &what, &bins, &threads, &PyTuple_Type, &dq_args)) return NULL;
+    double kl_eps = 1e-10;
+    if (!PyArg_ParseTuple(args, "OiOii|Od", &w, &dtype, &what, &bins, &threads, &dq_args, &kl_eps)) return NULL;
+    if (dq_args == Py_None) dq_args = NULL;
+    if (dq_args && !PyTuple_Check(dq_args)) {
+        PyErr_SetString(PyExc_TypeError, "dequantize_args must be a tuple or None");
+        return NULL;
+    }
+    if (!(kl_eps > 0)) {
+        PyErr_SetString(PyExc_ValueError, "the KL epsilon must be > 0");
+        return NULL;
+    }
     if (as_matrix(w, dtype, &m)) return NULL;
     if (bins < 1 || threads < 1) {
         PyErr_SetString(PyExc_ValueError, "bins and threads must be >= 1");
@@ -367,8 +383,10 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args) {
         Py_DECREF(hh);
         return raise_status(st, err);
     }
-    return Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:N,s:N}", "sum_sq_err", s.sum_sq_err, "sum_sq_ref", s.sum_sq_ref,
-                         "max_abs_err", s.max_abs_err, "min", s.min, "max", s.max, "hist_w", hw, "hist_hat", hh);
+    const double kl = adpq_kl_from_histograms(hwp, hhp, bins, kl_eps);
+    return Py_BuildValue("{s:d,s:d,s:d,s:d,s:d,s:N,s:N,s:d}", "sum_sq_err", s.sum_sq_err, "sum_sq_ref", s.sum_sq_ref,
+                         "max_abs_err", s.max_abs_err, "min", s.min, "max", s.max, "hist_w", hw, "hist_hat", hh,
+                         "kl_divergence", kl);
 }
 
 static PyObject *py_layout(PyObject *self, PyObject *args) {
@@ -457,11 +475,13 @@ static PyMethodDef methods[] = {
      "outlier_scales, outlier_zeros, outlier_indices, outlier_values, col_mul=None) -> float32 array "
      "(col_mul: float32 factors each column is multiplied by, the column scales)"},
     {"layout", py_layout, METH_VARARGS, "layout(rows, cols, config_tuple) -> dict"},
-    {"column_mean_abs", py_column_mean_abs, METH_VARARGS,
-     "column_mean_abs(w2d, dtype_code, threads) -> float32 mean |w| of each column (double sums, row order)"},
+    {"column_scales", py_column_scales, METH_VARARGS,
+     "column_scales(w2d, dtype_code, threads) -> (uint16 bfloat16 bits of the column scales c, float32 1 / c), "
+     "from the mean |w| of each column (python/adpq/columns.py)"},
     {"error_stats", py_error_stats, METH_VARARGS,
-     "error_stats(w2d, dtype_code, w_hat float32 2-D or None, bins, threads, dequantize_args=None) -> dict of sums "
-     "and histograms (w_hat None: the dequantization of dequantize_args, row by row, never stored whole)"},
+     "error_stats(w2d, dtype_code, w_hat float32 2-D or None, bins, threads, dequantize_args=None, kl_eps=1e-10) -> "
+     "dict of sums, histograms and their KL divergence (w_hat None: the dequantization of dequantize_args, row by "
+     "row, never stored whole)"},
     {"kth_largest", py_kth_largest, METH_VARARGS, "kth_largest(uint32 keys, k) -> the k-th largest (tests)"},
     {"set_kernels", py_set_kernels, METH_VARARGS, "set_kernels('scalar'|'avx2'|'auto') -> previous name"},
     {"kernels", py_kernels, METH_NOARGS, "name of the active kernel set"},

@@ -1,7 +1,8 @@
-/* columns.c - the column statistic behind column scaling (python/adpq/columns.py): the mean |w| of
- * each column. Rows are summed in float32 in blocks of ADPQ_COLUMN_BLOCK rows (in row order from 0),
+/* columns.c - column scaling (python/adpq/columns.py): the mean |w| of each column, and from it the
+ * stored scales and the factors the quantized matrix is multiplied by. Rows are summed in float32 in blocks of ADPQ_COLUMN_BLOCK rows (in row order from 0),
  * each block sum added to a double total in block order; the NumPy reference does the same, so both
  * give the same bits. Threads own column stripes: the order per column is kept. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -63,4 +64,22 @@ done:
     free(c.block);
     free(c.sums);
     return (adpq_status)rc;
+}
+
+adpq_status adpq_column_scales(const adpq_matrix *m, int threads, uint16_t *scales, float *mul, char *err) {
+    if (!scales || !mul) {
+        adpq_set_err(err, "bad arguments to column_scales");
+        return ADPQ_ERR_ARG;
+    }
+    adpq_status st = adpq_column_mean_abs(m, threads, mul, err); /* the means, in mul's place */
+    if (st) return st;
+    const float tiny = 0x1p-126f, one = 1.0f;
+    for (int64_t j = 0; j < m->cols; j++) {
+        const float mean = mul[j];
+        uint16_t c = adpq_f32_to_bf16(isfinite(mean) && mean >= tiny ? mean : one);
+        if (!isfinite(adpq_bf16_to_f32(c))) c = adpq_f32_to_bf16(one); /* rounded up past bfloat16's range */
+        scales[j] = c;
+        mul[j] = one / adpq_bf16_to_f32(c);
+    }
+    return ADPQ_OK;
 }

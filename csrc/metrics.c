@@ -232,3 +232,24 @@ adpq_status adpq_error_stats_q(const adpq_matrix *w, const adpq_qmatrix *q, cons
     adpq_dq_free(&d);
     return st;
 }
+
+double adpq_kl_from_histograms(const int64_t *p, const int64_t *q, int bins, double eps) {
+    double np_ = 0, nq = 0;
+    for (int b = 0; b < bins; b++) {
+        np_ += (double)p[b];
+        nq += (double)q[b];
+    }
+    np_ = np_ > 1 ? np_ : 1;
+    nq = nq > 1 ? nq : 1;
+    double sp = 0, sq = 0; /* the totals after eps, to renormalise */
+    for (int b = 0; b < bins; b++) {
+        sp += (double)p[b] / np_ + eps;
+        sq += (double)q[b] / nq + eps;
+    }
+    double kl = 0;
+    for (int b = 0; b < bins; b++) {
+        const double pb = ((double)p[b] / np_ + eps) / sp, qb = ((double)q[b] / nq + eps) / sq;
+        kl += pb * log(pb / qb);
+    }
+    return kl;
+}

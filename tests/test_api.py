@@ -218,6 +218,50 @@ def _numpy_kl(a, b, bins=256):
     return float(np.sum(p * np.log(p / q)))
 
 
+def test_column_scales_of_the_c_core_match_columns_py():
+    """Column scales and multipliers from C, bit for bit against columns.py, edge columns included:
+    zero, subnormal, rounding to even, beyond bfloat16's range, non-finite."""
+    from adpq import _core, columns, reference
+    from adpq.config import _DTYPE_CODE
+
+    w = weights((70, 12), seed=8)
+    w[:, 0] = 0
+    w[:, 1] = np.float32(1e-39)                       # mean below float32's normal range
+    w[:, 2] = np.float32(1.0) + np.float32(2.0 ** -8)  # a tie: rounds to even
+    w[:3, 3] = np.float32(3.0e38)                     # the float32 block sum overflows
+    w[5, 4] = np.inf
+    one_row = np.array([[3.4e38, 3.3e38, 1.0]], np.float32)  # 3.4e38 rounds past bfloat16's largest value
+    cs = adpq.QuantConfig(column_scaling="mean_abs")
+    for m in (w, w.astype(ml_dtypes.bfloat16), one_row):
+        dtype = "bfloat16" if m.dtype == ml_dtypes.bfloat16 else "float32"
+        bits, mul = _core.column_scales(m, _DTYPE_CODE[dtype], 3)
+        with np.errstate(over="ignore"):
+            ref = reference._scaled(m.astype(np.float32), cs)[1]  # the means as C sums them, then columns.py
+        assert bits.tobytes() == ref.view(np.uint16).tobytes()
+        assert mul.tobytes() == columns.multipliers(ref).tobytes()
+        if m is not one_row:
+            assert list(bits.view(ml_dtypes.bfloat16)[[0, 1, 3, 4]]) == [1, 1, 1, 1]
+    assert bits.view(ml_dtypes.bfloat16)[0] == 1 and bits.view(ml_dtypes.bfloat16)[1] != 1
+
+
+def test_kl_of_the_c_core_matches_the_reference_on_its_histograms():
+    """The C core computes the KL from its histograms (reference.kl_from_histograms in NumPy)."""
+    from adpq import _core, reference
+    from adpq.config import _DTYPE_CODE
+
+    w = weights((64, 200), seed=5)
+    for hat in (adpq.quantize(w, bits=2).dequantize(), w + np.float32(1e-3), w):
+        for bins in (1, 7, 256):
+            s = _core.error_stats(w, _DTYPE_CODE["float32"], hat, bins, 2)
+            ref = reference.kl_from_histograms(s["hist_w"], s["hist_hat"])
+            assert s["kl_divergence"] == pytest.approx(ref, rel=1e-12, abs=1e-15)
+            assert s["hist_w"].sum() == w.size and s["hist_hat"].sum() == w.size
+    empty = np.zeros(8, np.int64)
+    assert reference.kl_from_histograms(empty, empty) == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ValueError, match="epsilon"):
+        _core.error_stats(w, _DTYPE_CODE["float32"], w, 8, 1, None, 0.0)
+
+
 @pytest.mark.parametrize("where", ["inside", "below", "above", "both", "on_extreme_rows"])
 def test_kl_bins_when_w_hat_leaves_the_range_of_w(where):
     """The C core guesses the histogram range from w's extremes and w_hat on the rows holding them,

@@ -9,10 +9,10 @@ one pass with no iteration and no data. The outliers are then the weights larges
 column.
 
 c_j = bfloat16(float32(S_j / rows)), S_j = the float64 sum, in order, of the float32 sums of |w_ij|
-over blocks of 64 rows, each in row order from 0 (the C core's column_mean_abs; reference.py adds the
-rows in NumPy in the same order); a column
-whose mean is 0, below the float32 normal range or beyond the bfloat16 range gets c_j = 1. m_j = float32(1) / float32(c_j).
-W' and w_hat are float32 products.
+over blocks of 64 rows, each in row order from 0; a column whose mean is 0, below the float32 normal
+range or beyond the bfloat16 range gets c_j = 1. m_j = float32(1) / float32(c_j). W' and w_hat are
+float32 products. The C core computes c and m (csrc/columns.c, adpq_column_scales); the functions below
+are the NumPy version that reference.py uses, and tests hold the two to the same bits.
 """
 from __future__ import annotations
 

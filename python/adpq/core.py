@@ -7,7 +7,7 @@ from typing import Any, Optional, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from . import _core, columns
+from . import _core
 from .config import _DTYPE_CODE, QuantConfig, default_threads
 from .layout import layout_of
 from .quantized import QuantizedTensor
@@ -106,9 +106,8 @@ def _column_scaling(w2: np.ndarray, dname: str, cfg: QuantConfig):
     """(column scales, the float32 factors the C core multiplies columns by), or (None, None)."""
     if cfg.column_scaling == "none":
         return None, None
-    mean = _core.column_mean_abs(w2, _DTYPE_CODE[dname], cfg.threads or default_threads())
-    scales = columns.scales_from_means(mean)
-    return scales, columns.multipliers(scales)
+    bits, mul = _core.column_scales(w2, _DTYPE_CODE[dname], cfg.threads or default_threads())
+    return bits.view(ml_dtypes.bfloat16), mul  # (columns.scales_from_means and multipliers, in C)
 
 
 def _typed_arrays(raw: dict, cfg: QuantConfig) -> dict:

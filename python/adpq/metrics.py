@@ -14,20 +14,12 @@ KL_BINS = 256
 KL_EPS = 1e-10
 
 
-def kl_from_histograms(p: np.ndarray, q: np.ndarray, eps: float = KL_EPS) -> float:
-    """KL(P || Q) in nats of two histograms: each normalised, eps added to every bin, renormalised."""
-    p = p / max(p.sum(), 1) + eps
-    q = q / max(q.sum(), 1) + eps
-    p /= p.sum()
-    q /= q.sum()
-    return float(np.sum(p * np.log(p / q)))
-
-
 def kl_divergence(w: Any, w_hat: Any, bins: int = KL_BINS) -> float:
     """KL(P_w || P_w_hat) between histograms of the two weight sets.
 
     Binning: `bins` equal-width bins over [min, max] of w and w_hat together; a value's bin is
-    floor((x - min) * bins / (max - min)), the maximum in the last bin. See kl_from_histograms.
+    floor((x - min) * bins / (max - min)), the maximum in the last bin. Each histogram is normalised,
+    KL_EPS is added to every bin and they are normalised again (reference.kl_from_histograms).
     """
     return metrics(w, w_hat, kl_bins=bins)["kl_divergence"]
 
@@ -44,14 +36,15 @@ def metrics(w: Any, w_hat: Union[np.ndarray, QuantizedTensor], kl_bins: int = KL
         if qt.shape != shape:
             raise ValueError(f"w has shape {shape} but the QuantizedTensor has shape {qt.shape}")
         # dequantized row by row inside the C core: w_hat is never stored whole
-        s = _core.error_stats(w2, _DTYPE_CODE[dname], None, int(kl_bins), nthreads, qt._dequantize_args(nthreads))
+        s = _core.error_stats(w2, _DTYPE_CODE[dname], None, int(kl_bins), nthreads, qt._dequantize_args(nthreads),
+                              KL_EPS)
     else:
         hat_arr = np.asarray(w_hat)
         if hat_arr.shape != shape:
             raise ValueError(f"w has shape {shape} but w_hat has shape {hat_arr.shape}")
         as_weight_matrix(hat_arr, "w_hat")  # the same dtype and shape checks as w
         hat = np.ascontiguousarray(hat_arr, dtype=np.float32).reshape(w2.shape)  # no copy when float32
-        s = _core.error_stats(w2, _DTYPE_CODE[dname], hat, int(kl_bins), nthreads)
+        s = _core.error_stats(w2, _DTYPE_CODE[dname], hat, int(kl_bins), nthreads, None, KL_EPS)
     n = w2.shape[0] * w2.shape[1]
     sq, ref = s["sum_sq_err"], s["sum_sq_ref"]
     out = {
@@ -59,7 +52,7 @@ def metrics(w: Any, w_hat: Union[np.ndarray, QuantizedTensor], kl_bins: int = KL
         "rel_fro_error": float(np.sqrt(sq / ref)) if ref > 0 else (0.0 if sq == 0 else float("inf")),
         "sqnr_db": float(10 * np.log10(ref / sq)) if sq > 0 else float("inf"),
         "max_abs_error": s["max_abs_err"],
-        "kl_divergence": kl_from_histograms(s["hist_w"], s["hist_hat"]),
+        "kl_divergence": s["kl_divergence"],
     }
     if qt is not None:
         out["num_outliers"] = float(qt.num_outliers)

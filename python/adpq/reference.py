@@ -275,3 +275,15 @@ def dequantize(arrays: Dict[str, np.ndarray], shape: Tuple[int, ...], config: Qu
     if "column_scales" in arrays:
         out = columns.unscale(out, arrays["column_scales"])
     return out.reshape(shape)
+
+
+def kl_from_histograms(p: np.ndarray, q: np.ndarray, eps: float = 1e-10) -> float:
+    """KL(P || Q) in nats of two histograms, as the C core computes it for metrics: each normalised by
+    its total (at least 1), eps added to every bin, renormalised."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p = p / max(p.sum(), 1.0) + eps
+    q = q / max(q.sum(), 1.0) + eps
+    p /= p.sum()
+    q /= q.sum()
+    return float(np.sum(p * np.log(p / q)))
