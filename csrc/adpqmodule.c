@@ -4,8 +4,13 @@
  * user input (dtypes, 1-D, strides) before calling here; these checks are the last line. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <numpy/arrayobject.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "adpq.h"
 #include "internal.h" /* adpq_select_kth_largest, for its test */
@@ -465,7 +470,89 @@ static PyObject *py_round_f32(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ---------------------------------------------------------------- file mappings
+ * A checkpoint's tensors are mapped one at a time (safetensors_io.read_tensor). Python's mmap
+ * module maps and unmaps with the GIL held; a pipeline of threads then waits on it, since unmapping
+ * a touched range costs a TLB shootdown. Here both happen without the GIL. */
+
+typedef struct {
+    void *addr;
+    size_t len;
+} mapping;
+
+static void mapping_free(PyObject *cap) {
+    mapping *m = (mapping *)PyCapsule_GetPointer(cap, "adpq.mapping");
+    if (!m) {
+        PyErr_Clear();
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS munmap(m->addr, m->len);
+    Py_END_ALLOW_THREADS free(m);
+}
+
+static PyObject *py_map_range(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *path;
+    long long off, n;
+    if (!PyArg_ParseTuple(args, "O&LL", PyUnicode_FSConverter, &path, &off, &n)) return NULL;
+    if (off < 0 || n < 1) {
+        Py_DECREF(path);
+        PyErr_SetString(PyExc_ValueError, "map_range needs offset >= 0 and nbytes >= 1");
+        return NULL;
+    }
+    const long long page = (long long)sysconf(_SC_PAGESIZE), start = off - off % page;
+    const size_t len = (size_t)(n + (off - start));
+    const char *cpath = PyBytes_AS_STRING(path);
+    void *addr = MAP_FAILED;
+    int err_no = 0, short_file = 0;
+    Py_BEGIN_ALLOW_THREADS int fd = open(cpath, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err_no = errno;
+    } else {
+        struct stat st;
+        if (fstat(fd, &st) != 0) err_no = errno;
+        else if ((long long)st.st_size < off + n) short_file = 1; /* a mapping past the end would SIGBUS */
+        else if ((addr = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)start)) == MAP_FAILED) err_no = errno;
+        close(fd);
+    }
+    Py_END_ALLOW_THREADS if (addr == MAP_FAILED) {
+        if (short_file)
+            PyErr_Format(PyExc_ValueError, "the file ends before byte %lld", off + n);
+        else {
+            errno = err_no;
+            PyErr_SetFromErrno(PyExc_OSError); /* (the caller names the file) */
+        }
+        Py_DECREF(path);
+        return NULL;
+    }
+    Py_DECREF(path);
+    mapping *m = (mapping *)malloc(sizeof(mapping));
+    PyObject *cap = m ? PyCapsule_New(m, "adpq.mapping", mapping_free) : NULL;
+    if (!cap) {
+        munmap(addr, len);
+        free(m);
+        return m ? NULL : PyErr_NoMemory();
+    }
+    m->addr = addr;
+    m->len = len;
+    npy_intp dims = (npy_intp)n;
+    PyObject *arr = PyArray_New(&PyArray_Type, 1, &dims, NPY_UINT8, NULL, (char *)addr + (off - start), 0,
+                                NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL); /* read-only */
+    if (!arr) {
+        Py_DECREF(cap);
+        return NULL;
+    }
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, cap) < 0) { /* (steals cap) */
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
 static PyMethodDef methods[] = {
+    {"map_range", py_map_range, METH_VARARGS,
+     "map_range(path, offset, nbytes) -> read-only uint8 array of those bytes of the file, memory-mapped; mapped "
+     "and unmapped (when the array is freed) without the GIL"},
     {"quantize", py_quantize, METH_VARARGS,
      "quantize(w2d, dtype_code, config_tuple, col_mul=None) -> dict of arrays (col_mul: float32 column factors)"},
     {"outlier_mask", py_outlier_mask, METH_VARARGS,

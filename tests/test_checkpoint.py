@@ -79,6 +79,31 @@ def test_corrupt_files_give_clear_errors(tmp_path, how, msg):
     assert not os.path.exists(tmp_path / "dst")
 
 
+def test_mapped_tensors_live_as_long_as_their_arrays(tmp_path):
+    """read_tensor maps each tensor through the C core: read-only, alive while any view of it is,
+    and a file cut short after its header was read gives an error, not a crash (SIGBUS)."""
+    src = make_llama(tmp_path / "src", dtype="bfloat16", shards=1)
+    f = SafetensorsFile(os.path.join(src, "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    copy = f.get(name, copy=True)
+    a = f.get(name)
+    assert not a.flags.writeable and bits_equal(a, copy)
+    row = a[3]
+    del a, f
+    import gc
+
+    gc.collect()
+    assert bits_equal(row, copy[3])  # the view keeps the mapping
+    f = SafetensorsFile(os.path.join(src, "model.safetensors"))
+    last = max(f.tensors.values(), key=lambda t: t.end)
+    os.truncate(os.path.join(src, "model.safetensors"), f.data_start + last.end - 1)
+    with pytest.raises(SafetensorsError, match="cannot map: the file ends before byte"):
+        f.get(last.name)
+    with pytest.raises(SafetensorsError, match="cannot map"):
+        os.unlink(os.path.join(src, "model.safetensors"))
+        f.get(name)
+
+
 # ------------------------------------------------------------------ the adpq format
 
 

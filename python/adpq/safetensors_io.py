@@ -11,7 +11,6 @@ then the data buffer; offsets are relative to the start of the buffer (byte 8 + 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -178,18 +177,15 @@ def read_tensor(info: TensorInfo, data_start: int, copy: bool = False) -> np.nda
         if got != info.nbytes:
             raise SafetensorsError(f"{info.path}: tensor {info.name!r}: truncated read ({got} of {info.nbytes} bytes)")
         return out
-    # mmap + frombuffer rather than np.memmap: the same mapping at a quarter of the cost per tensor
-    start = off - off % mmap.ALLOCATIONGRANULARITY
+    # mapped (and unmapped when the array is freed) by the C core without the GIL: the mmap module and
+    # np.memmap hold it, and a pipeline of threads then waits on every unmap's TLB shootdown
+    from . import _core
+
     try:
-        fd = os.open(info.path, os.O_RDONLY)
-        try:
-            m = mmap.mmap(fd, off - start + info.nbytes, access=mmap.ACCESS_READ, offset=start)
-        finally:
-            os.close(fd)
+        raw = _core.map_range(info.path, off, info.nbytes)
     except (OSError, ValueError) as e:
         raise SafetensorsError(f"{info.path}: tensor {info.name!r}: cannot map: {e}") from e
-    numel = info.nbytes // dt.itemsize
-    return np.frombuffer(m, dtype=dt, count=numel, offset=off - start).reshape(info.shape)
+    return raw.view(dt).reshape(info.shape)
 
 
 def _header_bytes(entries: Dict[str, dict], metadata: Optional[Dict[str, str]]) -> bytes:
