@@ -457,8 +457,12 @@ def _set_config_dtype(cfg: dict, dtype_str: str) -> None:
 # quantize_checkpoint
 
 
+_REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(TensorReport))
+
+
 def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, compute_metrics, threads, info):
-    """One tensor (on a pipeline thread): (entries to write, shard metadata, its report)."""
+    """One tensor (on a pipeline thread): (entries to write, shard metadata, its report, whose values
+    are plain Python: it goes into the run's JSON manifest as it is)."""
     core = _core()
     ts = time.perf_counter()
     w = src.get(info.name)
@@ -560,9 +564,9 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
                     nxt = next(ahead, None)
                     if nxt is not None:
                         pending.append((nxt, ex.submit(work, nxt)))
-                    # (a shallow dict: dataclasses.asdict deep-copies, a cost per tensor on small models)
-                    run.add(entries, meta, _jsonable({f.name: getattr(rep, f.name) for f in dataclasses.fields(rep)}
-                                                     | {"shape": list(info.shape)}))
+                    # (a shallow dict of plain values, as _process_tensor makes them: dataclasses.asdict
+                    # deep-copies, a cost per tensor on small models)
+                    run.add(entries, meta, {k: getattr(rep, k) for k in _REPORT_FIELDS} | {"shape": list(info.shape)})
                     del entries
                     new_reports[info.name] = rep
                     bytes_read += info.nbytes
