@@ -10,19 +10,23 @@ import sys
 import numpy as np
 from setuptools import Extension, setup
 
+# in dependency order, bottom first (csrc/internal.h)
 sources = [
-    "csrc/adpq.c",
-    "csrc/threshold.c",
-    "csrc/columns.c",
+    "csrc/halfcvt.c",
     "csrc/layout.c",
+    "csrc/threads.c",
+    "csrc/outliers.c",
+    "csrc/pack.c",
+    "csrc/quant.c",
+    "csrc/kernels_scalar.c",
+    "csrc/kernels_avx2.c",
+    "csrc/kernels.c",
     "csrc/dequant.c",
     "csrc/metrics.c",
-    "csrc/outliers.c",
-    "csrc/quant.c",
-    "csrc/quant_avx2.c",
-    "csrc/pack.c",
-    "csrc/halfcvt.c",
-    "csrc/threads.c",
+    "csrc/columns.c",
+    "csrc/rows.c",
+    "csrc/threshold.c",
+    "csrc/api.c",
     "csrc/adpqmodule.c",
 ]
 

@@ -11,6 +11,7 @@
 #define ADPQ_COLUMN_BLOCK 64
 
 typedef struct {
+    const adpq_kernels *K;
     const adpq_matrix *m;
     double *sums;
     float **block;  /* per worker: one stripe of float32 block sums */
@@ -20,7 +21,7 @@ typedef struct {
 static int stripe_task(void *ctx, int64_t t, int worker) {
     cctx *c = (cctx *)ctx;
     const adpq_matrix *m = c->m;
-    const adpq_kernels *K = adpq_active_kernels();
+    const adpq_kernels *K = c->K;
     const int64_t j0 = t * c->stripe, n = (m->cols - j0) < c->stripe ? (m->cols - j0) : c->stripe;
     float *blk = c->block[worker];
     double *sums = c->sums + j0;
@@ -36,13 +37,14 @@ static int stripe_task(void *ctx, int64_t t, int worker) {
     return 0;
 }
 
-adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean, char *err) {
+adpq_status adpq_column_mean_abs_k(const adpq_kernels *K, const adpq_matrix *m, int threads, float *mean, char *err) {
     if (!m || !m->data || !mean || m->rows < 1 || m->cols < 1 || threads < 1) {
         adpq_set_err(err, "bad arguments to column_mean_abs");
         return ADPQ_ERR_ARG;
     }
     cctx c;
     memset(&c, 0, sizeof(c));
+    c.K = K;
     c.m = m;
     /* one stripe per thread (whole rows on one thread: a plain stream), of >= 256 columns */
     int64_t stripe = (m->cols + threads - 1) / threads;
@@ -67,12 +69,13 @@ done:
     return (adpq_status)rc;
 }
 
-adpq_status adpq_column_scales(const adpq_matrix *m, int threads, uint16_t *scales, float *mul, char *err) {
+adpq_status adpq_column_scales_k(const adpq_kernels *K, const adpq_matrix *m, int threads, uint16_t *scales, float *mul,
+                                 char *err) {
     if (!scales || !mul) {
         adpq_set_err(err, "bad arguments to column_scales");
         return ADPQ_ERR_ARG;
     }
-    adpq_status st = adpq_column_mean_abs(m, threads, mul, err); /* the means, in mul's place */
+    adpq_status st = adpq_column_mean_abs_k(K, m, threads, mul, err); /* the means, in mul's place */
     if (st) return st;
     const float tiny = 0x1p-126f, one = 1.0f;
     for (int64_t j = 0; j < m->cols; j++) {

@@ -51,7 +51,8 @@ void adpq_dq_free(adpq_dq *d) {
 }
 
 /* Validates q's arrays against cfg and prepares per-row outlier offsets. */
-int adpq_dq_init(adpq_dq *d, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul, char *err) {
+int adpq_dq_init(adpq_dq *d, const adpq_kernels *K, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
+                 char *err) {
     memset(d, 0, sizeof(*d));
     if (!q || !cfg) {
         adpq_set_err(err, "null argument");
@@ -61,7 +62,7 @@ int adpq_dq_init(adpq_dq *d, const adpq_qmatrix *q, const adpq_config *cfg, cons
     if (rc) return rc;
     d->q = q;
     d->cfg = cfg;
-    d->K = adpq_active_kernels();
+    d->K = K;
     d->col_mul = col_mul;
     if (!q->codes || !q->scales || (!cfg->symmetric && !q->zeros)) {
         adpq_set_err(err, "codes, scales%s are required", cfg->symmetric ? "" : " and zeros");
@@ -138,14 +139,14 @@ static int dequant_task(void *ctx, int64_t t, int worker) {
     return 0;
 }
 
-adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul, float *out,
-                            char *err) {
+adpq_status adpq_dequantize_k(const adpq_kernels *K, const adpq_qmatrix *q, const adpq_config *cfg,
+                              const float *col_mul, float *out, char *err) {
     if (!out) {
         adpq_set_err(err, "null argument");
         return ADPQ_ERR_ARG;
     }
     adpq_dq d;
-    int rc = adpq_dq_init(&d, q, cfg, col_mul, err);
+    int rc = adpq_dq_init(&d, K, q, cfg, col_mul, err);
     if (rc) return (adpq_status)rc;
     const int64_t rows = q->rows;
     int threads = cfg->threads;

@@ -1,4 +1,36 @@
-/* internal.h - declarations shared by the core's translation units (not part of the API). */
+/* internal.h - declarations shared by the core's translation units (not part of the API).
+ *
+ * One concept per file, and the files call each other without cycles. Each file calls functions
+ * of the files listed before it only (calls through a kernel set's function pointers excepted:
+ * those are data, passed down by the entry points):
+ *
+ *   halfcvt.c         float32 <-> float16 / bfloat16 conversions (scalar)
+ *   layout.c          version, error text, dtype names, the array layout of (rows, cols, config)
+ *   threads.c         the parallel-for and its thread pool
+ *   outliers.c        selection of the k-th largest key, lambda and count arithmetic
+ *   pack.c            little-endian bit streams of codes and indices (the scalar pack body)
+ *   quant.c           group quantizer parameters                       -> halfcvt
+ *   kernels_scalar.c  the scalar reference kernel set                  -> quant, pack, halfcvt
+ *   kernels_avx2.c    the AVX2 kernel set, bit-identical to it         -> quant, pack, halfcvt
+ *   kernels.c         chooses a kernel set: the process default, the CPU check
+ *                                                                      -> kernels_scalar, kernels_avx2
+ *   dequant.c         validation and dequantization of a quantized matrix
+ *                                                                      -> layout, pack, quant, halfcvt, threads
+ *   metrics.c         error sums, histograms, KL                       -> dequant, layout, threads
+ *   columns.c         column scaling statistics and scales             -> layout, halfcvt, threads
+ *   rows.c            the quantize context and the row machinery (outliers, parameters, codes,
+ *                     records of each row)                             -> layout, pack, quant, outliers, threads
+ *   threshold.c       the tensor-scope threshold: sample, candidate pass, selection, one-pass
+ *                     fix-up                                           -> rows, pack, outliers, layout
+ *   api.c             the public entry points that need a kernel set: each reads kernels.c's
+ *                     default once and passes it down                  -> kernels, threshold, rows, dequant,
+ *                                                                         metrics, columns, pack, layout
+ *   adpqmodule.c      the CPython wrapper (not in the C library)       -> api, kernels, metrics, layout,
+ *                                                                         outliers, halfcvt
+ *
+ * tests/test_c_core.py checks this order on the object files (nm): every file's calls resolve
+ * to files before it, and only api.c calls adpq_active_kernels.
+ */
 #ifndef ADPQ_INTERNAL_H
 #define ADPQ_INTERNAL_H
 
@@ -96,13 +128,24 @@ static inline const float *adpq_row_f32(const adpq_kernels *K, const adpq_matrix
 #define ADPQ_HAVE_AVX2_KERNELS 1
 extern const adpq_kernels adpq_kernels_avx2;
 #endif
+
+/* kernels.c */
+/* 1 when this CPU runs the AVX2 kernel set (AVX2 and F16C) */
+int adpq_avx2_supported(void);
+/* "scalar", "avx2" or "auto" -> that kernel set, or NULL when unknown or not on this CPU */
+const adpq_kernels *adpq_kernels_by_name(const char *name);
+/* the process default (adpq_set_kernels); read once by each public entry point (api.c), never
+ * below it: everything else takes the kernel set as an argument */
 const adpq_kernels *adpq_active_kernels(void);
+
+/* layout.c */
 const char *adpq_dtype_name(int dtype);
 
 /* pack.c: little-endian bit streams; value i of a stream occupies bits [i*b, i*b+b). */
-/* Writes n codes (each < 2^bits, bits in {2,3,4,8}) at code position `first` of dst. Bytes
- * shared with codes outside [first, first+n) are OR-ed, so dst must start zeroed. */
-void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits);
+/* Writes n codes (each < 2^bits, bits in {2,3,4,8}) at code position `first` of dst, the
+ * byte-aligned body with K->pack_body. Bytes shared with codes outside [first, first+n) are
+ * OR-ed, so dst must start zeroed. */
+void adpq_pack_codes(const adpq_kernels *K, uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits);
 void adpq_unpack_codes(const uint8_t *src, int64_t first, int64_t n, int bits, uint8_t *codes);
 /* the scalar body of adpq_pack_codes (n % 8 == 0, dst at a multiple of 8 codes) */
 void adpq_pack_body_scalar(const uint8_t *codes, int64_t n, int bits, uint8_t *out);
@@ -137,9 +180,24 @@ typedef struct {
     uint32_t *pos;         /* unpacked outlier positions */
     const float *col_mul;  /* NULL or per-column factors */
 } adpq_dq;
-int adpq_dq_init(adpq_dq *d, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul, char *err);
+int adpq_dq_init(adpq_dq *d, const adpq_kernels *K, const adpq_qmatrix *q, const adpq_config *cfg,
+                 const float *col_mul, char *err);
 /* row r of w_hat into out; codes: cols + 8 bytes of scratch */
 void adpq_dq_row(const adpq_dq *d, int64_t r, uint8_t *codes, float *out);
 void adpq_dq_free(adpq_dq *d);
+
+/* The public functions of the same names (adpq.h) with the kernel set K (api.c passes the default). */
+adpq_status adpq_dequantize_k(const adpq_kernels *K, const adpq_qmatrix *q, const adpq_config *cfg,
+                              const float *col_mul, float *out, char *err);
+/* metrics.c */
+adpq_status adpq_error_stats_of_k(const adpq_kernels *K, const adpq_matrix *w, const float *w_hat, int bins, int threads,
+                                  adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err);
+adpq_status adpq_error_stats_q_k(const adpq_kernels *K, const adpq_matrix *w, const adpq_qmatrix *q,
+                                 const adpq_config *cfg, const float *col_mul, int bins, int threads,
+                                 adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err);
+/* columns.c */
+adpq_status adpq_column_mean_abs_k(const adpq_kernels *K, const adpq_matrix *m, int threads, float *mean, char *err);
+adpq_status adpq_column_scales_k(const adpq_kernels *K, const adpq_matrix *m, int threads, uint16_t *scales, float *mul,
+                                 char *err);
 
 #endif /* ADPQ_INTERNAL_H */

@@ -1,11 +1,9 @@
-/* layout.c - the pieces every driver shares: version, error text, kernel selection, and the
- * array layout derived from (rows, cols, config). */
+/* layout.c - the pieces every driver shares: the version, error text, dtype names, and the array
+ * layout derived from (rows, cols, config) with the checks of a config. */
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 
 #include "internal.h"
-#include "quant.h"
 
 const char *adpq_version(void) { return "0.1.0"; }
 
@@ -16,44 +14,6 @@ void adpq_set_err(char *err, const char *fmt, ...) {
     vsnprintf(err, ADPQ_ERRLEN, fmt, ap);
     va_end(ap);
 }
-
-/* ---------------------------------------------------------------- kernels */
-
-static const adpq_kernels *active_kernels = NULL;
-
-int adpq_set_kernels(const char *name) {
-    if (strcmp(name, "scalar") == 0) {
-        active_kernels = &adpq_kernels_scalar;
-        return 0;
-    }
-#ifdef ADPQ_HAVE_AVX2_KERNELS
-    int avx2 = adpq_avx2_supported();
-#else
-    int avx2 = 0;
-#endif
-    if (strcmp(name, "avx2") == 0) {
-        if (!avx2) return -1;
-#ifdef ADPQ_HAVE_AVX2_KERNELS
-        active_kernels = &adpq_kernels_avx2;
-#endif
-        return 0;
-    }
-    if (strcmp(name, "auto") == 0) {
-        active_kernels = &adpq_kernels_scalar;
-#ifdef ADPQ_HAVE_AVX2_KERNELS
-        if (avx2) active_kernels = &adpq_kernels_avx2;
-#endif
-        return 0;
-    }
-    return -1;
-}
-
-const adpq_kernels *adpq_active_kernels(void) {
-    if (!active_kernels) adpq_set_kernels("auto");
-    return active_kernels;
-}
-
-const char *adpq_kernels_name(void) { return adpq_active_kernels()->name; }
 
 /* ---------------------------------------------------------------- layout */
 

@@ -20,6 +20,7 @@ typedef struct {
 } wrange;
 
 typedef struct {
+    const adpq_kernels *K;
     const adpq_matrix *w;
     const float *w_hat;      /* rows x cols, row-major; or NULL and dq: */
     const adpq_dq *dq;       /* w_hat dequantized row by row, never stored whole */
@@ -35,7 +36,7 @@ typedef struct {
 } mctx;
 
 static const float *row_f32(const mctx *c, int64_t r, float *buf) {
-    return adpq_row_f32(adpq_active_kernels(), c->w, r, 0, c->w->cols, buf);
+    return adpq_row_f32(c->K, c->w, r, 0, c->w->cols, buf);
 }
 
 static const float *hat_row(const mctx *c, int64_t r, int worker) {
@@ -52,7 +53,7 @@ static int sums_task(void *ctx, int64_t t, int worker) {
     const int64_t cols = c->w->cols;
     int64_t r0 = t * c->rows_per_task, r1 = r0 + c->rows_per_task;
     if (r1 > c->w->rows) r1 = c->w->rows;
-    const adpq_kernels *K = adpq_active_kernels();
+    const adpq_kernels *K = c->K;
     double acc[3] = {0, 0, 0};
     float mm[4] = {INFINITY, -INFINITY, INFINITY, -INFINITY};
     int64_t *hw = c->hist_w + t * c->bins, *hh = c->hist_hat + t * c->bins;
@@ -80,7 +81,7 @@ static int pre_task(void *ctx, int64_t t, int worker) {
     const int64_t cols = c->w->cols;
     int64_t r0 = t * c->rows_per_task, r1 = r0 + c->rows_per_task;
     if (r1 > c->w->rows) r1 = c->w->rows;
-    const adpq_kernels *K = adpq_active_kernels();
+    const adpq_kernels *K = c->K;
     float mn = INFINITY, mx = -INFINITY;
     int64_t rmn = r0, rmx = r0;
     for (int64_t r = r0; r < r1; r++) {
@@ -104,7 +105,7 @@ static int hist_task(void *ctx, int64_t t, int worker) {
     int64_t *hw = c->hist_w + t * c->bins, *hh = c->hist_hat + t * c->bins;
     int64_t r0 = t * c->rows_per_task, r1 = r0 + c->rows_per_task;
     if (r1 > c->w->rows) r1 = c->w->rows;
-    const adpq_kernels *K = adpq_active_kernels();
+    const adpq_kernels *K = c->K;
     for (int64_t r = r0; r < r1; r++) {
         K->histogram(row_f32(c, r, c->buf[worker]), cols, c->lo, c->scale, c->bins, hw);
         K->histogram(hat_row(c, r, worker), cols, c->lo, c->scale, c->bins, hh);
@@ -112,7 +113,7 @@ static int hist_task(void *ctx, int64_t t, int worker) {
     return 0;
 }
 
-static adpq_status error_stats(const adpq_matrix *w, const float *w_hat, const adpq_dq *dq, int bins, int threads,
+static adpq_status error_stats(const adpq_kernels *K, const adpq_matrix *w, const float *w_hat, const adpq_dq *dq, int bins, int threads,
                                adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
     if (!w || (!w_hat && !dq) || !out || bins < 1 || threads < 1 || w->rows < 1 || w->cols < 1) {
         adpq_set_err(err, "bad arguments to error_stats");
@@ -123,6 +124,7 @@ static adpq_status error_stats(const adpq_matrix *w, const float *w_hat, const a
     if (ntasks > rows) ntasks = rows;
     mctx c;
     memset(&c, 0, sizeof(c));
+    c.K = K;
     c.w = w;
     c.w_hat = w_hat;
     c.dq = dq;
@@ -151,7 +153,7 @@ static adpq_status error_stats(const adpq_matrix *w, const float *w_hat, const a
     }
     for (int i = 0; i < 2; i++) {
         float a, b;
-        adpq_active_kernels()->minmax(hat_row(&c, i ? row_max : row_min, 0), w->cols, 0, &a, &b);
+        K->minmax(hat_row(&c, i ? row_max : row_min, 0), w->cols, 0, &a, &b);
         guess_min = a < guess_min ? a : guess_min;
         guess_max = b > guess_max ? b : guess_max;
     }
@@ -209,26 +211,26 @@ done:
     return (adpq_status)rc;
 }
 
-adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bins, int threads,
-                                adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
+adpq_status adpq_error_stats_of_k(const adpq_kernels *K, const adpq_matrix *w, const float *w_hat, int bins, int threads,
+                                  adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
     if (!w_hat) {
         adpq_set_err(err, "bad arguments to error_stats");
         return ADPQ_ERR_ARG;
     }
-    return error_stats(w, w_hat, NULL, bins, threads, out, hist_w, hist_hat, err);
+    return error_stats(K, w, w_hat, NULL, bins, threads, out, hist_w, hist_hat, err);
 }
 
-adpq_status adpq_error_stats_q(const adpq_matrix *w, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
-                               int bins, int threads, adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat,
-                               char *err) {
+adpq_status adpq_error_stats_q_k(const adpq_kernels *K, const adpq_matrix *w, const adpq_qmatrix *q,
+                                 const adpq_config *cfg, const float *col_mul, int bins, int threads,
+                                 adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
     if (!w || !q || q->rows != w->rows || q->cols != w->cols) {
         adpq_set_err(err, "w and the quantized matrix differ in shape");
         return ADPQ_ERR_ARG;
     }
     adpq_dq d;
-    adpq_status st = (adpq_status)adpq_dq_init(&d, q, cfg, col_mul, err);
+    adpq_status st = (adpq_status)adpq_dq_init(&d, K, q, cfg, col_mul, err);
     if (st) return st;
-    st = error_stats(w, NULL, &d, bins, threads, out, hist_w, hist_hat, err);
+    st = error_stats(K, w, NULL, &d, bins, threads, out, hist_w, hist_hat, err);
     adpq_dq_free(&d);
     return st;
 }

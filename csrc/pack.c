@@ -109,7 +109,7 @@ void adpq_pack_body_scalar(const uint8_t *codes, int64_t n, int bits, uint8_t *o
     }
 }
 
-void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits) {
+void adpq_pack_codes(const adpq_kernels *K, uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits) {
     int64_t i = 0;
     /* head: until the code position is a multiple of 8 (a byte boundary for every b) */
     while (i < n && ((first + i) & 7)) {
@@ -117,7 +117,7 @@ void adpq_pack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t 
         i++;
     }
     int64_t body = (n - i) / 8 * 8;
-    adpq_active_kernels()->pack_body(codes + i, body, bits, dst + ((first + i) >> 3) * bits);
+    K->pack_body(codes + i, body, bits, dst + ((first + i) >> 3) * bits);
     i += body;
     for (; i < n; i++) put_bits(dst, (uint64_t)(first + i) * (uint64_t)bits, codes[i], bits);
 }

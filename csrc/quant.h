@@ -1,4 +1,5 @@
-/* quant.h - group quantizer parameters, shared by the quantize and dequantize drivers. */
+/* quant.h - group quantizer parameters (quant.c) and the stored arrays' element access, shared by
+ * the kernel sets, the quantize driver and the dequantizer. Not the API. */
 #ifndef ADPQ_QUANT_H
 #define ADPQ_QUANT_H
 
@@ -32,7 +33,6 @@ int adpq_group_params(const adpq_kernels *K, float mn, float mx, int bits, int q
 float adpq_stored_to_float(uint32_t stored, int dtype);
 int adpq_params_loop(const adpq_kernels *K, const float *mn, const float *mx, int64_t n, int bits, int qmode,
                      int scale_dtype, float *inv, float *z, uint32_t *s_stored, uint32_t *z_stored);
-int adpq_avx2_supported(void);
 
 
 /* element i of an array of 1/2/4-byte counts, or of 2/4-byte stored scales */

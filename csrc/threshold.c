@@ -5,7 +5,7 @@
  * The candidate pass keeps every weight with |w| > gthr (value and column) and, per group, the range
  * of the others; the exact threshold is then a selection among the candidates.
  * - Two passes: the candidate pass over the matrix, the selection, then the quantize pass, which
- *   needs nothing of the row but its codes (adpq.c).
+ *   needs nothing of the row but its codes (rows.c).
  * - One pass (solved lambda, column-scaled matrices larger than a cache): each row is quantized
  *   right after its candidate pass, while it is in cache, with the sample's estimate of the
  *   threshold (guess_key); after the selection, only the groups holding a candidate on the wrong
@@ -15,8 +15,9 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "driver.h"
 #include "quant.h"
+#include "rows.h"
+#include "threshold.h"
 
 static int alloc_pass_arrays(qctx *c) {
     if (c->row_cnt) return ADPQ_OK;
@@ -252,7 +253,7 @@ nomem:
 /* ------------------------------------------------------------------ one pass: the fix-up */
 
 /* Clears codes [first, first + n) of the stream and packs new ones there. */
-static void repack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits) {
+static void repack_codes(const adpq_kernels *K, uint8_t *dst, int64_t first, const uint8_t *codes, int64_t n, int bits) {
     const uint64_t b0 = (uint64_t)first * (uint64_t)bits, b1 = (uint64_t)(first + n) * (uint64_t)bits;
     const uint64_t B0 = b0 >> 3, B1 = b1 >> 3;
     if (B0 == B1) {
@@ -262,7 +263,7 @@ static void repack_codes(uint8_t *dst, int64_t first, const uint8_t *codes, int6
         memset(dst + B0 + 1, 0, (size_t)(B1 - B0 - 1));
         if (b1 & 7) dst[B1] &= (uint8_t)~((1u << (b1 & 7)) - 1u);
     }
-    adpq_pack_codes(dst, first, codes, n, bits);
+    adpq_pack_codes(K, dst, first, codes, n, bits);
 }
 
 /* Group j of row r again, with the exact threshold (s: adpq_row_outliers of the row done):
@@ -293,7 +294,7 @@ static int fix_group(qctx *c, chunk_out *co, chunk_out *rd, int64_t r, int64_t j
     c->K->codes_groups(wg, len, g, s->ginv + j, s->gz + j, (int)c->qmax, s->codes);
     int rc = adpq_group_outliers(c, rd, r, j, s, wg, s->codes);
     if (rc) return rc;
-    repack_codes(c->q->codes, r * cols + off, s->codes, len, cfg->bits);
+    repack_codes(c->K, c->q->codes, r * cols + off, s->codes, len, cfg->bits);
     return ADPQ_OK;
 }
 

@@ -1,7 +1,7 @@
-/* driver.h - state shared by the quantize driver (adpq.c: rows, groups, records, the API) and the
- * tensor-scope threshold (threshold.c: sample, candidate pass, selection, fix-up). Not the API. */
-#ifndef ADPQ_DRIVER_H
-#define ADPQ_DRIVER_H
+/* rows.h - the quantize driver's context and row machinery (rows.c), used by the tensor-scope
+ * threshold (threshold.c) and the entry points (api.c). Not the API. */
+#ifndef ADPQ_ROWS_H
+#define ADPQ_ROWS_H
 
 #include "internal.h"
 
@@ -67,8 +67,16 @@ typedef struct {
     scratch *scr;
 } qctx;
 
+/* Sets up c for quantizing (or masking) m under cfg with the kernel set K: validates the
+ * arguments, allocates per-worker scratch and chunks, picks the outlier mode. On error c can
+ * still be passed to adpq_qctx_free. */
+int adpq_qctx_init(qctx *c, const adpq_matrix *m, const adpq_config *cfg, const adpq_kernels *K, char *err);
+void adpq_qctx_free(qctx *c);
+/* *p grown (doubling) to hold at least `need` elements of `elem` bytes; -1 when out of memory */
 int adpq_grow(void **p, int64_t *cap, int64_t need, size_t elem);
+/* weights [off, off+len) of row r as float32, times the column factors when there are some */
 const float *adpq_load_span(qctx *c, int64_t r, int64_t off, int64_t len, float *buf);
+/* runs fn over the chunks of rows on cfg->threads workers; err describes a failure */
 int adpq_run_pass(qctx *c, adpq_task_fn fn, char *err);
 /* quantizes row r (w: the row as float32 if the caller has it, else NULL); its outliers are in
  * the candidates vals/cols_of[0..n) (tensor scope) */
@@ -81,15 +89,7 @@ int64_t adpq_row_outliers(qctx *c, int64_t r, const float *w, scratch *s, const 
  * column p, off the group's first column */
 int adpq_group_outliers(qctx *c, chunk_out *co, int64_t r, int64_t j, const scratch *s, const float *wg,
                         uint8_t *codes);
+/* the quantize (or mask) pass over chunk t, after the threshold is known */
 int adpq_quant_task(void *ctx, int64_t t, int worker);
-
-/* threshold.c */
-/* tensor scope, two passes: sets thr_key / tie_quota (allocated into *quota_out) */
-int adpq_tensor_threshold(qctx *c, int64_t **quota_out, char *err);
-/* tensor scope, solved, large enough for a sample: quantizes in one pass over the matrix, then
- * fixes the groups whose outliers the sample's estimate got wrong; ADPQ_ERR_AGAIN: the sample
- * was unlucky and nothing is done (use the two passes) */
-#define ADPQ_ERR_AGAIN 100
-int adpq_tensor_one_pass(qctx *c, int64_t **quota_out, char *err);
 
 #endif

@@ -1,13 +1,13 @@
-/* adpq.c - the quantize driver: outlier threshold, parallel pass over rows,
- * assembly of the outlier side-channel. The arithmetic lives in quant.c / quant_avx2.c. */
+/* rows.c - the row machinery of the quantize driver: a context (qctx) set up once per call, the
+ * parallel pass over chunks of rows, and per row its outliers, group parameters, codes and the
+ * records of the outlier side-channel. The tensor-scope threshold that picks the outliers is
+ * threshold.c's (above this file); the arithmetic is the kernel set's (kernels_*.c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "driver.h"
 #include "quant.h"
-
-/* ---------------------------------------------------------------- quantize */
+#include "rows.h"
 
 int adpq_grow(void **p, int64_t *cap, int64_t need, size_t elem) {
     if (need <= *cap) return 0;
@@ -304,7 +304,7 @@ int adpq_process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint32
         }
     }
     store_group_arrays(c, r, s);
-    adpq_pack_codes(c->q->codes, r * cols, s->codes, cols, cfg->bits);
+    adpq_pack_codes(K, c->q->codes, r * cols, s->codes, cols, cfg->bits);
     return ADPQ_OK;
 fail_scale:
     co->fail = FAIL_SCALE;
@@ -406,8 +406,7 @@ int adpq_run_pass(qctx *c, adpq_task_fn fn, char *err) {
     return rc;
 }
 
-/* Shared setup of quantize and outlier_mask. */
-static int setup(qctx *c, const adpq_matrix *m, const adpq_config *cfg, char *err) {
+int adpq_qctx_init(qctx *c, const adpq_matrix *m, const adpq_config *cfg, const adpq_kernels *K, char *err) {
     memset(c, 0, sizeof(*c));
     if (!m || !cfg || !m->data) {
         adpq_set_err(err, "null argument");
@@ -425,7 +424,7 @@ static int setup(qctx *c, const adpq_matrix *m, const adpq_config *cfg, char *er
     }
     c->m = m;
     c->cfg = cfg;
-    c->K = adpq_active_kernels();
+    c->K = K;
     c->qmax = (float)((1 << cfg->bits) - 1);
     const int64_t rows = m->rows, cols = m->cols, g = c->lay.group_size;
     /* chunks: multiples of 8 rows, so that chunks start on a byte of the code stream */
@@ -485,128 +484,10 @@ nomem:
     return ADPQ_ERR_NOMEM;
 }
 
-static void teardown(qctx *c, int64_t *quota) {
-    free(quota);
+void adpq_qctx_free(qctx *c) {
     free(c->col_group);
     free(c->row_rec);
     free(c->row_cnt);
     free(c->nc_mn);
     free_chunks(c);
-}
-
-void adpq_free_outliers(adpq_qmatrix *q) {
-    free(q->outlier_counts);
-    free(q->outlier_scales);
-    free(q->outlier_zeros);
-    free(q->outlier_indices);
-    free(q->outlier_values);
-    q->outlier_counts = q->outlier_scales = q->outlier_zeros = NULL;
-    q->outlier_indices = NULL;
-    q->outlier_values = NULL;
-}
-
-/* Moves the chunks' outlier records into the final arrays, in row order. */
-static int assemble_outliers(qctx *c, adpq_qmatrix *q) {
-    const adpq_config *cfg = c->cfg;
-    int64_t n = 0, ng = 0;
-    for (int64_t t = 0; t < c->nchunks; t++) n += c->chunks[t].n_out;
-    for (int64_t i = 0; i < c->lay.num_groups; i++) ng += adpq_get_count(q->outlier_counts, i, c->lay.count_bytes) > 0;
-    q->num_outliers = n;
-    q->num_outlier_groups = ng;
-    if (n == 0) {
-        free(q->outlier_counts);
-        q->outlier_counts = NULL;
-        return ADPQ_OK;
-    }
-    int sb = c->lay.scale_bytes, ib = c->lay.index_bits;
-    q->outlier_indices = (uint8_t *)calloc((size_t)((n * ib + 7) / 8), 1);
-    if (!q->outlier_indices) return ADPQ_ERR_NOMEM;
-    if (cfg->outlier_format == ADPQ_OUTLIERS_GROUP) {
-        q->outlier_scales = malloc((size_t)ng * (size_t)sb);
-        if (!q->outlier_scales) return ADPQ_ERR_NOMEM;
-        if (!cfg->symmetric) {
-            q->outlier_zeros = malloc((size_t)ng * (size_t)sb);
-            if (!q->outlier_zeros) return ADPQ_ERR_NOMEM;
-        }
-    } else {
-        q->outlier_values = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)n);
-        if (!q->outlier_values) return ADPQ_ERR_NOMEM;
-    }
-    int64_t o = 0, og = 0;
-    for (int64_t t = 0; t < c->nchunks; t++) {
-        chunk_out *co = &c->chunks[t];
-        adpq_pack_u32(q->outlier_indices, o, co->pos, co->n_out, ib);
-        if (q->outlier_values && co->n_out)
-            memcpy(q->outlier_values + o, co->vals, sizeof(uint16_t) * (size_t)co->n_out);
-        for (int64_t i = 0; i < co->n_grp; i++) {
-            adpq_put_stored(q->outlier_scales, og + i, co->osc[i], sb);
-            if (q->outlier_zeros) adpq_put_stored(q->outlier_zeros, og + i, co->ozp[i], sb);
-        }
-        o += co->n_out;
-        og += co->n_grp;
-    }
-    return ADPQ_OK;
-}
-
-adpq_status adpq_quantize(const adpq_matrix *m, const adpq_config *cfg, adpq_qmatrix *q, char *err) {
-    qctx c;
-    int64_t *quota = NULL;
-    if (!q || !q->codes || !q->scales || (!cfg->symmetric && !q->zeros)) {
-        adpq_set_err(err, "output arrays missing");
-        return ADPQ_ERR_ARG;
-    }
-    q->outlier_counts = q->outlier_scales = q->outlier_zeros = NULL;
-    q->outlier_indices = NULL;
-    q->outlier_values = NULL;
-    q->num_outliers = q->num_outlier_groups = 0;
-    int rc = setup(&c, m, cfg, err);
-    if (rc) goto done;
-    q->rows = m->rows;
-    q->cols = m->cols;
-    c.q = q;
-    /* rows share bytes of the code stream only when cols % 8 != 0; those bytes are OR-ed */
-    if (m->cols % 8) memset(q->codes, 0, (size_t)c.lay.code_bytes);
-    q->outlier_counts = calloc((size_t)c.lay.num_groups, (size_t)c.lay.count_bytes);
-    if (!q->outlier_counts) {
-        rc = ADPQ_ERR_NOMEM;
-        adpq_set_err(err, "out of memory");
-        goto done;
-    }
-    q->passes = 1;
-    q->fixed_groups = 0;
-    if (c.mode == MODE_TENSOR) {
-        rc = adpq_tensor_one_pass(&c, &quota, err);
-        if (rc == ADPQ_ERR_AGAIN) {
-            q->passes = 2;
-            rc = adpq_tensor_threshold(&c, &quota, err);
-            if (!rc) rc = adpq_run_pass(&c, adpq_quant_task, err);
-        }
-        for (int64_t t = 0; t < c.nchunks; t++) q->fixed_groups += c.chunks[t].n_fixed;
-    } else {
-        rc = adpq_run_pass(&c, adpq_quant_task, err);
-    }
-    if (rc) goto done;
-    rc = assemble_outliers(&c, q);
-    if (rc) adpq_set_err(err, "out of memory");
-done:
-    if (rc) adpq_free_outliers(q);
-    teardown(&c, quota);
-    return (adpq_status)rc;
-}
-
-adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint8_t *mask, char *err) {
-    qctx c;
-    int64_t *quota = NULL;
-    int rc = setup(&c, m, cfg, err);
-    if (rc == ADPQ_OK && c.mode == MODE_TENSOR) rc = adpq_tensor_threshold(&c, &quota, err);
-    if (rc == ADPQ_OK) {
-        if (c.mode == MODE_NONE) {
-            memset(mask, 0, (size_t)(m->rows * m->cols));
-        } else {
-            c.mask_out = mask;
-            rc = adpq_run_pass(&c, adpq_quant_task, err);
-        }
-    }
-    teardown(&c, quota);
-    return (adpq_status)rc;
 }

@@ -1,6 +1,7 @@
-/* quant_avx2.c - AVX2 (+F16C) twins of the scalar kernels in quant.c, selected at run time.
- * Same float32 operations in the same order as the scalar code, so results are bit-identical
- * (tests/test_kernels.py checks this). Tails shorter than 8 use the scalar formulas. */
+/* kernels_avx2.c - the AVX2 (+F16C) kernel set (adpq_kernels_avx2): twins of the scalar kernels in
+ * kernels_scalar.c, chosen at run time by kernels.c. Same float32 operations in the same order as
+ * the scalar code, so results are bit-identical (tests/c/test_core.c checks this; error_sums
+ * agrees to rounding only, see there). Tails shorter than 8 use the scalar formulas. */
 #include "internal.h"
 #include "quant.h"
 
@@ -10,19 +11,13 @@
 
 #define AVX2 __attribute__((target("avx2,f16c,popcnt")))
 
-/* 8-bit lane masks -> 8 bytes of 0/1 */
-static uint64_t mask_bytes[256];
-static int mask_bytes_ready = 0;
-
-static void init_mask_bytes(void) {
-    for (int m = 0; m < 256; m++) {
-        uint64_t v = 0;
-        for (int b = 0; b < 8; b++)
-            if (m & (1 << b)) v |= (uint64_t)1 << (8 * b);
-        mask_bytes[m] = v;
-    }
-    mask_bytes_ready = 1;
-}
+/* 8-bit lane masks -> 8 bytes of 0/1, a constant table (nothing to initialise before use) */
+#define MB1(m, b) ((uint64_t)(((m) >> (b)) & 1) << (8 * (b)))
+#define MB(m) (MB1(m, 0) | MB1(m, 1) | MB1(m, 2) | MB1(m, 3) | MB1(m, 4) | MB1(m, 5) | MB1(m, 6) | MB1(m, 7))
+#define MB4(m) MB(m), MB((m) + 1), MB((m) + 2), MB((m) + 3)
+#define MB16(m) MB4(m), MB4((m) + 4), MB4((m) + 8), MB4((m) + 12)
+#define MB64(m) MB16(m), MB16((m) + 16), MB16((m) + 32), MB16((m) + 48)
+static const uint64_t mask_bytes[256] = {MB64(0), MB64(64), MB64(128), MB64(192)};
 
 AVX2 static inline __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
 
@@ -579,10 +574,4 @@ const adpq_kernels adpq_kernels_avx2 = {
     .histogram = v_histogram,
 };
 
-int adpq_avx2_supported(void) {
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))) return 0;
-    if (!mask_bytes_ready) init_mask_bytes();
-    return 1;
-}
 #endif

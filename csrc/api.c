@@ -1,0 +1,158 @@
+/* api.c - the public entry points that need a kernel set. Each reads the process default
+ * (adpq_set_kernels) once and passes it down, so that one call never mixes kernel sets. Quantize
+ * and outlier_mask: the context and rows (rows.c), the tensor-scope threshold (threshold.c) and
+ * the assembly of the outlier arrays. */
+#include <stdlib.h>
+
+#include "quant.h"
+#include "rows.h"
+#include "threshold.h"
+
+void adpq_free_outliers(adpq_qmatrix *q) {
+    free(q->outlier_counts);
+    free(q->outlier_scales);
+    free(q->outlier_zeros);
+    free(q->outlier_indices);
+    free(q->outlier_values);
+    q->outlier_counts = q->outlier_scales = q->outlier_zeros = NULL;
+    q->outlier_indices = NULL;
+    q->outlier_values = NULL;
+}
+
+/* Moves the chunks' outlier records into the final arrays, in row order. */
+static int assemble_outliers(qctx *c, adpq_qmatrix *q) {
+    const adpq_config *cfg = c->cfg;
+    int64_t n = 0, ng = 0;
+    for (int64_t t = 0; t < c->nchunks; t++) n += c->chunks[t].n_out;
+    for (int64_t i = 0; i < c->lay.num_groups; i++) ng += adpq_get_count(q->outlier_counts, i, c->lay.count_bytes) > 0;
+    q->num_outliers = n;
+    q->num_outlier_groups = ng;
+    if (n == 0) {
+        free(q->outlier_counts);
+        q->outlier_counts = NULL;
+        return ADPQ_OK;
+    }
+    int sb = c->lay.scale_bytes, ib = c->lay.index_bits;
+    q->outlier_indices = (uint8_t *)calloc((size_t)((n * ib + 7) / 8), 1);
+    if (!q->outlier_indices) return ADPQ_ERR_NOMEM;
+    if (cfg->outlier_format == ADPQ_OUTLIERS_GROUP) {
+        q->outlier_scales = malloc((size_t)ng * (size_t)sb);
+        if (!q->outlier_scales) return ADPQ_ERR_NOMEM;
+        if (!cfg->symmetric) {
+            q->outlier_zeros = malloc((size_t)ng * (size_t)sb);
+            if (!q->outlier_zeros) return ADPQ_ERR_NOMEM;
+        }
+    } else {
+        q->outlier_values = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)n);
+        if (!q->outlier_values) return ADPQ_ERR_NOMEM;
+    }
+    int64_t o = 0, og = 0;
+    for (int64_t t = 0; t < c->nchunks; t++) {
+        chunk_out *co = &c->chunks[t];
+        adpq_pack_u32(q->outlier_indices, o, co->pos, co->n_out, ib);
+        if (q->outlier_values && co->n_out)
+            memcpy(q->outlier_values + o, co->vals, sizeof(uint16_t) * (size_t)co->n_out);
+        for (int64_t i = 0; i < co->n_grp; i++) {
+            adpq_put_stored(q->outlier_scales, og + i, co->osc[i], sb);
+            if (q->outlier_zeros) adpq_put_stored(q->outlier_zeros, og + i, co->ozp[i], sb);
+        }
+        o += co->n_out;
+        og += co->n_grp;
+    }
+    return ADPQ_OK;
+}
+
+adpq_status adpq_quantize(const adpq_matrix *m, const adpq_config *cfg, adpq_qmatrix *q, char *err) {
+    qctx c;
+    int64_t *quota = NULL;
+    if (!q || !cfg || !q->codes || !q->scales || (!cfg->symmetric && !q->zeros)) {
+        adpq_set_err(err, "output arrays missing");
+        return ADPQ_ERR_ARG;
+    }
+    q->outlier_counts = q->outlier_scales = q->outlier_zeros = NULL;
+    q->outlier_indices = NULL;
+    q->outlier_values = NULL;
+    q->num_outliers = q->num_outlier_groups = 0;
+    int rc = adpq_qctx_init(&c, m, cfg, adpq_active_kernels(), err);
+    if (rc) goto done;
+    q->rows = m->rows;
+    q->cols = m->cols;
+    c.q = q;
+    /* rows share bytes of the code stream only when cols % 8 != 0; those bytes are OR-ed */
+    if (m->cols % 8) memset(q->codes, 0, (size_t)c.lay.code_bytes);
+    q->outlier_counts = calloc((size_t)c.lay.num_groups, (size_t)c.lay.count_bytes);
+    if (!q->outlier_counts) {
+        rc = ADPQ_ERR_NOMEM;
+        adpq_set_err(err, "out of memory");
+        goto done;
+    }
+    q->passes = 1;
+    q->fixed_groups = 0;
+    if (c.mode == MODE_TENSOR) {
+        rc = adpq_tensor_one_pass(&c, &quota, err);
+        if (rc == ADPQ_ERR_AGAIN) {
+            q->passes = 2;
+            rc = adpq_tensor_threshold(&c, &quota, err);
+            if (!rc) rc = adpq_run_pass(&c, adpq_quant_task, err);
+        }
+        for (int64_t t = 0; t < c.nchunks; t++) q->fixed_groups += c.chunks[t].n_fixed;
+    } else {
+        rc = adpq_run_pass(&c, adpq_quant_task, err);
+    }
+    if (rc) goto done;
+    rc = assemble_outliers(&c, q);
+    if (rc) adpq_set_err(err, "out of memory");
+done:
+    if (rc) adpq_free_outliers(q);
+    free(quota);
+    adpq_qctx_free(&c);
+    return (adpq_status)rc;
+}
+
+adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint8_t *mask, char *err) {
+    qctx c;
+    int64_t *quota = NULL;
+    if (!mask) {
+        adpq_set_err(err, "null argument");
+        return ADPQ_ERR_ARG;
+    }
+    int rc = adpq_qctx_init(&c, m, cfg, adpq_active_kernels(), err);
+    if (rc == ADPQ_OK && c.mode == MODE_TENSOR) rc = adpq_tensor_threshold(&c, &quota, err);
+    if (rc == ADPQ_OK) {
+        if (c.mode == MODE_NONE) {
+            memset(mask, 0, (size_t)(m->rows * m->cols));
+        } else {
+            c.mask_out = mask;
+            rc = adpq_run_pass(&c, adpq_quant_task, err);
+        }
+    }
+    free(quota);
+    adpq_qctx_free(&c);
+    return (adpq_status)rc;
+}
+
+/* ------------------------------------------------------------ dequantize, metrics, columns */
+
+adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul, float *out,
+                            char *err) {
+    return adpq_dequantize_k(adpq_active_kernels(), q, cfg, col_mul, out, err);
+}
+
+adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bins, int threads,
+                                adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
+    return adpq_error_stats_of_k(adpq_active_kernels(), w, w_hat, bins, threads, out, hist_w, hist_hat, err);
+}
+
+adpq_status adpq_error_stats_q(const adpq_matrix *w, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
+                               int bins, int threads, adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat,
+                               char *err) {
+    return adpq_error_stats_q_k(adpq_active_kernels(), w, q, cfg, col_mul, bins, threads, out, hist_w, hist_hat, err);
+}
+
+adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean, char *err) {
+    return adpq_column_mean_abs_k(adpq_active_kernels(), m, threads, mean, err);
+}
+
+adpq_status adpq_column_scales(const adpq_matrix *m, int threads, uint16_t *scales, float *mul, char *err) {
+    return adpq_column_scales_k(adpq_active_kernels(), m, threads, scales, mul, err);
+}
