@@ -38,6 +38,14 @@ typedef enum {
 typedef enum { ADPQ_F32 = 0, ADPQ_F16 = 1, ADPQ_BF16 = 2 } adpq_dtype;
 typedef enum { ADPQ_SCOPE_TENSOR = 0, ADPQ_SCOPE_GROUP = 1 } adpq_scope;
 typedef enum { ADPQ_OUTLIERS_GROUP = 0, ADPQ_OUTLIERS_FP16 = 1 } adpq_outlier_format;
+/* How adpq_quantize finds a tensor-scope threshold with a solved lambda. The output is the same
+ * bit for bit on every route; only the speed differs (threshold.c):
+ *  - AUTO: one pass for column-scaled matrices of at least 24 MiB of input, else two;
+ *  - ONE_PASS: one pass whenever the matrix is large enough to be sampled (more than 8192
+ *    weights), quantizing with the sample's threshold and then fixing the groups it got wrong;
+ *  - TWO_PASS: a candidate pass, the exact threshold, then the quantize pass.
+ * Ignored by the other functions and configurations (group scope, explicit lambda, no outliers). */
+typedef enum { ADPQ_ROUTE_AUTO = 0, ADPQ_ROUTE_ONE_PASS = 1, ADPQ_ROUTE_TWO_PASS = 2 } adpq_route;
 
 typedef struct {
     int bits;               /* 2, 3, 4 or 8 */
@@ -53,6 +61,9 @@ typedef struct {
     int scale_dtype;        /* adpq_dtype of scales and zero-points */
     int threads;            /* >= 1 */
     int integer_zero;       /* asymmetric only: 1 rounds zero-points to integers, so that 0 is exact */
+    int route;              /* adpq_route: ADPQ_ROUTE_AUTO = 0 (one pass for column-scaled matrices
+                               >= 24 MiB), ADPQ_ROUTE_ONE_PASS = 1 (one pass whenever a sample is
+                               possible), ADPQ_ROUTE_TWO_PASS = 2; a speed route, same output */
 } adpq_config;
 
 typedef struct {

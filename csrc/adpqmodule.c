@@ -22,6 +22,11 @@ static int parse_config(PyObject *tuple, adpq_config *cfg) {
                           &cfg->threads, &cfg->integer_zero))
         return -1;
     cfg->group_size = (int64_t)gs;
+    /* a bridge until the Python layer passes the route itself: the old environment switch */
+    const char *mode = getenv("ADPQ_ONE_PASS");
+    cfg->route = mode && !strcmp(mode, "always") ? ADPQ_ROUTE_ONE_PASS
+               : mode && !strcmp(mode, "never")  ? ADPQ_ROUTE_TWO_PASS
+                                                 : ADPQ_ROUTE_AUTO;
     return 0;
 }
 

@@ -61,6 +61,10 @@ adpq_status adpq_layout_of(int64_t rows, int64_t cols, const adpq_config *cfg, a
         adpq_set_err(err, "lam must be >= 0 and finite (got %g)", cfg->lam);
         return ADPQ_ERR_ARG;
     }
+    if (cfg->route != ADPQ_ROUTE_AUTO && cfg->route != ADPQ_ROUTE_ONE_PASS && cfg->route != ADPQ_ROUTE_TWO_PASS) {
+        adpq_set_err(err, "unknown route %d", cfg->route);
+        return ADPQ_ERR_ARG;
+    }
     if (cfg->threads < 1) {
         adpq_set_err(err, "threads must be >= 1 (got %d)", cfg->threads);
         return ADPQ_ERR_ARG;

@@ -6,7 +6,7 @@
  * of the others; the exact threshold is then a selection among the candidates.
  * - Two passes: the candidate pass over the matrix, the selection, then the quantize pass, which
  *   needs nothing of the row but its codes (rows.c).
- * - One pass (solved lambda, column-scaled matrices larger than a cache): each row is quantized
+ * - One pass (solved lambda; route AUTO: column-scaled matrices larger than a cache): each row is quantized
  *   right after its candidate pass, while it is in cache, with the sample's estimate of the
  *   threshold (guess_key); after the selection, only the groups holding a candidate on the wrong
  *   side of the estimate are quantized again and their records replaced. The result is the same,
@@ -410,18 +410,17 @@ static void undo_one_pass(qctx *c) {
     c->tie_quota = NULL;
 }
 
-/* When the one pass is taken: matrices of at least this many input bytes, with column scaling.
- * Measured on a Zen 1 with 8 MiB of L3 (benchmarks/RESULTS.md): below ~16 MiB the second read of
- * two passes comes from cache and two passes are faster; on 64-180 MB matrices with column scaling
- * the one pass (one read and one multiply per weight instead of two) is 3-11% faster; without
- * column scaling the fix-ups cost more than the second read saves (two passes up to 8% faster).
- * ADPQ_ONE_PASS=always|never in the environment overrides the choice (tests, benchmarks). */
+/* When the one pass is taken (route AUTO): matrices of at least this many input bytes, with column
+ * scaling. Measured on a Zen 1 with 8 MiB of L3 (benchmarks/RESULTS.md): below ~16 MiB the second
+ * read of two passes comes from cache and two passes are faster; on 64-180 MB matrices with column
+ * scaling the one pass (one read and one multiply per weight instead of two) is 3-11% faster;
+ * without column scaling the fix-ups cost more than the second read saves (two passes up to 8%
+ * faster). Routes ONE_PASS and TWO_PASS force the choice (tests, benchmarks). */
 #define ADPQ_ONE_PASS_MIN_BYTES (24 << 20)
 
 static int want_one_pass(const qctx *c) {
-    const char *mode = getenv("ADPQ_ONE_PASS");
-    if (mode && !strcmp(mode, "always")) return 1;
-    if (mode && !strcmp(mode, "never")) return 0;
+    if (c->cfg->route == ADPQ_ROUTE_ONE_PASS) return 1;
+    if (c->cfg->route == ADPQ_ROUTE_TWO_PASS) return 0;
     const int64_t isz = c->m->dtype == ADPQ_F32 ? 4 : 2;
     return c->m->col_mul && c->m->rows * c->m->cols * isz >= ADPQ_ONE_PASS_MIN_BYTES;
 }
