@@ -62,7 +62,7 @@ def _child(argv):
     import numpy as np
 
     import adpq
-    from adpq.checkpoint import SourceCheckpoint
+    from adpq.io.folder import SourceCheckpoint
 
     out = {"mode": mode}
     if len(argv) > 2 and argv[-2] == "--warm":
@@ -117,7 +117,7 @@ def _child(argv):
     elif mode in ("quantize", "quantize-nometrics"):
         dst = argv[2]
         t0 = time.perf_counter()
-        from adpq.checkpoint import quantize_checkpoint
+        from adpq.io.checkpoint import quantize_checkpoint
 
         rep = quantize_checkpoint(src, dst, adpq.QuantConfig(), progress=False, overwrite=True,
                                        compute_metrics=(mode == "quantize"))
@@ -137,8 +137,9 @@ def _ggml_pipeline(src, dst, qtype, lib):
 
     import numpy as np
 
-    from adpq.checkpoint import SourceCheckpoint, select_tensors
-    from adpq.safetensors_io import ShardWriter
+    from adpq.io.checkpoint import select_tensors
+    from adpq.io.folder import SourceCheckpoint
+    from adpq.io.safetensors import ShardWriter
 
     sys.path.insert(0, HERE)
     from ggml_peer import GGML_BLOCKS, GGML_TYPES, Ggml
@@ -199,8 +200,8 @@ def make_synthetic(dst, like, layer_mult):
     for throughput and memory)."""
     import numpy as np
 
-    from adpq.checkpoint import SourceCheckpoint
-    from adpq.safetensors_io import ShardWriter
+    from adpq.io.folder import SourceCheckpoint
+    from adpq.io.safetensors import ShardWriter
 
     src = SourceCheckpoint(like)
     cfg = dict(src.config)
@@ -236,7 +237,7 @@ MODES = ("read", "read-mmap", "read+write", "quantize", "quantize-nometrics")
 
 
 def bench(src, runs, label, ggml_modes=(), ggml_lib=None):
-    from adpq.checkpoint import SourceCheckpoint
+    from adpq.io.folder import SourceCheckpoint
 
     ck = SourceCheckpoint(src)
     largest = max(ck.tensors.values(), key=lambda t: t.nbytes)

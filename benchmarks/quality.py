@@ -174,7 +174,7 @@ class Model:
         self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
         self.model.eval()
         self.tokenizer = _CachingTokenizer(AutoTokenizer.from_pretrained(path))
-        from adpq.safetensors_io import SafetensorsFile
+        from adpq.io.safetensors import SafetensorsFile
         self.orig = {}
         params = dict(self.model.named_parameters())
         for f in sorted(Path(path).glob("*.safetensors")):
@@ -204,7 +204,7 @@ class Model:
     def _load_folder(self, folder):
         """Copies the fake-quantized weights of a peer folder into the model; (bpw, seconds)."""
         import torch
-        from adpq.safetensors_io import SafetensorsFile
+        from adpq.io.safetensors import SafetensorsFile
         info = json.loads((folder / "peer_quantization.json").read_text())
         for f in sorted(folder.glob("*.safetensors")):
             sf = SafetensorsFile(str(f))

@@ -31,8 +31,8 @@ import numpy as np
 
 import adpq
 from adpq import _core, reference
-from adpq.config import default_threads
-from adpq.core import quantize_diagnostics
+from adpq.core.config import default_threads
+from adpq.core.quantize import quantize_diagnostics
 
 SHAPES = [(4096, 4096), (4096, 11008)]
 

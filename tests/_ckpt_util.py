@@ -9,7 +9,7 @@ import sys
 import ml_dtypes
 import numpy as np
 
-from adpq.safetensors_io import write_safetensors
+from adpq.io.safetensors import write_safetensors
 
 HIDDEN = 96          # not a multiple of GROUP: every row ends in a short group
 INTER = 160

@@ -219,8 +219,9 @@ def _numpy_kl(a, b, bins=256):
 def test_column_scales_of_the_c_core_match_columns_py():
     """Column scales and multipliers from C, bit for bit against columns.py, edge columns included:
     zero, subnormal, rounding to even, beyond bfloat16's range, non-finite."""
-    from adpq import _core, columns
-    from adpq.config import _DTYPE_CODE
+    from adpq import _core
+    from adpq.reference import columns
+    from adpq.core.dtypes import C_CODE as _DTYPE_CODE
 
     w = weights((70, 12), seed=8)
     w[:, 0] = 0
@@ -234,7 +235,7 @@ def test_column_scales_of_the_c_core_match_columns_py():
         dtype = "bfloat16" if m.dtype == ml_dtypes.bfloat16 else "float32"
         bits, mul = _core.column_scales(m, _DTYPE_CODE[dtype], 3)
         with np.errstate(over="ignore"):
-            ref = reference._scaled(m.astype(np.float32), cs)[1]  # the means as C sums them, then columns.py
+            ref = reference.columns.scaled(m.astype(np.float32), cs)[1]  # the means as C sums them, then columns.py
         assert bits.tobytes() == ref.view(np.uint16).tobytes()
         assert mul.tobytes() == columns.multipliers(ref).tobytes()
         if m is not one_row:
@@ -245,7 +246,7 @@ def test_column_scales_of_the_c_core_match_columns_py():
 def test_kl_of_the_c_core_matches_the_reference_on_its_histograms():
     """The C core computes the KL from its histograms (reference.kl_from_histograms in NumPy)."""
     from adpq import _core, reference
-    from adpq.config import _DTYPE_CODE
+    from adpq.core.dtypes import C_CODE as _DTYPE_CODE
 
     w = weights((64, 200), seed=5)
     for hat in (adpq.quantize(w, bits=2).dequantize(), w + np.float32(1e-3), w):

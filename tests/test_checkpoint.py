@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import adpq
-from adpq.checkpoint import INCOMPLETE_MARKER, CheckpointError, SourceCheckpoint, quantize_checkpoint
-from adpq.hf import AdpqCheckpoint, dequantize_checkpoint, inspect_checkpoint
-from adpq.safetensors_io import SafetensorsError, SafetensorsFile, write_safetensors
+import adpq.io.checkpoint
+from adpq.io.checkpoint import quantize_checkpoint
+from adpq.io.folder import INCOMPLETE_MARKER, CheckpointError, SourceCheckpoint
+from adpq.io.adpq_format import AdpqCheckpoint, dequantize_checkpoint, inspect_checkpoint
+from adpq.io.safetensors import SafetensorsError, SafetensorsFile, write_safetensors
 
 from _ckpt_util import GROUP, make_llama, write_checkpoint, llama_config, llama_tensors
 
@@ -281,10 +283,10 @@ def test_resume_after_crash(tmp_path, monkeypatch):
             raise _Crash("simulated crash")
         return real(w, config=config)
 
-    monkeypatch.setattr(adpq, "quantize", crashing)
+    monkeypatch.setattr(adpq.io.checkpoint, "quantize", crashing)
     with pytest.raises(_Crash):
         quantize_checkpoint(src, dst, c, progress=False, max_shard_size="40KB")
-    monkeypatch.setattr(adpq, "quantize", real)
+    monkeypatch.setattr(adpq.io.checkpoint, "quantize", real)
     assert os.path.exists(dst / INCOMPLETE_MARKER)
     assert not any(f.endswith(".tmp") for f in os.listdir(dst))
     with pytest.raises(CheckpointError, match="incomplete"):
@@ -292,7 +294,7 @@ def test_resume_after_crash(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="incomplete"):
         inspect_checkpoint(dst)
     with pytest.raises(CheckpointError, match="incomplete"):
-        adpq.hf.load(dst)
+        adpq.load(dst)
     # a different config does not silently mix with the interrupted run
     with pytest.raises(CheckpointError, match="different settings"):
         quantize_checkpoint(src, dst, cfg(bits=4), progress=False, max_shard_size="40KB")
@@ -325,10 +327,10 @@ def test_no_resume_restarts(tmp_path, monkeypatch):
             raise _Crash()
         return real(w, config=config)
 
-    monkeypatch.setattr(adpq, "quantize", crashing)
+    monkeypatch.setattr(adpq.io.checkpoint, "quantize", crashing)
     with pytest.raises(_Crash):
         quantize_checkpoint(src, dst, cfg(), progress=False, max_shard_size="20KB")
-    monkeypatch.setattr(adpq, "quantize", real)
+    monkeypatch.setattr(adpq.io.checkpoint, "quantize", real)
     rep = quantize_checkpoint(src, dst, cfg(), progress=False, resume=False)
     assert rep.totals()["tensors_resumed"] == 0 and not os.path.exists(dst / INCOMPLETE_MARKER)
 
@@ -344,7 +346,7 @@ def test_load_matches_fake_quant_folder(tmp_path, tied, dtype):
     src = make_llama(tmp_path / "src", tied=tied, dtype=dtype)
     quantize_checkpoint(src, tmp_path / "q", cfg(), progress=False)
     quantize_checkpoint(src, tmp_path / "fake", cfg(), format="fake", progress=False)
-    m = adpq.hf.load(tmp_path / "q")
+    m = adpq.load(tmp_path / "q")
     f = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "fake")
     tdt = getattr(torch, dtype)
     assert m.dtype == tdt and f.dtype == tdt
@@ -358,7 +360,7 @@ def test_load_matches_fake_quant_folder(tmp_path, tied, dtype):
     o = transformers.AutoModelForCausalLM.from_pretrained(src)
     with torch.no_grad():
         assert not torch.equal(o(x).logits, a)
-    m32 = adpq.hf.load(tmp_path / "q", dtype="float32")
+    m32 = adpq.load(tmp_path / "q", dtype="float32")
     assert m32.dtype == torch.float32
 
 

@@ -5,9 +5,10 @@ import os
 import numpy as np
 
 import adpq
-from adpq.checkpoint import INCOMPLETE_MARKER, quantize_checkpoint
-from adpq.hf import AdpqCheckpoint
-from adpq.safetensors_io import SafetensorsFile
+from adpq.io.checkpoint import quantize_checkpoint
+from adpq.io.folder import INCOMPLETE_MARKER
+from adpq.io.adpq_format import AdpqCheckpoint
+from adpq.io.safetensors import SafetensorsFile
 
 from _ckpt_util import GROUP, make_llama, run_cli
 

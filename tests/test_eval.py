@@ -17,6 +17,7 @@ WIKI = REPO.parent / "shared" / "assets" / "wikitext-2-raw-v1" / "wiki.test.raw"
 
 from _tokenizer_util import tokenizer_for_tests as make_tokenizer  # noqa: E402
 from adpq import eval as E  # noqa: E402
+from adpq.io.folder import is_adpq_folder  # noqa: E402
 
 LINES = [
     " = Title of the article = \n",
@@ -133,10 +134,10 @@ def test_folder_and_loader_hook(model, tok, text_file, tmp_path):
     assert calls == [str(d)] and r2.ppl == pytest.approx(ref.ppl, rel=1e-6)
     # an adpq-format folder is recognised by its quantization_config
     cfg = json.loads((d / "config.json").read_text())
-    assert not E._is_adpq_folder(d)
+    assert not is_adpq_folder(str(d))
     cfg["quantization_config"] = {"quant_method": "adpq"}
     (d / "config.json").write_text(json.dumps(cfg))
-    assert E._is_adpq_folder(d)
+    assert is_adpq_folder(str(d))
 
 
 def test_default_text_file(monkeypatch, tmp_path, text_file):

@@ -1,4 +1,4 @@
-"""adpq.models: the parts that need no model package (fast): errors, Q/K un-permutation, registry."""
+"""adpq.hf.models: the parts that need no model package (fast): errors, Q/K un-permutation, registry."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 
-from adpq import models as M  # noqa: E402
+from adpq.hf import models as M  # noqa: E402
 
 
 def _llamacpp_permute(w, n_head):

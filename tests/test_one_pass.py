@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import adpq
-from adpq.core import quantize_diagnostics
+from adpq.core.quantize import quantize_diagnostics
 
 from test_reference import assert_same_arrays, check_config
 

@@ -7,7 +7,7 @@ import pytest
 
 import adpq
 from adpq import reference
-from adpq.safetensors_io import SafetensorsFile
+from adpq.io.safetensors import SafetensorsFile
 
 
 def student_t(shape, df, seed):

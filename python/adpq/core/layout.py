@@ -1,6 +1,6 @@
 """The storage layout of a quantized matrix: array names, dtypes and sizes, and bit packing.
 
-This is the format another tool needs to read adpq tensors (README "The adpq format"):
+This is the format another tool needs to read adpq tensors (docs/FORMAT.md):
 
 - ``codes``            uint8, ceil(rows*cols*bits/8) bytes: one b-bit code per weight, row-major,
                        in a little-endian bit stream (weight i at bits [i*b, i*b+b)).
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
+from . import dtypes
 from .config import QuantConfig
 
 ARRAY_NAMES = (
@@ -43,11 +43,8 @@ CODE_ARRAYS = ("codes",)
 SCALE_ARRAYS = ("scales", "zeros", "column_scales")
 OUTLIER_ARRAYS = ("outlier_counts", "outlier_indices", "outlier_scales", "outlier_zeros", "outlier_values")
 
-_SCALE_NP = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}
-
-
 def scale_np_dtype(scale_dtype: str) -> np.dtype:
-    return _SCALE_NP[scale_dtype]
+    return dtypes.NUMPY[scale_dtype]
 
 
 @dataclass(frozen=True)

@@ -151,3 +151,22 @@ def format_layer_types(rows: Dict[str, Dict[str, float]]) -> List[str]:
                   f"{r['kl_divergence']:>9.2e}")
         lines.append(s)
     return lines
+
+
+def jsonable(x):
+    """x with NumPy scalars made Python numbers and tuples lists, for JSON."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def report_from_dict(d: dict) -> TensorReport:
+    """A TensorReport read back from a run manifest (a resumed tensor)."""
+    d = dict(d)
+    d["shape"] = tuple(d["shape"])
+    d["resumed"] = True
+    return TensorReport(**d)

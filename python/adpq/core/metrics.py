@@ -1,13 +1,14 @@
-"""Per-tensor error metrics (DESIGN.md 2.5), from sums the C core computes in one pass."""
+"""Per-tensor error metrics (docs/DESIGN.md 2.5), from sums the C core computes in one pass."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
-from . import _core
-from .config import _DTYPE_CODE, default_threads
-from .core import as_weight_matrix
+from .. import _core
+from . import dtypes
+from .arrays import as_array, as_weight_matrix
+from .config import default_threads
 from .quantized import QuantizedTensor
 
 KL_BINS = 256
@@ -19,7 +20,7 @@ def kl_divergence(w: Any, w_hat: Any, bins: int = KL_BINS) -> float:
 
     Binning: `bins` equal-width bins over [min, max] of w and w_hat together; a value's bin is
     floor((x - min) * bins / (max - min)), the maximum in the last bin. Each histogram is normalised,
-    KL_EPS is added to every bin and they are normalised again (reference.kl_from_histograms).
+    KL_EPS is added to every bin and they are normalised again (adpq.reference.kl_from_histograms).
     """
     return metrics(w, w_hat, kl_bins=bins)["kl_divergence"]
 
@@ -36,15 +37,15 @@ def metrics(w: Any, w_hat: Union[np.ndarray, QuantizedTensor], kl_bins: int = KL
         if qt.shape != shape:
             raise ValueError(f"w has shape {shape} but the QuantizedTensor has shape {qt.shape}")
         # dequantized row by row inside the C core: w_hat is never stored whole
-        s = _core.error_stats(w2, _DTYPE_CODE[dname], None, int(kl_bins), nthreads, qt._dequantize_args(nthreads),
+        s = _core.error_stats(w2, dtypes.C_CODE[dname], None, int(kl_bins), nthreads, qt._dequantize_args(nthreads),
                               KL_EPS)
     else:
-        hat_arr = np.asarray(w_hat)
+        hat_arr = as_array(w_hat, "w_hat")
         if hat_arr.shape != shape:
             raise ValueError(f"w has shape {shape} but w_hat has shape {hat_arr.shape}")
         as_weight_matrix(hat_arr, "w_hat")  # the same dtype and shape checks as w
         hat = np.ascontiguousarray(hat_arr, dtype=np.float32).reshape(w2.shape)  # no copy when float32
-        s = _core.error_stats(w2, _DTYPE_CODE[dname], hat, int(kl_bins), nthreads, None, KL_EPS)
+        s = _core.error_stats(w2, dtypes.C_CODE[dname], hat, int(kl_bins), nthreads, None, KL_EPS)
     n = w2.shape[0] * w2.shape[1]
     sq, ref = s["sum_sq_err"], s["sum_sq_ref"]
     out = {

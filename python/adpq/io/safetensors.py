@@ -18,10 +18,14 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import ml_dtypes
 import numpy as np
 
+from .. import _core
+from ..core import dtypes
+
 __all__ = [
     "SafetensorsError",
     "DTYPES",
     "dtype_name",
+    "is_float_dtype",
     "TensorInfo",
     "SafetensorsFile",
     "ShardWriter",
@@ -33,9 +37,9 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 DTYPES: Dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F32": dtypes.NUMPY["float32"],
+    "F16": dtypes.NUMPY["float16"],
+    "BF16": dtypes.NUMPY["bfloat16"],
     "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     "I64": np.dtype(np.int64),
@@ -49,6 +53,11 @@ DTYPES: Dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
 }
 _NAME_OF = {v: k for k, v in DTYPES.items()}
+
+
+def is_float_dtype(dt) -> bool:
+    """True for the floating-point dtypes a safetensors file can hold (bfloat16 and float8 included)."""
+    return np.dtype(dt).kind == "f" or np.dtype(dt) in (DTYPES["BF16"], DTYPES["F8_E4M3"], DTYPES["F8_E5M2"])
 
 
 class SafetensorsError(ValueError):
@@ -179,8 +188,6 @@ def read_tensor(info: TensorInfo, data_start: int, copy: bool = False) -> np.nda
         return out
     # mapped (and unmapped when the array is freed) by the C core without the GIL: the mmap module and
     # np.memmap hold it, and a pipeline of threads then waits on every unmap's TLB shootdown
-    from . import _core
-
     try:
         raw = _core.map_range(info.path, off, info.nbytes)
     except (OSError, ValueError) as e:

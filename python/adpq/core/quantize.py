@@ -1,77 +1,55 @@
 """The notebook API: quantize, dequantize, outlier_mask, soft_threshold."""
 from __future__ import annotations
 
-import math
-from typing import Any, Optional, Tuple, Union
+import dataclasses
+from typing import Any, Optional, Union
 
-import ml_dtypes
 import numpy as np
 
-from . import _core
-from .config import _DTYPE_CODE, QuantConfig, default_threads
+from .. import _core
+from . import dtypes, thresholds
+from .arrays import as_weight_matrix, to_float32
+from .config import QuantConfig, default_threads
 from .layout import layout_of
 from .quantized import QuantizedTensor
 
-_UNSET: Any = object()
+
+class _Default:
+    """A keyword left out: help() shows QuantConfig's default, and `config` (if given) supplies the value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
 
-def as_weight_matrix(w: Any, name: str = "w") -> Tuple[np.ndarray, str, Tuple[int, ...]]:
-    """Checks a weight array and returns (2-D array the C core can read, dtype name, original shape).
-
-    float32, float16 and bfloat16 are read as they are (any row stride; other layouts are copied);
-    float64 is converted to float32.
-    """
-    if not isinstance(w, np.ndarray):
-        if hasattr(w, "__array__") or isinstance(w, (list, tuple)):
-            w = np.asarray(w)
-        else:
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(w).__name__}")
-    dt = w.dtype
-    if dt == np.dtype(ml_dtypes.bfloat16):
-        dname = "bfloat16"
-    elif dt == np.float32:
-        dname = "float32"
-    elif dt == np.float16:
-        dname = "float16"
-    elif dt == np.float64:
-        dname = "float32"
-        with np.errstate(over="ignore"):
-            w = w.astype(np.float32)
-    else:
-        raise TypeError(f"{name} must be a float32, float16 or bfloat16 array, got dtype {dt}")
-    if w.ndim not in (1, 2):
-        raise ValueError(f"{name} must be 1-D (one row) or 2-D, got {w.ndim}-D with shape {w.shape}")
-    if w.size == 0:
-        raise ValueError(f"{name} is empty (shape {w.shape})")
-    shape = tuple(w.shape)
-    w2 = w.reshape(1, -1) if w.ndim == 1 else w
-    item = w2.dtype.itemsize
-    rows_ok = w2.shape[0] == 1 or (w2.strides[0] > 0 and w2.strides[0] % item == 0
-                                   and w2.strides[0] >= w2.shape[1] * item)
-    if not (w2.shape[1] == 1 or w2.strides[1] == item) or not rows_ok or not w2.flags.aligned:
-        w2 = np.ascontiguousarray(w2)
-    if dname != "float32":
-        w2 = w2.view(np.uint16)
-    return w2, dname, shape
+_D = {f.name: _Default(f.default) for f in dataclasses.fields(QuantConfig)}
 
 
 def _resolve_config(config: Optional[QuantConfig], **params: Any) -> QuantConfig:
     if config is not None and not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
     base = config if config is not None else QuantConfig()
-    changes = {k: v for k, v in params.items() if v is not _UNSET}
+    changes = {k: v for k, v in params.items() if not isinstance(v, _Default)}
     return base.replace(**changes) if changes else base
 
 
-def quantize(w: Any, bits: int = _UNSET, group_size: int = _UNSET, outlier_ratio: float = _UNSET,
-             outlier_scope: str = _UNSET, gamma: float = _UNSET, lam: Optional[float] = _UNSET,
-             symmetric: bool = _UNSET, outlier_format: str = _UNSET, threads: Optional[int] = _UNSET,
-             scale_dtype: str = _UNSET, zero_point: str = _UNSET, column_scaling: str = _UNSET,
+def quantize(w: Any, bits: int = _D["bits"], group_size: int = _D["group_size"],
+             outlier_ratio: float = _D["outlier_ratio"], outlier_scope: str = _D["outlier_scope"],
+             gamma: float = _D["gamma"], lam: Optional[float] = _D["lam"], symmetric: bool = _D["symmetric"],
+             outlier_format: str = _D["outlier_format"], threads: Optional[int] = _D["threads"],
+             scale_dtype: str = _D["scale_dtype"], zero_point: str = _D["zero_point"],
+             column_scaling: str = _D["column_scaling"],
              config: Optional[QuantConfig] = None) -> QuantizedTensor:
     """Quantizes a 1-D or 2-D float array with AdpQ.
 
-    Parameters default to QuantConfig()'s (bits=3, group_size=128, symmetric, ...); `config` gives them all
-    at once and keyword arguments override it. See QuantConfig for their meaning.
+    w: a NumPy array or a CPU torch tensor of float32, float16 or bfloat16 (float64 is converted to
+    float32), read in place where its layout allows.
+    The defaults shown are QuantConfig()'s; `config` gives every parameter at once, and keyword
+    arguments override it. See QuantConfig for their meaning.
     The C core runs multi-threaded with the GIL released.
     """
     cfg = _resolve_config(config, bits=bits, group_size=group_size, outlier_ratio=outlier_ratio,
@@ -90,7 +68,7 @@ def _quantize_raw(w: Any, cfg: QuantConfig):
     w2, dname, shape = as_weight_matrix(w)
     cfg = cfg.resolved(w2.shape[0])
     scales, mul = _column_scaling(w2, dname, cfg)
-    return _core.quantize(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul), scales, cfg, dname, shape
+    return _core.quantize(w2, dtypes.C_CODE[dname], cfg.core_tuple(), mul), scales, cfg, dname, shape
 
 
 def quantize_diagnostics(w: Any, config: Optional[QuantConfig] = None) -> dict:
@@ -106,14 +84,14 @@ def _column_scaling(w2: np.ndarray, dname: str, cfg: QuantConfig):
     """(column scales, the float32 factors the C core multiplies columns by), or (None, None)."""
     if cfg.column_scaling == "none":
         return None, None
-    bits, mul = _core.column_scales(w2, _DTYPE_CODE[dname], cfg.threads or default_threads())
-    return bits.view(ml_dtypes.bfloat16), mul  # (columns.scales_from_means and multipliers, in C)
+    bits, mul = _core.column_scales(w2, dtypes.C_CODE[dname], cfg.threads or default_threads())
+    return bits.view(dtypes.NUMPY["bfloat16"]), mul  # (reference.columns' scales and multipliers, in C)
 
 
 def _typed_arrays(raw: dict, cfg: QuantConfig) -> dict:
     """The core returns 16-bit floats as uint16 bits: give them their dtype. (Its "_" entries are
     diagnostics, not stored arrays.)"""
-    sdt = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[cfg.scale_dtype]
+    sdt = dtypes.NUMPY[cfg.scale_dtype]
     out = {}
     for k, v in raw.items():
         if k.startswith("_"):
@@ -134,9 +112,10 @@ def dequantize(qt: QuantizedTensor, dtype: Union[None, str, np.dtype] = None,
     return qt.dequantize(dtype=dtype, threads=threads)
 
 
-def outlier_mask(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _UNSET, group_size: int = _UNSET,
-                 gamma: float = _UNSET, lam: Optional[float] = _UNSET, threads: Optional[int] = _UNSET,
-                 column_scaling: str = _UNSET, config: Optional[QuantConfig] = None) -> np.ndarray:
+def outlier_mask(w: Any, outlier_ratio: float = _D["outlier_ratio"], outlier_scope: str = _D["outlier_scope"],
+                 group_size: int = _D["group_size"], gamma: float = _D["gamma"], lam: Optional[float] = _D["lam"],
+                 threads: Optional[int] = _D["threads"], column_scaling: str = _D["column_scaling"],
+                 config: Optional[QuantConfig] = None) -> np.ndarray:
     """The outlier set O that quantize would use, as a bool array of w's shape (computed in C)."""
     cfg = _resolve_config(config, outlier_ratio=outlier_ratio, outlier_scope=outlier_scope,
                           group_size=group_size, gamma=gamma, lam=lam, threads=threads,
@@ -144,13 +123,14 @@ def outlier_mask(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _UN
     w2, dname, shape = as_weight_matrix(w)
     cfg = cfg.resolved(w2.shape[0])
     _, mul = _column_scaling(w2, dname, cfg)
-    return _core.outlier_mask(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul).reshape(shape)
+    return _core.outlier_mask(w2, dtypes.C_CODE[dname], cfg.core_tuple(), mul).reshape(shape)
 
 
-def soft_threshold(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _UNSET, group_size: int = _UNSET,
-                   gamma: float = _UNSET, lam: Optional[float] = _UNSET, column_scaling: str = _UNSET,
+def soft_threshold(w: Any, outlier_ratio: float = _D["outlier_ratio"], outlier_scope: str = _D["outlier_scope"],
+                   group_size: int = _D["group_size"], gamma: float = _D["gamma"], lam: Optional[float] = _D["lam"],
+                   column_scaling: str = _D["column_scaling"],
                    config: Optional[QuantConfig] = None, return_mask: bool = False):
-    """The Adaptive-LASSO estimate b (DESIGN.md 2.1), float32 of w's shape.
+    """The Adaptive-LASSO estimate b (docs/DESIGN.md 2.1), float32 of w's shape.
 
     b_i = sign(w_i) * max(|w_i| - lambda' / |w_i|^gamma, 0) for i in O, 0 elsewhere, where O is
     exactly the outlier set quantize uses and lambda' = t^(1+gamma) per scope:
@@ -167,8 +147,8 @@ def soft_threshold(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _
     w2, dname, shape = as_weight_matrix(w)
     cfg = cfg.resolved(w2.shape[0])
     scales, mul = _column_scaling(w2, dname, cfg)
-    mask = _core.outlier_mask(w2, _DTYPE_CODE[dname], cfg.core_tuple(), mul)
-    wf = _to_float32(w2, dname)
+    mask = _core.outlier_mask(w2, dtypes.C_CODE[dname], cfg.core_tuple(), mul)
+    wf = to_float32(w2, dname)
     if mul is not None:
         wf = wf * mul[None, :]
     wf = wf.astype(np.float64)
@@ -183,34 +163,19 @@ def soft_threshold(w: Any, outlier_ratio: float = _UNSET, outlier_scope: str = _
     return (b, mask.reshape(shape)) if return_mask else b
 
 
-def _to_float32(w2: np.ndarray, dname: str) -> np.ndarray:
-    if dname == "float32":
-        return w2
-    return w2.view(np.float16 if dname == "float16" else ml_dtypes.bfloat16).astype(np.float32)
-
-
-def _lower_median_nonzero(a: np.ndarray, axis: int) -> np.ndarray:
-    """Lower median of the nonzero entries along axis (0 where all are zero)."""
-    s = np.sort(a, axis=axis)
-    nnz = np.count_nonzero(a, axis=axis)
-    idx = (a.shape[axis] - nnz) + np.maximum(nnz - 1, 0) // 2
-    med = np.take_along_axis(s, np.expand_dims(idx, axis), axis=axis).squeeze(axis)
-    return np.where(nnz > 0, med, 0.0)
-
-
 def _scope_thresholds(a: np.ndarray, mask: np.ndarray, cfg: QuantConfig) -> np.ndarray:
     """t per element (broadcast from its scope), for soft_threshold."""
-    c = math.pow(cfg.lam * 0.5, 1.0 / (1.0 + cfg.gamma)) if cfg.lam is not None else None
+    c = thresholds.lam_factor(cfg.lam, cfg.gamma) if cfg.lam is not None else None
     if cfg.outlier_scope == "tensor":
         if c is not None:
-            return np.full_like(a, float(_lower_median_nonzero(a.reshape(1, -1), 1)[0]) * c)
+            return np.full_like(a, float(thresholds.lower_median_nonzero(a.reshape(1, -1), 1)[0][0]) * c)
         inl = a[~mask]
         return np.full_like(a, float(inl.max()) if inl.size else 0.0)
     lay = layout_of(a.shape[0], a.shape[1], cfg)
     pad = lay.groups_per_row * lay.group_size - lay.cols
     ap = np.pad(a, ((0, 0), (0, pad))).reshape(lay.rows, lay.groups_per_row, lay.group_size)
     if c is not None:
-        tg = _lower_median_nonzero(ap, 2) * c
+        tg = thresholds.lower_median_nonzero(ap, 2)[0] * c
     else:
         mp = np.pad(mask, ((0, 0), (0, pad))).reshape(ap.shape)
         tg = np.where(mp, 0.0, ap).max(axis=2)

@@ -3,18 +3,14 @@ from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Tuple, Union
 
-import ml_dtypes
 import numpy as np
 
-from . import _core
+from .. import _core
+from . import dtypes
 from .config import QuantConfig
 from .layout import ARRAY_NAMES, CODE_ARRAYS, OUTLIER_ARRAYS, SCALE_ARRAYS, layout_of, scale_np_dtype, unpack_bits
 
-INPUT_DTYPES = ("float32", "float16", "bfloat16")
-
-
-def np_dtype(name: str) -> np.dtype:
-    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+INPUT_DTYPES = dtypes.FLOAT_DTYPES
 
 
 def _raw(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -22,13 +18,13 @@ def _raw(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
     if a is None:
         return None
     a = np.ascontiguousarray(a)
-    if a.dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
+    if a.dtype in (dtypes.NUMPY["float16"], dtypes.NUMPY["bfloat16"]):
         return a.view(np.uint16)
     return a
 
 
 class QuantizedTensor:
-    """A matrix quantized with AdpQ. Holds NumPy arrays only (see adpq.layout for the format).
+    """A matrix quantized with AdpQ. Holds NumPy arrays only (docs/FORMAT.md, adpq.core.layout).
 
     Build one with adpq.quantize(w, ...) or QuantizedTensor.from_arrays(...).
     """
@@ -90,7 +86,7 @@ class QuantizedTensor:
             if "column_scales" in self._arrays:
                 raise ValueError("column_scaling 'none' stores no 'column_scales'")
         else:
-            self._expect("column_scales", np.dtype(ml_dtypes.bfloat16), lay.cols)
+            self._expect("column_scales", dtypes.NUMPY["bfloat16"], lay.cols)
             c = self._arrays["column_scales"].astype(np.float32)
             if not np.all(np.isfinite(c) & (c > 0)):
                 raise ValueError("column_scales must be finite and > 0 (as quantize writes them)")
@@ -170,7 +166,7 @@ class QuantizedTensor:
             self.num_outlier_groups, _raw(a["codes"]), _raw(a["scales"]), _raw(a.get("zeros")),
             _raw(a.get("outlier_counts")), _raw(a.get("outlier_scales")), _raw(a.get("outlier_zeros")),
             _raw(a.get("outlier_indices")), _raw(a.get("outlier_values")),
-            # (columns.unscale's product, done by the C core on each row while it is in cache)
+            # (the column scales' product, done by the C core on each row while it is in cache)
             np.asarray(a["column_scales"], dtype=np.float32) if "column_scales" in a else None,
         )
 
@@ -180,8 +176,8 @@ class QuantizedTensor:
         out = out.reshape(self.shape)
         if dtype is None:
             return out
-        target = np_dtype(self.dtype) if (isinstance(dtype, str) and dtype == "input") else np.dtype(dtype)
-        if target.kind != "f" and target != np.dtype(ml_dtypes.bfloat16):
+        target = dtypes.NUMPY[self.dtype] if (isinstance(dtype, str) and dtype == "input") else np.dtype(dtype)
+        if target.kind != "f" and target != dtypes.NUMPY["bfloat16"]:
             raise TypeError(f"dtype must be a float dtype, got {target}")
         return out.astype(target)
 

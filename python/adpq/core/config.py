@@ -1,4 +1,4 @@
-"""QuantConfig: every parameter of the AdpQ quantizer, validated, as one dataclass."""
+"""QuantConfig: every parameter of the AdpQ quantizer, validated, as one dataclass (docs/DESIGN.md 2)."""
 from __future__ import annotations
 
 import copy
@@ -9,17 +9,19 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from . import dtypes
+
 BITS = (2, 3, 4, 8)
 SCOPES = ("tensor", "group")
 OUTLIER_FORMATS = ("group", "fp16")
-SCALE_DTYPES = ("float16", "bfloat16", "float32")
+SCALE_DTYPES = dtypes.FLOAT_DTYPES
 ZERO_POINTS = ("float", "integer")
-COLUMN_SCALINGS = ("auto", "none", "mean_abs")  # (adpq.columns)
+COLUMN_SCALINGS = ("auto", "none", "mean_abs")
 AUTO_COLUMN_SCALING_MIN_ROWS = 64  # "auto": 16 bits per column cost at most 0.25 bits per weight
 MAX_OUTLIER_RATIO = 0.5
+MIN_GROUP_SIZE = 8  # ADPQ_MIN_GROUP_SIZE of csrc/adpq.h (tests hold the two equal)
 
 # codes shared with the C core (csrc/adpq.h)
-_DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2}
 _SCOPE_CODE = {"tensor": 0, "group": 1}
 _FORMAT_CODE = {"group": 0, "fp16": 1}
 
@@ -42,7 +44,7 @@ def default_threads() -> int:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Parameters of the AdpQ quantizer (DESIGN.md section 2).
+    """Parameters of the AdpQ quantizer (docs/DESIGN.md section 2).
 
     bits            code width: 2, 3, 4 or 8.
     group_size      weights per group along a row (>= 8), or -1 for one group per row.
@@ -63,7 +65,7 @@ class QuantConfig:
     zero_point      asymmetric quantizers: "float" (z = -min/s as stored) or "integer"
                     (z = rint(-min/s): a level sits exactly at 0, as in GPTQ).
     column_scaling  "mean_abs": quantize W * (1/c), c_j = mean |w| of input column j (stored as
-                    bfloat16, 16 bits per column; see adpq.columns; our addition); "none"; or
+                    bfloat16, 16 bits per column; docs/DESIGN.md 2.3; our addition); "none"; or
                     "auto" (default): "mean_abs" for matrices of at least 64 rows, else "none".
                     A QuantizedTensor's config holds the resolved choice.
     """
@@ -88,8 +90,9 @@ class QuantConfig:
             raise ValueError(f"bits must be one of {BITS}, got {self.bits}")
         if not _is_int(self.group_size):
             raise TypeError(f"group_size must be an int, got {type(self.group_size).__name__}")
-        if self.group_size != -1 and self.group_size < 8:
-            raise ValueError(f"group_size must be -1 (one group per row) or >= 8, got {self.group_size}")
+        if self.group_size != -1 and self.group_size < MIN_GROUP_SIZE:
+            raise ValueError(f"group_size must be -1 (one group per row) or >= {MIN_GROUP_SIZE}, "
+                             f"got {self.group_size}")
         if not _is_real(self.outlier_ratio):
             raise TypeError(f"outlier_ratio must be a number, got {type(self.outlier_ratio).__name__}")
         if not (0.0 <= float(self.outlier_ratio) <= MAX_OUTLIER_RATIO):
@@ -161,7 +164,7 @@ class QuantConfig:
             float(self.gamma),
             int(bool(self.symmetric)),
             _FORMAT_CODE[self.outlier_format],
-            _DTYPE_CODE[self.scale_dtype],
+            dtypes.C_CODE[self.scale_dtype],
             int(t),
             int(self.zero_point == "integer"),
         )

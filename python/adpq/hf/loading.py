@@ -1,0 +1,100 @@
+"""Layer 4: adpq folders into transformers (weights dequantized at load).
+
+The format is specified in docs/FORMAT.md; adpq.io reads it (adpq.io.adpq_format).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import numpy as np
+
+from ..core import dtypes
+from ..io.adpq_format import AdpqCheckpoint
+from ..io.folder import CheckpointError, adpq_quantization_config, check_complete, read_config
+
+__all__ = ["load", "load_state_dict", "torch_dtype"]
+
+
+def _to_torch(a: np.ndarray):
+    import ml_dtypes
+    import torch
+
+    a = np.asarray(a)
+    if a.dtype == dtypes.NUMPY["bfloat16"]:
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16).copy()).view(torch.bfloat16)
+    if a.dtype.kind == "V" or a.dtype in (np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2)):
+        t = torch.from_numpy(np.ascontiguousarray(a).view(np.uint8).copy())
+        return t.view(torch.float8_e4m3fn if a.dtype == np.dtype(ml_dtypes.float8_e4m3fn) else torch.float8_e5m2)
+    return torch.from_numpy(np.array(a))
+
+
+def torch_dtype(dtype):
+    """The torch dtype of a float dtype name (any spelling adpq.core.dtypes.canonical takes); None stays None."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    return getattr(torch, dtypes.canonical(dtype))
+
+
+def load_state_dict(path, dtype=None) -> Dict[str, Any]:
+    """A torch state dict of an adpq folder: quantized tensors dequantized; floating tensors cast to dtype."""
+    tdt = torch_dtype(dtype)
+    ck = AdpqCheckpoint(path)
+    sd = {}
+    for name in ck.names():
+        t = _to_torch(ck.tensor(name))
+        if tdt is not None and t.is_floating_point():
+            t = t.to(tdt)
+        sd[name] = t
+    return sd
+
+
+def load(path, device="cpu", dtype=None):
+    """A transformers model from an adpq-format folder (an ordinary HF folder is loaded as it is).
+
+    Weights are dequantized at load; dtype defaults to the checkpoint's dtype (config.json).
+    """
+    import torch
+    import transformers
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such folder")
+    check_complete(path)
+    cfg = read_config(path)
+    if cfg is None:
+        raise CheckpointError(f"{path}: no config.json (not a Hugging Face model folder)")
+    tdt = torch_dtype(dtype)
+    if adpq_quantization_config(cfg) is None:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=tdt if tdt is not None else "auto")
+        return model.to(device).eval()
+    cfg.pop("quantization_config")
+    if tdt is None:
+        tdt = torch_dtype(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    sd = load_state_dict(path, dtype=tdt)
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise CheckpointError(f"{path}/config.json has no model_type")
+    hf_config = transformers.AutoConfig.for_model(model_type, **cfg)
+    cls = None
+    for arch in cfg.get("architectures") or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            break
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(tdt)
+    try:
+        model = cls(hf_config) if cls is not None else transformers.AutoModelForCausalLM.from_config(hf_config)
+    finally:
+        torch.set_default_dtype(prev)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+    if tied:
+        model.tie_weights()
+    real_missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
+    if real_missing or unexpected:
+        raise CheckpointError(f"{path}: state dict does not fit {type(model).__name__}: "
+                              f"missing {real_missing[:5]}, unexpected {list(unexpected)[:5]}")
+    return model.to(device=device).eval()
