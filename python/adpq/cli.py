@@ -89,7 +89,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--traceback", action="store_true", help="show Python tracebacks for errors")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    fmt = {"formatter_class": _HelpFormatter}
 
     q = sub.add_parser("quantize", help="quantize a Hugging Face safetensors folder", **fmt,
                        description="Quantize a Hugging Face safetensors folder tensor by tensor, each memory-mapped "
