@@ -99,7 +99,7 @@ def _typed_arrays(raw: dict, cfg: QuantConfig) -> dict:
         if k in ("scales", "zeros", "outlier_scales", "outlier_zeros") and cfg.scale_dtype != "float32":
             v = v.view(sdt)
         elif k == "outlier_values":
-            v = v.view(np.float16)
+            v = v.view(dtypes.NUMPY["float16"])
         out[k] = v
     return out
 

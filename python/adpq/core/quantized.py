@@ -113,7 +113,7 @@ class QuantizedTensor:
             if "outlier_values" in self._arrays:
                 raise ValueError("outlier_format 'group' stores no 'outlier_values'")
         else:
-            self._expect("outlier_values", np.dtype(np.float16), self.num_outliers)
+            self._expect("outlier_values", dtypes.NUMPY["float16"], self.num_outliers)
             for k in ("outlier_scales", "outlier_zeros"):
                 if k in self._arrays:
                     raise ValueError(f"outlier_format 'fp16' stores no {k!r}")

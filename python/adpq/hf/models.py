@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from .loading import torch_dtype
+
 __all__ = ["MODELS", "available_models", "find_gguf", "prepare", "generate_sample"]
 
 PROVENANCE_FILE = "ADPQ_PROVENANCE.json"
@@ -297,25 +299,6 @@ def _load_tokenizer(gguf: Path):
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
-# --------------------------------------------------------------------------------------------
-
-
-def _resolve_dtype(dtype):
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-        "float32": torch.float32, "fp32": torch.float32,
-        "float16": torch.float16, "fp16": torch.float16,
-    }
-    try:
-        return table[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unsupported dtype {dtype!r}; use bfloat16, float16 or float32") from None
-
-
 def prepare(
     name: str,
     out_dir,
@@ -354,7 +337,7 @@ def prepare(
         import transformers
     except ImportError as e:
         raise _missing(spec, f"torch/transformers are not installed ({e})") from e
-    tdtype = _resolve_dtype(dtype)
+    tdtype = torch_dtype(dtype)
 
     say(f"hashing {gguf}")
     digest = _sha256(gguf)
