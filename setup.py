@@ -5,6 +5,7 @@ Environment knobs:
   ADPQ_DEBUG=1      -O0 -g
 """
 import os
+import re
 import sys
 
 import numpy as np
@@ -30,6 +31,18 @@ sources = [
     "csrc/adpqmodule.c",
 ]
 
+
+def package_version():
+    """The version in python/adpq/_version.py, the one place it is written (the C core gets it as
+    -DADPQ_VERSION, the package metadata through pyproject.toml)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "python", "adpq", "_version.py")
+    with open(path, encoding="utf-8") as f:
+        m = re.fullmatch(r'__version__ = "([0-9A-Za-z.+-]+)"\n?', f.read())
+    if not m:
+        raise SystemExit(f"adpq: {path} must be one line: __version__ = \"X.Y.Z\"")
+    return m.group(1)
+
+
 # -ffp-contract=off: no fused multiply-add, so the C core and the NumPy reference
 # round identically (bit-exactness is a tested property).
 extra_compile_args = ["-std=c11", "-Wall", "-Wextra", "-ffp-contract=off", "-fno-strict-aliasing"]
@@ -54,7 +67,8 @@ setup(
             "adpq._core",
             sources=sources,
             include_dirs=["csrc", np.get_include()],
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION"),
+                           ("ADPQ_VERSION", f'"{package_version()}"')],
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
         )

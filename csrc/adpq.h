@@ -27,6 +27,15 @@ extern "C" {
 
 #define ADPQ_ERRLEN 256
 
+/* The smallest group_size other than -1 (the Python layer checks the same value, _core.MIN_GROUP_SIZE). */
+#define ADPQ_MIN_GROUP_SIZE 8
+
+/* The package version, which setup.py and tests/c/Makefile pass as -DADPQ_VERSION="..." from
+ * python/adpq/_version.py; adpq_version() returns it. */
+#ifndef ADPQ_VERSION
+#define ADPQ_VERSION "unknown"
+#endif
+
 typedef enum {
     ADPQ_OK = 0,
     ADPQ_ERR_ARG = 1,       /* a bad argument (size, option, inconsistent arrays) */
@@ -49,7 +58,8 @@ typedef enum { ADPQ_ROUTE_AUTO = 0, ADPQ_ROUTE_ONE_PASS = 1, ADPQ_ROUTE_TWO_PASS
 
 typedef struct {
     int bits;               /* 2, 3, 4 or 8 */
-    int64_t group_size;     /* >= 2, or -1 for one group per row (per-channel) */
+    int64_t group_size;     /* >= ADPQ_MIN_GROUP_SIZE, or -1 for one group per row (per-channel); a
+                               group longer than the row is the row */
     int scope;              /* adpq_scope: one lambda per matrix or one per group */
     int use_lam;            /* 0: solve lambda so that |O| = round(outlier_ratio * n) per scope;
                                1: explicit lambda `lam` on weights normalised by the scope's scale */
@@ -112,6 +122,7 @@ typedef struct {
     int64_t fixed_groups;
 } adpq_qmatrix;
 
+/* ADPQ_VERSION as this library was built */
 const char *adpq_version(void);
 
 /* Fills *layout; ADPQ_ERR_ARG for sizes or options out of range. */

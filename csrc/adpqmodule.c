@@ -588,6 +588,10 @@ PyMODINIT_FUNC PyInit__core(void) {
     adpq_set_kernels("auto");
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    PyModule_AddStringConstant(m, "version", adpq_version());
+    if (PyModule_AddStringConstant(m, "VERSION", adpq_version()) < 0 ||
+        PyModule_AddIntConstant(m, "MIN_GROUP_SIZE", ADPQ_MIN_GROUP_SIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

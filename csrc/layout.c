@@ -5,7 +5,7 @@
 
 #include "internal.h"
 
-const char *adpq_version(void) { return "0.1.0"; }
+const char *adpq_version(void) { return ADPQ_VERSION; }
 
 void adpq_set_err(char *err, const char *fmt, ...) {
     if (!err) return;
@@ -33,8 +33,9 @@ adpq_status adpq_layout_of(int64_t rows, int64_t cols, const adpq_config *cfg, a
         adpq_set_err(err, "bits must be 2, 3, 4 or 8 (got %d)", cfg->bits);
         return ADPQ_ERR_ARG;
     }
-    if (cfg->group_size != -1 && cfg->group_size < 2) {
-        adpq_set_err(err, "group_size must be >= 2 or -1 (got %lld)", (long long)cfg->group_size);
+    if (cfg->group_size != -1 && cfg->group_size < ADPQ_MIN_GROUP_SIZE) {
+        adpq_set_err(err, "group_size must be -1 (one group per row) or >= %d (got %lld)", ADPQ_MIN_GROUP_SIZE,
+                     (long long)cfg->group_size);
         return ADPQ_ERR_ARG;
     }
     if (cfg->scope != ADPQ_SCOPE_TENSOR && cfg->scope != ADPQ_SCOPE_GROUP) {
