@@ -18,7 +18,7 @@ GPTQ reimplementation (16 random windows x 512 tokens of WikiText-2 *validation*
 model's tokenizer, seed 0). Never the test split.
 
 Output: an ordinary HF folder with the dequantized (fake-quantized) weights in bfloat16, and
-peer_quantization.json with bits/weight counted as for every method (DESIGN.md 2.3): codes at exactly
+peer_quantization.json with bits/weight counted as for every method (docs/DESIGN.md 2.3): codes at exactly
 `bits` bits, every stored scale (and zero-point when asymmetric) in its dtype.
 """
 from __future__ import annotations

