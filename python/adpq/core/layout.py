@@ -72,7 +72,7 @@ class Layout:
 
 
 def layout_of(rows: int, cols: int, config: QuantConfig) -> Layout:
-    """Mirror of adpq_layout_of in csrc/adpq.c."""
+    """Mirror of adpq_layout_of in csrc/layout.c."""
     g = cols if config.group_size == -1 else min(config.group_size, cols)
     count_dtype = np.dtype(np.uint8 if g <= 255 else np.uint16 if g <= 65535 else np.uint32)
     index_bits = max(1, int(g - 1).bit_length())
