@@ -207,7 +207,7 @@ def main(argv=None):
                           f"{row['input_gb_per_s']:6.2f} {t_r * 1e3:8.1f} {row['ratio_to_read']:6.2f} "
                           f"{row['passes']:>6} {100 * row['fixed_group_fraction']:6.2f}")
     # one pass against two (csrc/threshold.c picks one pass for column-scaled matrices >= 24 MiB):
-    # both forced through ADPQ_ONE_PASS, interleaved, 1 thread, outliers at the default ratio
+    # both forced with quantize's one_pass, interleaved, 1 thread, outliers at the default ratio
     routes = []
     print(f"\n{'shape':>12} {'dtype':>8} {'cols':>8} {'two passes ms':>14} {'one pass ms':>12} {'one/two':>8}")
     for shape in shapes:
@@ -220,10 +220,8 @@ def main(argv=None):
                 times = {"never": [], "always": []}
                 for _ in range(3):
                     for mode in times:
-                        os.environ["ADPQ_ONE_PASS"] = mode
-                        adpq.quantize(w, config=cfg)
-                        times[mode].append(median_time(lambda: adpq.quantize(w, config=cfg), repeats))
-                os.environ.pop("ADPQ_ONE_PASS")
+                        adpq.quantize(w, config=cfg, one_pass=mode)
+                        times[mode].append(median_time(lambda: adpq.quantize(w, config=cfg, one_pass=mode), repeats))
                 two, one = statistics.median(times["never"]), statistics.median(times["always"])
                 routes.append(dict(shape=list(shape), dtype=dtype, column_scaling=cs, two_pass_seconds=two,
                                    one_pass_seconds=one))

@@ -1,12 +1,16 @@
 /* adpqmodule.c - the thin CPython/NumPy wrapper over the C core (adpq._core).
  * It checks arguments and array sizes, releases the GIL around the C work, and moves results
- * into NumPy arrays. It does no arithmetic on weights. The Python layer (adpq/core.py) converts
- * user input (dtypes, 1-D, strides) before calling here; these checks are the last line. */
+ * into NumPy arrays. It does no arithmetic on weights. Arguments have names (keywords, a config
+ * dict with adpq_config's field names, arrays by name); python/adpq/_core.pyi documents them. The
+ * Python layer (adpq/core/) converts user input (dtypes, 1-D, strides) before calling here; these
+ * checks are the last line. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <numpy/arrayobject.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -15,18 +19,109 @@
 #include "adpq.h"
 #include "internal.h" /* adpq_select_kth_largest, for its test */
 
-static int parse_config(PyObject *tuple, adpq_config *cfg) {
-    long long gs;
-    if (!PyArg_ParseTuple(tuple, "iLiidddiiiii", &cfg->bits, &gs, &cfg->scope, &cfg->use_lam, &cfg->outlier_ratio,
-                          &cfg->lam, &cfg->gamma, &cfg->symmetric, &cfg->outlier_format, &cfg->scale_dtype,
-                          &cfg->threads, &cfg->integer_zero))
+/* A config is a dict with exactly the fields of adpq_config (adpq.h) but `route`, which is a keyword
+ * of quantize: {"bits": int, "group_size": int, "scope": int, "use_lam": 0|1, "outlier_ratio": float,
+ * "lam": float, "gamma": float, "symmetric": 0|1, "outlier_format": int, "scale_dtype": int,
+ * "threads": int, "integer_zero": 0|1}. Values are checked by adpq_layout_of. */
+typedef struct {
+    const char *name;
+    char kind; /* 'i' int, 'L' int64, 'f' 0/1 flag (bool or int), 'd' double (float or int) */
+    size_t offset;
+} config_field;
+
+static const config_field CONFIG_FIELDS[] = {
+    {"bits", 'i', offsetof(adpq_config, bits)},
+    {"group_size", 'L', offsetof(adpq_config, group_size)},
+    {"scope", 'i', offsetof(adpq_config, scope)},
+    {"use_lam", 'f', offsetof(adpq_config, use_lam)},
+    {"outlier_ratio", 'd', offsetof(adpq_config, outlier_ratio)},
+    {"lam", 'd', offsetof(adpq_config, lam)},
+    {"gamma", 'd', offsetof(adpq_config, gamma)},
+    {"symmetric", 'f', offsetof(adpq_config, symmetric)},
+    {"outlier_format", 'i', offsetof(adpq_config, outlier_format)},
+    {"scale_dtype", 'i', offsetof(adpq_config, scale_dtype)},
+    {"threads", 'i', offsetof(adpq_config, threads)},
+    {"integer_zero", 'f', offsetof(adpq_config, integer_zero)},
+};
+#define N_CONFIG_FIELDS ((Py_ssize_t)(sizeof(CONFIG_FIELDS) / sizeof(CONFIG_FIELDS[0])))
+
+static int config_field_value(const config_field *f, PyObject *v, adpq_config *cfg) {
+    char *dst = (char *)cfg + f->offset;
+    if (f->kind == 'd') {
+        if (PyBool_Check(v) || !(PyFloat_Check(v) || PyLong_Check(v))) {
+            PyErr_Format(PyExc_TypeError, "config['%s'] must be a float, got %s", f->name, Py_TYPE(v)->tp_name);
+            return -1;
+        }
+        const double x = PyFloat_AsDouble(v);
+        if (x == -1.0 && PyErr_Occurred()) return -1;
+        memcpy(dst, &x, sizeof(x));
+        return 0;
+    }
+    if (!PyLong_Check(v) || (PyBool_Check(v) && f->kind != 'f')) {
+        PyErr_Format(PyExc_TypeError, "config['%s'] must be an int%s, got %s", f->name, f->kind == 'f' ? " (0 or 1)" : "",
+                     Py_TYPE(v)->tp_name);
         return -1;
-    cfg->group_size = (int64_t)gs;
-    /* a bridge until the Python layer passes the route itself: the old environment switch */
-    const char *mode = getenv("ADPQ_ONE_PASS");
-    cfg->route = mode && !strcmp(mode, "always") ? ADPQ_ROUTE_ONE_PASS
-               : mode && !strcmp(mode, "never")  ? ADPQ_ROUTE_TWO_PASS
-                                                 : ADPQ_ROUTE_AUTO;
+    }
+    int overflow = 0;
+    const long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (overflow || (f->kind != 'L' && (x < INT_MIN || x > INT_MAX)) || (f->kind == 'f' && x != 0 && x != 1)) {
+        PyErr_Format(PyExc_ValueError, "config['%s'] = %R is out of range%s", f->name, v, f->kind == 'f' ? " (0 or 1)" : "");
+        return -1;
+    }
+    if (f->kind == 'L') {
+        const int64_t y = (int64_t)x;
+        memcpy(dst, &y, sizeof(y));
+    } else {
+        const int y = (int)x;
+        memcpy(dst, &y, sizeof(y));
+    }
+    return 0;
+}
+
+static int parse_config(PyObject *obj, adpq_config *cfg) {
+    if (!PyDict_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "config must be a dict of the adpq_config fields (bits, group_size, ...), got %s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    memset(cfg, 0, sizeof(*cfg));
+    for (Py_ssize_t i = 0; i < N_CONFIG_FIELDS; i++) {
+        PyObject *v = PyDict_GetItemString(obj, CONFIG_FIELDS[i].name); /* (borrowed) */
+        if (!v) {
+            PyErr_Format(PyExc_TypeError, "config is missing '%s'", CONFIG_FIELDS[i].name);
+            return -1;
+        }
+        if (config_field_value(&CONFIG_FIELDS[i], v, cfg)) return -1;
+    }
+    if (PyDict_Size(obj) != N_CONFIG_FIELDS) { /* every field is there: some other key too */
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(obj, &pos, &key, &value)) {
+            int known = 0;
+            for (Py_ssize_t i = 0; i < N_CONFIG_FIELDS && !known; i++)
+                known = PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, CONFIG_FIELDS[i].name) == 0;
+            if (!known) {
+                PyErr_Format(PyExc_TypeError, "config has an unknown key %R (route is a keyword of quantize)", key);
+                return -1;
+            }
+        }
+    }
+    cfg->route = ADPQ_ROUTE_AUTO;
+    return 0;
+}
+
+static int parse_route(const char *route, adpq_config *cfg) {
+    if (!route || !strcmp(route, "auto"))
+        cfg->route = ADPQ_ROUTE_AUTO;
+    else if (!strcmp(route, "one_pass"))
+        cfg->route = ADPQ_ROUTE_ONE_PASS;
+    else if (!strcmp(route, "two_pass"))
+        cfg->route = ADPQ_ROUTE_TWO_PASS;
+    else {
+        PyErr_Format(PyExc_ValueError, "route must be 'auto', 'one_pass' or 'two_pass', got '%s'", route);
+        return -1;
+    }
     return 0;
 }
 
@@ -121,17 +216,21 @@ static int set_item(PyObject *d, const char *key, PyObject *v) {
 
 static int count_typenum(int bytes) { return bytes == 1 ? NPY_UINT8 : bytes == 2 ? NPY_UINT16 : NPY_UINT32; }
 
-static PyObject *py_quantize(PyObject *self, PyObject *args) {
+static PyObject *py_quantize(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    PyObject *w, *cfgt;
+    static char *kwlist[] = {"w", "dtype", "config", "col_mul", "route", NULL};
+    PyObject *w, *cfgd;
     int dtype;
     adpq_config cfg;
     adpq_matrix m;
     adpq_layout lay;
     char err[ADPQ_ERRLEN] = {0};
     PyObject *col_mul = NULL;
-    if (!PyArg_ParseTuple(args, "OiO!|O", &w, &dtype, &PyTuple_Type, &cfgt, &col_mul)) return NULL;
-    if (parse_config(cfgt, &cfg) || as_matrix(w, dtype, &m) || set_col_mul(col_mul, &m)) return NULL;
+    const char *route = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiO|O$s:quantize", kwlist, &w, &dtype, &cfgd, &col_mul, &route))
+        return NULL;
+    if (parse_config(cfgd, &cfg) || parse_route(route, &cfg) || as_matrix(w, dtype, &m) || set_col_mul(col_mul, &m))
+        return NULL;
     adpq_status st = adpq_layout_of(m.rows, m.cols, &cfg, &lay, err);
     if (st) return raise_status(st, err);
 
@@ -194,16 +293,18 @@ fail:
     return NULL;
 }
 
-static PyObject *py_outlier_mask(PyObject *self, PyObject *args) {
+static PyObject *py_outlier_mask(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    PyObject *w, *cfgt;
+    static char *kwlist[] = {"w", "dtype", "config", "col_mul", NULL};
+    PyObject *w, *cfgd;
     int dtype;
     adpq_config cfg;
     adpq_matrix m;
     char err[ADPQ_ERRLEN] = {0};
     PyObject *col_mul = NULL;
-    if (!PyArg_ParseTuple(args, "OiO!|O", &w, &dtype, &PyTuple_Type, &cfgt, &col_mul)) return NULL;
-    if (parse_config(cfgt, &cfg) || as_matrix(w, dtype, &m) || set_col_mul(col_mul, &m)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiO|O:outlier_mask", kwlist, &w, &dtype, &cfgd, &col_mul))
+        return NULL;
+    if (parse_config(cfgd, &cfg) || as_matrix(w, dtype, &m) || set_col_mul(col_mul, &m)) return NULL;
     npy_intp dims[2] = {m.rows, m.cols};
     PyObject *mask = PyArray_SimpleNew(2, dims, NPY_BOOL);
     if (!mask) return NULL;
@@ -236,17 +337,52 @@ static int get_array(PyObject *obj, const char *name, npy_intp nbytes, void **da
     return 0;
 }
 
-/* The arguments of dequantize (see its docstring) into q, cfg and the column factors (cm.col_mul);
- * the arrays stay owned by the caller's objects. */
-static int parse_qmatrix(PyObject *args, adpq_qmatrix *q, adpq_config *cfg, adpq_matrix *cm) {
-    PyObject *cfgt, *codes, *scales, *zeros, *counts, *oscales, *ozeros, *indices, *values, *col_mul = NULL;
+/* The stored arrays of a quantized matrix, by name (the keys of quantize's result); None is absent. */
+static const char *const QARRAY_NAMES[] = {"codes",           "scales",         "zeros",         "outlier_counts",
+                                           "outlier_indices", "outlier_scales", "outlier_zeros", "outlier_values"};
+enum { QA_CODES, QA_SCALES, QA_ZEROS, QA_COUNTS, QA_INDICES, QA_OSCALES, QA_OZEROS, QA_VALUES, QA_N };
+
+static int parse_arrays(PyObject *d, PyObject *arr[QA_N]) {
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    for (int i = 0; i < QA_N; i++) arr[i] = NULL;
+    while (PyDict_Next(d, &pos, &key, &value)) {
+        int i = 0;
+        while (i < QA_N && !(PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, QARRAY_NAMES[i]) == 0)) i++;
+        if (i == QA_N) {
+            PyErr_Format(PyExc_TypeError,
+                         "arrays has an unknown key %R (codes, scales, zeros, outlier_counts, outlier_indices, "
+                         "outlier_scales, outlier_zeros, outlier_values)",
+                         key);
+            return -1;
+        }
+        arr[i] = value == Py_None ? NULL : value;
+    }
+    return 0;
+}
+
+/* An array the config needs: present, C-contiguous, of exactly `nbytes` bytes. */
+static int need_array(PyObject *arr[QA_N], int which, npy_intp nbytes, void **data) {
+    if (!arr[which]) {
+        PyErr_Format(PyExc_ValueError, "arrays['%s'] is required for this config", QARRAY_NAMES[which]);
+        return -1;
+    }
+    return get_array(arr[which], QARRAY_NAMES[which], nbytes, data);
+}
+
+/* The arguments of dequantize (see its docstring; also error_stats' `quantized` dict) into q, cfg and
+ * the column factors (cm.col_mul); the arrays stay owned by the caller's objects. */
+static int parse_qmatrix(PyObject *args, PyObject *kwargs, const char *format, adpq_qmatrix *q, adpq_config *cfg,
+                         adpq_matrix *cm) {
+    static char *kwlist[] = {"arrays", "rows", "cols", "config", "num_outliers", "num_outlier_groups", "col_mul", NULL};
+    PyObject *arrays, *cfgd, *col_mul = NULL, *arr[QA_N];
     long long rows, cols, n_out, n_grp;
     adpq_layout lay;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTuple(args, "LLO!LLOOOOOOOO|O", &rows, &cols, &PyTuple_Type, &cfgt, &n_out, &n_grp, &codes, &scales,
-                          &zeros, &counts, &oscales, &ozeros, &indices, &values, &col_mul))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, format, kwlist, &PyDict_Type, &arrays, &rows, &cols, &cfgd, &n_out,
+                                     &n_grp, &col_mul))
         return -1;
-    if (parse_config(cfgt, cfg)) return -1;
+    if (parse_config(cfgd, cfg) || parse_arrays(arrays, arr)) return -1;
     adpq_status st = adpq_layout_of(rows, cols, cfg, &lay, err);
     if (st) {
         raise_status(st, err);
@@ -265,30 +401,29 @@ static int parse_qmatrix(PyObject *args, adpq_qmatrix *q, adpq_config *cfg, adpq
     q->num_outliers = n_out;
     q->num_outlier_groups = n_grp;
     npy_intp sb = lay.scale_bytes;
-    if (get_array(codes, "codes", lay.code_bytes, (void **)&q->codes)) return -1;
-    if (get_array(scales, "scales", lay.num_groups * sb, &q->scales)) return -1;
-    if (!cfg->symmetric && get_array(zeros, "zeros", lay.num_groups * sb, &q->zeros)) return -1;
+    if (need_array(arr, QA_CODES, lay.code_bytes, (void **)&q->codes)) return -1;
+    if (need_array(arr, QA_SCALES, lay.num_groups * sb, &q->scales)) return -1;
+    if (!cfg->symmetric && need_array(arr, QA_ZEROS, lay.num_groups * sb, &q->zeros)) return -1;
     if (n_out > 0) {
-        if (get_array(counts, "outlier_counts", lay.num_groups * lay.count_bytes, &q->outlier_counts)) return -1;
-        if (get_array(indices, "outlier_indices", (n_out * lay.index_bits + 7) / 8, (void **)&q->outlier_indices))
-            return -1;
+        if (need_array(arr, QA_COUNTS, lay.num_groups * lay.count_bytes, &q->outlier_counts)) return -1;
+        if (need_array(arr, QA_INDICES, (n_out * lay.index_bits + 7) / 8, (void **)&q->outlier_indices)) return -1;
         if (cfg->outlier_format == ADPQ_OUTLIERS_GROUP) {
-            if (get_array(oscales, "outlier_scales", n_grp * sb, &q->outlier_scales)) return -1;
-            if (!cfg->symmetric && get_array(ozeros, "outlier_zeros", n_grp * sb, &q->outlier_zeros)) return -1;
-        } else if (get_array(values, "outlier_values", n_out * 2, (void **)&q->outlier_values)) {
+            if (need_array(arr, QA_OSCALES, n_grp * sb, &q->outlier_scales)) return -1;
+            if (!cfg->symmetric && need_array(arr, QA_OZEROS, n_grp * sb, &q->outlier_zeros)) return -1;
+        } else if (need_array(arr, QA_VALUES, n_out * 2, (void **)&q->outlier_values)) {
             return -1;
         }
     }
     return 0;
 }
 
-static PyObject *py_dequantize(PyObject *self, PyObject *args) {
+static PyObject *py_dequantize(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     adpq_qmatrix q;
     adpq_config cfg;
     adpq_matrix cm;
     char err[ADPQ_ERRLEN] = {0};
-    if (parse_qmatrix(args, &q, &cfg, &cm)) return NULL;
+    if (parse_qmatrix(args, kwargs, "O!LLOLL|O:dequantize", &q, &cfg, &cm)) return NULL;
     npy_intp dims[2] = {q.rows, q.cols};
     PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!out) return NULL;
@@ -301,13 +436,14 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     return out;
 }
 
-static PyObject *py_column_scales(PyObject *self, PyObject *args) {
+static PyObject *py_column_scales(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
+    static char *kwlist[] = {"w", "dtype", "threads", NULL};
     PyObject *w;
     int dtype, threads;
     adpq_matrix m;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTuple(args, "Oii", &w, &dtype, &threads)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii:column_scales", kwlist, &w, &dtype, &threads)) return NULL;
     if (as_matrix(w, dtype, &m)) return NULL;
     if (threads < 1) {
         PyErr_SetString(PyExc_ValueError, "threads must be >= 1");
@@ -331,8 +467,9 @@ static PyObject *py_column_scales(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NN)", scales, mul);
 }
 
-static PyObject *py_error_stats(PyObject *self, PyObject *args) {
+static PyObject *py_error_stats(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
+    static char *kwlist[] = {"w", "dtype", "w_hat", "bins", "threads", "quantized", "kl_eps", NULL};
     PyObject *w, *what, *dq_args = NULL;
     int dtype, bins, threads;
     adpq_matrix m;
@@ -341,10 +478,12 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args) {
     adpq_matrix cm;
     char err[ADPQ_ERRLEN] = {0};
     double kl_eps = 1e-10;
-    if (!PyArg_ParseTuple(args, "OiOii|Od", &w, &dtype, &what, &bins, &threads, &dq_args, &kl_eps)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiOii|Od:error_stats", kwlist, &w, &dtype, &what, &bins, &threads,
+                                     &dq_args, &kl_eps))
+        return NULL;
     if (dq_args == Py_None) dq_args = NULL;
-    if (dq_args && !PyTuple_Check(dq_args)) {
-        PyErr_SetString(PyExc_TypeError, "dequantize_args must be a tuple or None");
+    if (dq_args && !PyDict_Check(dq_args)) {
+        PyErr_SetString(PyExc_TypeError, "quantized must be a dict of dequantize's keyword arguments, or None");
         return NULL;
     }
     if (!(kl_eps > 0)) {
@@ -359,10 +498,13 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args) {
     void *hat = NULL;
     if (what == Py_None) { /* w_hat: the dequantization of dq_args, row by row */
         if (!dq_args) {
-            PyErr_SetString(PyExc_TypeError, "error_stats needs w_hat or the dequantize arguments");
+            PyErr_SetString(PyExc_TypeError, "error_stats needs w_hat or quantized (dequantize's keyword arguments)");
             return NULL;
         }
-        if (parse_qmatrix(dq_args, &q, &cfg, &cm)) return NULL;
+        PyObject *none = PyTuple_New(0);
+        const int bad = !none || parse_qmatrix(none, dq_args, "O!LLOLL|O:error_stats quantized", &q, &cfg, &cm);
+        Py_XDECREF(none);
+        if (bad) return NULL;
         if (q.rows != m.rows || q.cols != m.cols) {
             PyErr_Format(PyExc_ValueError, "w is %lld x %lld but the quantized matrix is %lld x %lld", (long long)m.rows,
                          (long long)m.cols, (long long)q.rows, (long long)q.cols);
@@ -399,15 +541,16 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args) {
                          "kl_divergence", kl);
 }
 
-static PyObject *py_layout(PyObject *self, PyObject *args) {
+static PyObject *py_layout(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
+    static char *kwlist[] = {"rows", "cols", "config", NULL};
     long long rows, cols;
-    PyObject *cfgt;
+    PyObject *cfgd;
     adpq_config cfg;
     adpq_layout lay;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTuple(args, "LLO!", &rows, &cols, &PyTuple_Type, &cfgt)) return NULL;
-    if (parse_config(cfgt, &cfg)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLO:layout", kwlist, &rows, &cols, &cfgd)) return NULL;
+    if (parse_config(cfgd, &cfg)) return NULL;
     adpq_status st = adpq_layout_of(rows, cols, &cfg, &lay, err);
     if (st) return raise_status(st, err);
     return Py_BuildValue("{s:L,s:L,s:L,s:L,s:i,s:i,s:i}", "group_size", (long long)lay.group_size, "groups_per_row",
@@ -416,11 +559,12 @@ static PyObject *py_layout(PyObject *self, PyObject *args) {
                          "scale_bytes", lay.scale_bytes);
 }
 
-static PyObject *py_kth_largest(PyObject *self, PyObject *args) {
+static PyObject *py_kth_largest(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
+    static char *kwlist[] = {"keys", "k", NULL};
     PyObject *obj;
     long long k;
-    if (!PyArg_ParseTuple(args, "OL", &obj, &k)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OL:kth_largest", kwlist, &obj, &k)) return NULL;
     PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_UINT32, 1, 1, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ENSURECOPY);
     if (!a) return NULL;
     const npy_intp n = PyArray_SIZE(a);
@@ -435,14 +579,15 @@ static PyObject *py_kth_largest(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(v);
 }
 
-static PyObject *py_set_kernels(PyObject *self, PyObject *args) {
+static PyObject *py_set_kernels(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
+    static char *kwlist[] = {"name", NULL};
     const char *name;
-    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s:set_kernels", kwlist, &name)) return NULL;
     const char *prev = adpq_kernels_name();
     if (adpq_set_kernels(name) != 0) {
-        PyErr_Format(PyExc_ValueError, "kernels %R are not available on this CPU (use 'scalar', 'avx2' or 'auto')",
-                     PyTuple_GET_ITEM(args, 0));
+        PyErr_Format(PyExc_ValueError, "kernels '%s' are not available on this CPU (use 'scalar', 'avx2' or 'auto')",
+                     name);
         return NULL;
     }
     return PyUnicode_FromString(prev);
@@ -455,11 +600,16 @@ static PyObject *py_kernels(PyObject *self, PyObject *noargs) {
 }
 
 /* float32 -> float16 / bfloat16 bits with the core's conversion (tests compare with NumPy). */
-static PyObject *py_round_f32(PyObject *self, PyObject *args) {
+static PyObject *py_round_f32(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
+    static char *kwlist[] = {"x", "to", NULL};
     PyObject *obj;
     int to;
-    if (!PyArg_ParseTuple(args, "Oi", &obj, &to)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oi:round_f32", kwlist, &obj, &to)) return NULL;
+    if (to != ADPQ_F16 && to != ADPQ_BF16) {
+        PyErr_Format(PyExc_ValueError, "to must be 1 (float16) or 2 (bfloat16), got %d", to);
+        return NULL;
+    }
     PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 1, 1, NPY_ARRAY_CARRAY_RO);
     if (!a) return NULL;
     npy_intp n = PyArray_SIZE(a);
@@ -495,11 +645,13 @@ static void mapping_free(PyObject *cap) {
     Py_END_ALLOW_THREADS free(m);
 }
 
-static PyObject *py_map_range(PyObject *self, PyObject *args) {
+static PyObject *py_map_range(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
+    static char *kwlist[] = {"path", "offset", "nbytes", NULL};
     PyObject *path;
     long long off, n;
-    if (!PyArg_ParseTuple(args, "O&LL", PyUnicode_FSConverter, &path, &off, &n)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&LL:map_range", kwlist, PyUnicode_FSConverter, &path, &off, &n))
+        return NULL;
     if (off < 0 || n < 1) {
         Py_DECREF(path);
         PyErr_SetString(PyExc_ValueError, "map_range needs offset >= 0 and nbytes >= 1");
@@ -554,30 +706,38 @@ static PyObject *py_map_range(PyObject *self, PyObject *args) {
     return arr;
 }
 
+/* (functions with keywords, cast through void (*)(void) as CPython's own modules do) */
+#define KW(f) ((PyCFunction)(void (*)(void))(f))
+#define KWARGS (METH_VARARGS | METH_KEYWORDS)
+
+/* python/adpq/_core.pyi documents each function's arguments, result and exceptions in full. */
 static PyMethodDef methods[] = {
-    {"map_range", py_map_range, METH_VARARGS,
+    {"map_range", KW(py_map_range), KWARGS,
      "map_range(path, offset, nbytes) -> read-only uint8 array of those bytes of the file, memory-mapped; mapped "
      "and unmapped (when the array is freed) without the GIL"},
-    {"quantize", py_quantize, METH_VARARGS,
-     "quantize(w2d, dtype_code, config_tuple, col_mul=None) -> dict of arrays (col_mul: float32 column factors)"},
-    {"outlier_mask", py_outlier_mask, METH_VARARGS,
-     "outlier_mask(w2d, dtype_code, config_tuple, col_mul=None) -> bool array"},
-    {"dequantize", py_dequantize, METH_VARARGS,
-     "dequantize(rows, cols, config_tuple, num_outliers, num_outlier_groups, codes, scales, zeros, counts, "
-     "outlier_scales, outlier_zeros, outlier_indices, outlier_values, col_mul=None) -> float32 array "
-     "(col_mul: float32 factors each column is multiplied by, the column scales)"},
-    {"layout", py_layout, METH_VARARGS, "layout(rows, cols, config_tuple) -> dict"},
-    {"column_scales", py_column_scales, METH_VARARGS,
-     "column_scales(w2d, dtype_code, threads) -> (uint16 bfloat16 bits of the column scales c, float32 1 / c), "
-     "from the mean |w| of each column (python/adpq/columns.py)"},
-    {"error_stats", py_error_stats, METH_VARARGS,
-     "error_stats(w2d, dtype_code, w_hat float32 2-D or None, bins, threads, dequantize_args=None, kl_eps=1e-10) -> "
-     "dict of sums, histograms and their KL divergence (w_hat None: the dequantization of dequantize_args, row by "
-     "row, never stored whole)"},
-    {"kth_largest", py_kth_largest, METH_VARARGS, "kth_largest(uint32 keys, k) -> the k-th largest (tests)"},
-    {"set_kernels", py_set_kernels, METH_VARARGS, "set_kernels('scalar'|'avx2'|'auto') -> previous name"},
-    {"kernels", py_kernels, METH_NOARGS, "name of the active kernel set"},
-    {"round_f32", py_round_f32, METH_VARARGS, "round_f32(float32 array, 1=float16|2=bfloat16) -> uint16 bits"},
+    {"quantize", KW(py_quantize), KWARGS,
+     "quantize(w, dtype, config, col_mul=None, *, route='auto') -> dict of arrays by name (codes, scales, zeros, "
+     "outlier_*) and diagnostics (_passes, _fixed_groups). config: a dict of the adpq_config fields; col_mul: float32 "
+     "column factors; route: 'auto' | 'one_pass' | 'two_pass' (the same output, a speed choice)"},
+    {"outlier_mask", KW(py_outlier_mask), KWARGS,
+     "outlier_mask(w, dtype, config, col_mul=None) -> bool array, the outliers quantize would choose"},
+    {"dequantize", KW(py_dequantize), KWARGS,
+     "dequantize(arrays, rows, cols, config, num_outliers, num_outlier_groups, col_mul=None) -> float32 array "
+     "(arrays: quantize's arrays by name; col_mul: float32 factors each column is multiplied by, the column scales)"},
+    {"layout", KW(py_layout), KWARGS, "layout(rows, cols, config) -> dict of the sizes every array follows"},
+    {"column_scales", KW(py_column_scales), KWARGS,
+     "column_scales(w, dtype, threads) -> (uint16 bfloat16 bits of the column scales c, float32 1 / c), "
+     "from the mean |w| of each column (python/adpq/reference/columns.py)"},
+    {"error_stats", KW(py_error_stats), KWARGS,
+     "error_stats(w, dtype, w_hat, bins, threads, quantized=None, kl_eps=1e-10) -> dict of sums, histograms and "
+     "their KL divergence (w_hat None: the dequantization of `quantized`, dequantize's keyword arguments as a dict, "
+     "row by row, never stored whole)"},
+    {"kth_largest", KW(py_kth_largest), KWARGS, "kth_largest(keys, k) -> the k-th largest of uint32 keys (tests)"},
+    {"set_kernels", KW(py_set_kernels), KWARGS,
+     "set_kernels(name) -> the previous name; name 'scalar' | 'avx2' | 'auto': the kernel set each later call reads "
+     "once"},
+    {"kernels", py_kernels, METH_NOARGS, "kernels() -> name of the kernel set calls use now"},
+    {"round_f32", KW(py_round_f32), KWARGS, "round_f32(x, to) -> uint16 bits of float32 x as float16 (to=1) or bfloat16 (to=2)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core", "adpq C core", -1, methods,

@@ -75,3 +75,21 @@ def test_csrc_files_are_acyclic_in_the_documented_order(c_run, build_dir):
     readers = sorted(name for name, (_, undefined) in syms.items() if "adpq_active_kernels" in undefined)
     assert readers == ["api"], f"adpq_active_kernels is called from {readers}; only the entry points (api.c) may"
 
+
+
+def test_csrc_reads_no_environment():
+    for f in sorted(os.listdir(CSRC)):
+        if f.endswith((".c", ".h")):
+            with open(os.path.join(CSRC, f)) as fh:
+                assert "getenv" not in fh.read(), f"csrc/{f} reads the environment; pass a parameter instead"
+
+
+def test_constants_shared_with_python():
+    """ADPQ_MIN_GROUP_SIZE and ADPQ_VERSION (csrc/adpq.h, set from python/adpq/_version.py) are the
+    Python layer's values."""
+    import adpq
+    from adpq import _core
+    from adpq.core.config import MIN_GROUP_SIZE
+
+    assert _core.MIN_GROUP_SIZE == MIN_GROUP_SIZE
+    assert _core.VERSION == adpq.__version__

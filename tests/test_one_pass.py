@@ -14,12 +14,9 @@ from adpq.core.quantize import quantize_diagnostics
 
 from test_reference import assert_same_arrays, check_config
 
-
-
-@pytest.fixture(autouse=True)
-def one_pass_always(monkeypatch):
-    """Small matrices take two passes by default (ADPQ_ONE_PASS_MIN_BYTES): force the one pass."""
-    monkeypatch.setenv("ADPQ_ONE_PASS", "always")
+# Small matrices take two passes by default (ADPQ_ONE_PASS_MIN_BYTES): the tests force the one pass
+# with one_pass="always" ("never" forces two).
+ALWAYS = "always"
 
 
 # large enough to be sampled (more than 8192 weights); rows that end in a shorter group, cols % 8 != 0
@@ -49,9 +46,9 @@ def random_config(rng):
         outlier_format=str(rng.choice(["group", "fp16"])), column_scaling=str(rng.choice(["none", "mean_abs"])))
 
 
-def core_stats(w, cfg):
+def core_stats(w, cfg, one_pass=ALWAYS):
     """(passes, fixed groups) of the C quantizer on w."""
-    d = quantize_diagnostics(w, cfg)
+    d = quantize_diagnostics(w, cfg, one_pass=one_pass)
     return d["passes"], d["fixed_groups"]
 
 
@@ -64,7 +61,7 @@ def test_one_pass_matches_reference(shape, dist):
         w = make(shape, dist, dtype, rng)
         for _ in range(2):
             cfg = random_config(rng)
-            check_config(w, cfg)
+            check_config(w, cfg, ALWAYS)
             passes, n_fixed = core_stats(w, cfg)
             one_pass += passes == 1
             fixed += n_fixed
@@ -78,7 +75,7 @@ def test_ties_at_the_threshold_are_fixed_in_row_major_order():
     for fmt, sym in itertools.product(["group", "fp16"], [False, True]):
         cfg = adpq.QuantConfig(bits=3, group_size=32, outlier_ratio=0.01, symmetric=sym, outlier_format=fmt,
                                column_scaling="none")
-        qt = check_config(w, cfg)
+        qt = check_config(w, cfg, ALWAYS)
         assert qt.outlier_mask().sum() == round(0.01 * w.size)
         assert core_stats(w, cfg)[1] > 0
 
@@ -96,37 +93,44 @@ def test_unlucky_sample_takes_two_passes():
         w[r, off:off + sw] = rng.uniform(10, 20, size=sw).astype(np.float32) * rng.choice([-1, 1], size=sw)
     for fmt in ["group", "fp16"]:
         cfg = adpq.QuantConfig(bits=4, group_size=32, outlier_ratio=0.1, outlier_format=fmt, column_scaling="none")
-        check_config(w, cfg)
+        check_config(w, cfg, ALWAYS)
         assert core_stats(w, cfg)[0] == 2
     # and with a sample that is right, one pass
     w2 = (rng.standard_t(3, size=(rows, cols)) * 0.01).astype(np.float32)
     assert core_stats(w2, adpq.QuantConfig(outlier_ratio=0.1, column_scaling="none"))[0] == 1
 
 
-def test_one_pass_and_two_passes_agree(monkeypatch):
+def test_one_pass_and_two_passes_agree():
     """The same arrays either way, on a matrix too large for the reference to be quick."""
     rng = np.random.default_rng(11)
     w = (rng.standard_t(4, size=(1024, 1100)) * 0.02).astype(np.float32)
     for cfg in [adpq.QuantConfig(), adpq.QuantConfig(bits=4, group_size=64, symmetric=False, outlier_format="group"),
                 adpq.QuantConfig(bits=2, outlier_ratio=0.003, column_scaling="none", threads=3)]:
-        one = adpq.quantize(w, config=cfg).arrays()
+        one = adpq.quantize(w, config=cfg, one_pass="always").arrays()
         assert core_stats(w, cfg)[0] == 1
-        monkeypatch.setenv("ADPQ_ONE_PASS", "never")
-        two = adpq.quantize(w, config=cfg).arrays()
-        assert core_stats(w, cfg) == (2, 0)
-        monkeypatch.setenv("ADPQ_ONE_PASS", "always")
+        two = adpq.quantize(w, config=cfg, one_pass="never").arrays()
+        assert core_stats(w, cfg, "never") == (2, 0)
         assert_same_arrays(one, two)
 
 
-def test_default_choice(monkeypatch):
+def test_default_choice():
     """One pass for column-scaled matrices of 24 MiB and more, two otherwise (threshold.c)."""
-    monkeypatch.delenv("ADPQ_ONE_PASS")
     rng = np.random.default_rng(12)
     small = (rng.standard_t(4, size=(256, 1000)) * 0.02).astype(np.float32)
-    assert core_stats(small, adpq.QuantConfig())[0] == 2  # in cache: two passes are cheaper
+    assert core_stats(small, adpq.QuantConfig(), "auto")[0] == 2  # in cache: two passes are cheaper
     big = (rng.standard_t(4, size=(2048, 3200)) * 0.02).astype(np.float32)  # 25 MiB
-    assert core_stats(big, adpq.QuantConfig())[0] == 1
-    assert core_stats(big, adpq.QuantConfig(column_scaling="none"))[0] == 2
+    assert core_stats(big, adpq.QuantConfig(), "auto")[0] == 1
+    assert core_stats(big, adpq.QuantConfig(column_scaling="none"), "auto")[0] == 2
+    assert adpq.quantize(small, one_pass="auto").arrays()["codes"].tobytes() == \
+        adpq.quantize(small, one_pass="always").arrays()["codes"].tobytes()
+
+
+def test_one_pass_values():
+    w = np.ones((8, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match="one_pass must be one of"):
+        adpq.quantize(w, one_pass="sometimes")
+    with pytest.raises(ValueError, match="one_pass must be one of"):
+        quantize_diagnostics(w, one_pass=True)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -137,10 +141,10 @@ def test_errors_in_one_pass(dtype):
     w[200, 17], w[250, 3] = np.nan, np.inf
     w = w.astype(ml_dtypes.bfloat16) if dtype == "bfloat16" else w.astype(dtype)
     with pytest.raises(ValueError, match=r"2 non-finite value\(s\).*row 200, column 17"):
-        adpq.quantize(w)
+        adpq.quantize(w, one_pass=ALWAYS)
     big = rng.standard_normal((300, 400)).astype(np.float32)
     big[5, 5] = 1e6
     with pytest.raises(ValueError, match="row 5: an outlier exceeds the float16 range"):
-        adpq.quantize(big, outlier_format="fp16", column_scaling="none")
+        adpq.quantize(big, outlier_format="fp16", column_scaling="none", one_pass=ALWAYS)
     with pytest.raises(ValueError, match="does not fit in float16"):
-        adpq.quantize(big * 1e6, column_scaling="none")
+        adpq.quantize(big * 1e6, column_scaling="none", one_pass=ALWAYS)

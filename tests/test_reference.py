@@ -32,8 +32,8 @@ def assert_same_arrays(a, b):
         assert np.array_equal(a[k].view(np.uint8).ravel(), b[k].view(np.uint8).ravel()), k
 
 
-def check_config(w, cfg):
-    qt = adpq.quantize(w, config=cfg)
+def check_config(w, cfg, one_pass="auto"):
+    qt = adpq.quantize(w, config=cfg, one_pass=one_pass)
     ref = reference.quantize(w, cfg)
     assert_same_arrays(qt.arrays(), ref)
     w_c = qt.dequantize()

@@ -151,20 +151,21 @@ class QuantConfig:
     def uses_outliers(self) -> bool:
         return self.lam is not None or self.outlier_ratio > 0
 
-    def core_tuple(self, threads: Optional[int] = None) -> tuple:
-        """The config as the C core takes it (see csrc/adpq.h adpq_config)."""
+    def core_config(self, threads: Optional[int] = None) -> dict:
+        """The config as the C core takes it: a dict with exactly the fields of adpq_config in
+        csrc/adpq.h (its `route` aside, a keyword of _core.quantize; see adpq/_core.pyi)."""
         t = threads if threads is not None else (self.threads or default_threads())
-        return (
-            int(self.bits),
-            int(self.group_size),
-            _SCOPE_CODE[self.outlier_scope],
-            int(self.lam is not None),
-            float(self.outlier_ratio),
-            float(self.lam if self.lam is not None else 0.0),
-            float(self.gamma),
-            int(bool(self.symmetric)),
-            _FORMAT_CODE[self.outlier_format],
-            dtypes.C_CODE[self.scale_dtype],
-            int(t),
-            int(self.zero_point == "integer"),
-        )
+        return {
+            "bits": int(self.bits),
+            "group_size": int(self.group_size),
+            "scope": _SCOPE_CODE[self.outlier_scope],
+            "use_lam": int(self.lam is not None),
+            "outlier_ratio": float(self.outlier_ratio),
+            "lam": float(self.lam if self.lam is not None else 0.0),
+            "gamma": float(self.gamma),
+            "symmetric": int(bool(self.symmetric)),
+            "outlier_format": _FORMAT_CODE[self.outlier_format],
+            "scale_dtype": dtypes.C_CODE[self.scale_dtype],
+            "threads": int(t),
+            "integer_zero": int(self.zero_point == "integer"),
+        }

@@ -37,15 +37,15 @@ def metrics(w: Any, w_hat: Union[np.ndarray, QuantizedTensor], kl_bins: int = KL
         if qt.shape != shape:
             raise ValueError(f"w has shape {shape} but the QuantizedTensor has shape {qt.shape}")
         # dequantized row by row inside the C core: w_hat is never stored whole
-        s = _core.error_stats(w2, dtypes.C_CODE[dname], None, int(kl_bins), nthreads, qt._dequantize_args(nthreads),
-                              KL_EPS)
+        s = _core.error_stats(w2, dtypes.C_CODE[dname], None, int(kl_bins), nthreads,
+                              quantized=qt._dequantize_kwargs(nthreads), kl_eps=KL_EPS)
     else:
         hat_arr = as_array(w_hat, "w_hat")
         if hat_arr.shape != shape:
             raise ValueError(f"w has shape {shape} but w_hat has shape {hat_arr.shape}")
         as_weight_matrix(hat_arr, "w_hat")  # the same dtype and shape checks as w
         hat = np.ascontiguousarray(hat_arr, dtype=np.float32).reshape(w2.shape)  # no copy when float32
-        s = _core.error_stats(w2, dtypes.C_CODE[dname], hat, int(kl_bins), nthreads, None, KL_EPS)
+        s = _core.error_stats(w2, dtypes.C_CODE[dname], hat, int(kl_bins), nthreads, kl_eps=KL_EPS)
     n = w2.shape[0] * w2.shape[1]
     sq, ref = s["sum_sq_err"], s["sum_sq_ref"]
     out = {

@@ -28,6 +28,15 @@ class _Default:
 
 _D = {f.name: _Default(f.default) for f in dataclasses.fields(QuantConfig)}
 
+# quantize's one_pass -> the C core's route (csrc/adpq.h adpq_route)
+ONE_PASS = {"auto": "auto", "always": "one_pass", "never": "two_pass"}
+
+
+def _route(one_pass: str) -> str:
+    if not isinstance(one_pass, str) or one_pass not in ONE_PASS:
+        raise ValueError(f"one_pass must be one of {tuple(ONE_PASS)}, got {one_pass!r}")
+    return ONE_PASS[one_pass]
+
 
 def _resolve_config(config: Optional[QuantConfig], **params: Any) -> QuantConfig:
     if config is not None and not isinstance(config, QuantConfig):
@@ -43,40 +52,46 @@ def quantize(w: Any, bits: int = _D["bits"], group_size: int = _D["group_size"],
              outlier_format: str = _D["outlier_format"], threads: Optional[int] = _D["threads"],
              scale_dtype: str = _D["scale_dtype"], zero_point: str = _D["zero_point"],
              column_scaling: str = _D["column_scaling"],
-             config: Optional[QuantConfig] = None) -> QuantizedTensor:
+             config: Optional[QuantConfig] = None, one_pass: str = "auto") -> QuantizedTensor:
     """Quantizes a 1-D or 2-D float array with AdpQ.
 
     w: a NumPy array or a CPU torch tensor of float32, float16 or bfloat16 (float64 is converted to
     float32), read in place where its layout allows.
     The defaults shown are QuantConfig()'s; `config` gives every parameter at once, and keyword
     arguments override it. See QuantConfig for their meaning.
+    one_pass: how a tensor-scope threshold with a solved lambda is found; the result is the same bit
+    for bit, only the speed differs. "auto": one pass over column-scaled matrices of at least 24 MiB
+    (a sampled threshold, the few groups it got wrong quantized again), else two passes; "always":
+    one pass whenever the matrix is large enough to be sampled; "never": two passes.
     The C core runs multi-threaded with the GIL released.
     """
     cfg = _resolve_config(config, bits=bits, group_size=group_size, outlier_ratio=outlier_ratio,
                           outlier_scope=outlier_scope, gamma=gamma, lam=lam, symmetric=symmetric,
                           outlier_format=outlier_format, threads=threads, scale_dtype=scale_dtype,
                           zero_point=zero_point, column_scaling=column_scaling)
-    raw, scales, cfg, dname, shape = _quantize_raw(w, cfg)
+    raw, scales, cfg, dname, shape = _quantize_raw(w, cfg, one_pass)
     arrays = _typed_arrays(raw, cfg)
     if scales is not None:
         arrays["column_scales"] = scales
     return QuantizedTensor._from_core(arrays, shape, cfg, dname)
 
 
-def _quantize_raw(w: Any, cfg: QuantConfig):
+def _quantize_raw(w: Any, cfg: QuantConfig, one_pass: str = "auto"):
     """The C quantizer on w: (its dict, column scales or None, the resolved config, dtype name, shape)."""
+    route = _route(one_pass)
     w2, dname, shape = as_weight_matrix(w)
     cfg = cfg.resolved(w2.shape[0])
     scales, mul = _column_scaling(w2, dname, cfg)
-    return _core.quantize(w2, dtypes.C_CODE[dname], cfg.core_tuple(), mul), scales, cfg, dname, shape
+    raw = _core.quantize(w2, dtypes.C_CODE[dname], cfg.core_config(), mul, route=route)
+    return raw, scales, cfg, dname, shape
 
 
-def quantize_diagnostics(w: Any, config: Optional[QuantConfig] = None) -> dict:
+def quantize_diagnostics(w: Any, config: Optional[QuantConfig] = None, one_pass: str = "auto") -> dict:
     """What the C quantizer did on w (nothing is kept): `passes` over the matrix (tensor scope: 1 when
-    the sampled threshold let it quantize each row as it was read, 2 when it fell back to a
-    candidate pass then a quantize pass) and `fixed_groups`, the groups quantized a second time
-    because the sampled estimate put one of their weights on the wrong side of the exact threshold."""
-    raw = _quantize_raw(w, _resolve_config(config))[0]
+    the sampled threshold let it quantize each row as it was read, 2 when it took a candidate pass
+    then a quantize pass) and `fixed_groups`, the groups quantized a second time because the sampled
+    estimate put one of their weights on the wrong side of the exact threshold. one_pass: as quantize's."""
+    raw = _quantize_raw(w, _resolve_config(config), one_pass)[0]
     return {"passes": raw["_passes"], "fixed_groups": raw["_fixed_groups"], "groups": raw["scales"].size}
 
 
@@ -123,7 +138,7 @@ def outlier_mask(w: Any, outlier_ratio: float = _D["outlier_ratio"], outlier_sco
     w2, dname, shape = as_weight_matrix(w)
     cfg = cfg.resolved(w2.shape[0])
     _, mul = _column_scaling(w2, dname, cfg)
-    return _core.outlier_mask(w2, dtypes.C_CODE[dname], cfg.core_tuple(), mul).reshape(shape)
+    return _core.outlier_mask(w2, dtypes.C_CODE[dname], cfg.core_config(), mul).reshape(shape)
 
 
 def soft_threshold(w: Any, outlier_ratio: float = _D["outlier_ratio"], outlier_scope: str = _D["outlier_scope"],
@@ -147,7 +162,7 @@ def soft_threshold(w: Any, outlier_ratio: float = _D["outlier_ratio"], outlier_s
     w2, dname, shape = as_weight_matrix(w)
     cfg = cfg.resolved(w2.shape[0])
     scales, mul = _column_scaling(w2, dname, cfg)
-    mask = _core.outlier_mask(w2, dtypes.C_CODE[dname], cfg.core_tuple(), mul)
+    mask = _core.outlier_mask(w2, dtypes.C_CODE[dname], cfg.core_config(), mul)
     wf = to_float32(w2, dname)
     if mul is not None:
         wf = wf * mul[None, :]

@@ -158,21 +158,24 @@ class QuantizedTensor:
 
         return {"codes": bits(CODE_ARRAYS), "scales": bits(SCALE_ARRAYS), "outliers": bits(OUTLIER_ARRAYS)}
 
-    def _dequantize_args(self, threads: Optional[int] = None) -> tuple:
-        """The C core's dequantize arguments (also taken by its error_stats, which dequantizes row by row)."""
+    def _dequantize_kwargs(self, threads: Optional[int] = None) -> dict:
+        """The C core's dequantize keyword arguments (also error_stats' `quantized`, which dequantizes
+        row by row)."""
         a = self._arrays
-        return (
-            self.layout.rows, self.layout.cols, self.config.core_tuple(threads), self.num_outliers,
-            self.num_outlier_groups, _raw(a["codes"]), _raw(a["scales"]), _raw(a.get("zeros")),
-            _raw(a.get("outlier_counts")), _raw(a.get("outlier_scales")), _raw(a.get("outlier_zeros")),
-            _raw(a.get("outlier_indices")), _raw(a.get("outlier_values")),
+        return {
+            "arrays": {name: _raw(a[name]) for name in ARRAY_NAMES if name in a and name != "column_scales"},
+            "rows": self.layout.rows,
+            "cols": self.layout.cols,
+            "config": self.config.core_config(threads),
+            "num_outliers": self.num_outliers,
+            "num_outlier_groups": self.num_outlier_groups,
             # (the column scales' product, done by the C core on each row while it is in cache)
-            np.asarray(a["column_scales"], dtype=np.float32) if "column_scales" in a else None,
-        )
+            "col_mul": np.asarray(a["column_scales"], dtype=np.float32) if "column_scales" in a else None,
+        }
 
     def dequantize(self, dtype: Union[None, str, np.dtype] = None, threads: Optional[int] = None) -> np.ndarray:
         """w_hat as float32 (default), the input's dtype (dtype="input") or the given float dtype."""
-        out = _core.dequantize(*self._dequantize_args(threads))
+        out = _core.dequantize(**self._dequantize_kwargs(threads))
         out = out.reshape(self.shape)
         if dtype is None:
             return out

@@ -1,0 +1,159 @@
+"""adpq._core: the CPython wrapper over the C core (csrc/adpqmodule.c over csrc/adpq.h).
+
+The Python layer (adpq.core) is the supported API; this module is its boundary, documented here.
+Every function releases the GIL around the C work. Arguments can be given by keyword.
+
+Conventions shared by the functions below:
+
+- ``w``: a 2-D NumPy array of float32 (itemsize 4) or of float16/bfloat16 bits (itemsize 2), with
+  contiguous rows (column stride = itemsize), a positive row stride and at least one row and column.
+  ``dtype`` says which: 0 float32, 1 float16, 2 bfloat16 (adpq_dtype; ``adpq.core.dtypes.C_CODE``).
+- ``config``: a dict with exactly the fields of ``adpq_config`` in csrc/adpq.h, and no other key
+  (``route`` excepted: it is ``quantize``'s keyword); see :class:`Config`. A missing or unknown key,
+  or a value of the wrong type, raises TypeError naming the key; a value out of range ValueError
+  (the C core's message, e.g. "group_size must be -1 (one group per row) or >= 8 (got 4)").
+  ``adpq.QuantConfig.core_config(threads)`` builds one.
+- ``arrays``: a quantized matrix's stored arrays by name, as ``quantize`` returns them (16-bit floats
+  as uint16 bits). Each must be C-contiguous with exactly the bytes the layout of (rows, cols, config)
+  gives it (ValueError otherwise); None counts as absent; an unknown name raises TypeError.
+- 16-bit float values cross the boundary as their uint16 bits (float16 or bfloat16 per config's
+  ``scale_dtype``), never as ml_dtypes arrays.
+- Errors of the C core: ValueError (bad argument, NaN/Inf in the input, a value that does not fit
+  its storage dtype), MemoryError (an allocation failed).
+"""
+import os
+from typing import Dict, Literal, Mapping, Optional, Tuple, TypedDict, Union
+
+import numpy as np
+
+VERSION: str
+"""The package version the extension was built with (ADPQ_VERSION, from python/adpq/_version.py)."""
+
+MIN_GROUP_SIZE: int
+"""ADPQ_MIN_GROUP_SIZE: the smallest group_size other than -1 (8)."""
+
+
+class Config(TypedDict):
+    """adpq_config (csrc/adpq.h) as a dict: exactly these keys."""
+
+    bits: int  # 2, 3, 4 or 8
+    group_size: int  # >= MIN_GROUP_SIZE, or -1 for one group per row
+    scope: int  # 0: one threshold per matrix (tensor), 1: one per group
+    use_lam: int  # 0/1 (a bool is accepted): 1 uses `lam`, 0 solves the threshold from outlier_ratio
+    outlier_ratio: float  # in [0, 0.5]; 0 without use_lam is plain RTN (an int is accepted)
+    lam: float  # >= 0: the LASSO penalty on weights normalised by the scope's scale (with use_lam)
+    gamma: float  # > 0: the adaptive weight exponent
+    symmetric: int  # 0/1: 1 stores no zero-points (z = 2^(bits-1))
+    outlier_format: int  # 0: a quantizer per group's outliers, 1: float16 outlier values
+    scale_dtype: int  # 0 float32, 1 float16, 2 bfloat16: storage of scales and zero-points
+    threads: int  # >= 1 worker threads
+    integer_zero: int  # 0/1: asymmetric zero-points rounded to integers
+
+
+Route = Literal["auto", "one_pass", "two_pass"]
+ArrayName = Literal["codes", "scales", "zeros", "outlier_counts", "outlier_indices", "outlier_scales",
+                    "outlier_zeros", "outlier_values"]
+
+
+def quantize(w: np.ndarray, dtype: int, config: Config, col_mul: Optional[np.ndarray] = None, *,
+             route: Route = "auto") -> Dict[str, Union[np.ndarray, int]]:
+    """Quantizes w under config (adpq_quantize).
+
+    col_mul: None, or a contiguous float32 vector of cols finite factors: the matrix quantized is
+        then w[r, j] * col_mul[j] in float32 (column scaling).
+    route: how a tensor-scope threshold with a solved lambda is found (adpq_route). The output is
+        the same bit for bit on every route; only the speed differs. "auto": one pass for
+        column-scaled matrices of at least 24 MiB of input, else two; "one_pass": one pass whenever
+        the matrix is large enough to be sampled (more than 8192 weights); "two_pass": a candidate
+        pass, the exact threshold, then the quantize pass.
+
+    Returns a dict: "codes" (uint8, the b-bit code stream), "scales" and, when asymmetric, "zeros"
+    (rows x groups_per_row; float32, or uint16 bits of float16/bfloat16); with outliers also
+    "outlier_counts" (rows x groups_per_row, uint8/16/32), "outlier_indices" (uint8 bit stream),
+    and "outlier_scales"/"outlier_zeros" (format 0) or "outlier_values" (format 1, float16 bits).
+    Diagnostics, not stored: "_passes" (1 or 2 reads of the matrix) and "_fixed_groups" (groups
+    quantized again after the one pass).
+
+    Raises TypeError (w not an array, config keys or types, route not keyword), ValueError (w's
+    shape, strides or itemsize, config values, an unknown route, NaN/Inf in w with their count and
+    first position, a scale or float16 outlier that overflows its dtype), MemoryError.
+    """
+
+
+def outlier_mask(w: np.ndarray, dtype: int, config: Config, col_mul: Optional[np.ndarray] = None) -> np.ndarray:
+    """The outliers quantize chooses for w under config, as a bool array of w's shape
+    (adpq_outlier_mask; two passes, whatever the route). Raises as quantize."""
+
+
+def dequantize(arrays: Mapping[ArrayName, Optional[np.ndarray]], rows: int, cols: int, config: Config,
+               num_outliers: int, num_outlier_groups: int, col_mul: Optional[np.ndarray] = None) -> np.ndarray:
+    """w_hat (rows x cols float32) of a quantized matrix (adpq_dequantize).
+
+    arrays: the stored arrays by name. Required: "codes", "scales", "zeros" (asymmetric); with
+        num_outliers > 0 also "outlier_counts", "outlier_indices" and "outlier_scales" (+
+        "outlier_zeros" when asymmetric) for outlier_format 0 or "outlier_values" for format 1.
+        Arrays the config does not use are ignored.
+    num_outliers, num_outlier_groups: the sum of outlier_counts and the number of groups with one;
+        the counts and indices are checked against them and against the groups.
+    col_mul: None, or cols float32 factors w_hat[r, j] is multiplied by afterwards (the column scales).
+
+    Raises TypeError (an unknown array name, a missing argument, config keys or types), ValueError
+    (config values, a required array missing or of the wrong size, counts or indices inconsistent),
+    MemoryError.
+    """
+
+
+def error_stats(w: np.ndarray, dtype: int, w_hat: Optional[np.ndarray], bins: int, threads: int,
+                quantized: Optional[Mapping[str, object]] = None, kl_eps: float = 1e-10) -> Dict[str, object]:
+    """The sums behind adpq.metrics (adpq_error_stats_of / adpq_error_stats_q).
+
+    w_hat: a C-contiguous float32 array of w's size; or None, and then `quantized`: dequantize's
+        keyword arguments as a dict (arrays, rows, cols, config, num_outliers, num_outlier_groups,
+        col_mul), dequantized row by row and never stored whole (its config's threads is replaced by
+        `threads`).
+    bins, threads: >= 1. kl_eps: > 0, added to every normalised bin before the KL divergence.
+
+    Returns {"sum_sq_err", "sum_sq_ref", "max_abs_err", "min", "max": float (sums in float64),
+    "hist_w", "hist_hat": int64 arrays of `bins` counts over [min, max] of both, "kl_divergence": float}.
+    The sums are added per chunk of rows, so their last bits depend on `threads`.
+
+    Raises TypeError (neither w_hat nor quantized, quantized not a dict, w_hat not float32),
+    ValueError (bad sizes, bins/threads < 1, kl_eps <= 0, NaN/Inf in w or w_hat), MemoryError.
+    """
+
+
+def column_scales(w: np.ndarray, dtype: int, threads: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Column scaling of w (adpq_column_scales): (uint16 bfloat16 bits of the scales c_j, the mean |w|
+    of column j rounded to bfloat16, or 1 where it is not finite or too small; float32 1 / c_j).
+    Raises ValueError (threads < 1, w's shape or strides), MemoryError."""
+
+
+def layout(rows: int, cols: int, config: Config) -> Dict[str, int]:
+    """The sizes every array follows (adpq_layout_of): group_size (effective), groups_per_row,
+    num_groups, code_bytes, count_bytes, index_bits, scale_bytes. Raises ValueError for sizes or
+    config values out of range, TypeError for config keys or types."""
+
+
+def set_kernels(name: Literal["scalar", "avx2", "auto"]) -> str:
+    """Sets the process-default kernel set, which each later call reads once; returns the previous
+    name. Raises ValueError for an unknown name or "avx2" on a CPU without AVX2 and F16C."""
+
+
+def kernels() -> str:
+    """The name of the kernel set calls use now: "scalar" or "avx2"."""
+
+
+def kth_largest(keys: np.ndarray, k: int) -> int:
+    """The k-th largest of a 1-D array of uint32 keys (copied), 1 <= k <= len(keys) (tests of the
+    selection). Raises ValueError for k out of range."""
+
+
+def round_f32(x: np.ndarray, to: Literal[1, 2]) -> np.ndarray:
+    """The uint16 bits of 1-D float32 x rounded to float16 (to=1) or bfloat16 (to=2), nearest even,
+    with the core's conversions (tests). Raises ValueError for another `to`."""
+
+
+def map_range(path: Union[str, bytes, os.PathLike], offset: int, nbytes: int) -> np.ndarray:
+    """A read-only uint8 array of bytes [offset, offset + nbytes) of the file, memory-mapped; mapped
+    and unmapped (when the array is freed) without the GIL. Raises ValueError (offset < 0,
+    nbytes < 1, the file ends before), OSError (open, stat or mmap failed)."""
