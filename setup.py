@@ -28,6 +28,7 @@ sources = [
     "csrc/rows.c",
     "csrc/threshold.c",
     "csrc/api.c",
+    "csrc/adpqmodule_args.c",
     "csrc/adpqmodule.c",
 ]
 

@@ -25,8 +25,10 @@
  *   api.c             the public entry points that need a kernel set: each reads kernels.c's
  *                     default once and passes it down                  -> kernels, threshold, rows, dequant,
  *                                                                         metrics, columns, pack, layout
- *   adpqmodule.c      the CPython wrapper (not in the C library)       -> api, kernels, metrics, layout,
- *                                                                         outliers, halfcvt
+ *   adpqmodule_args.c the Python boundary's argument conversions (config dicts, arrays by name;
+ *                     in the extension, not in the C library)          -> layout
+ *   adpqmodule.c      the CPython wrapper (not in the C library)       -> adpqmodule_args, api, kernels,
+ *                                                                         metrics, layout, outliers, halfcvt
  *
  * tests/test_c_core.py checks this order on the object files (nm): every file's calls resolve
  * to files before it, and only api.c calls adpq_active_kernels.
