@@ -6,7 +6,7 @@
  * own low-bit quantizer. This header is plain C99/C11: no Python in it. Every function reports
  * errors with an adpq_status code and, where it takes one, a message in `err` (ADPQ_ERRLEN bytes).
  *
- * Conventions (documented for readers of the format, see README "The adpq format"):
+ * Conventions (documented for readers of the format, see docs/FORMAT.md):
  *  - A matrix has `rows` x `cols` weights; a group is `group_size` consecutive weights of one row.
  *    A row whose length is not a multiple of group_size ends in a shorter group.
  *  - Codes are one b-bit unsigned integer per weight, row-major, in one little-endian bit stream:
@@ -143,9 +143,9 @@ adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint
  * in double and in order, the float32 sums of |w[r][j]| over blocks of 64 rows (each summed in row
  * order from 0). */
 adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean, char *err);
-/* Column scaling from those means (python/adpq/columns.py): scales[j] = bfloat16 bits of c_j, the mean
- * rounded to nearest even, or 1 where the mean is not finite, below float32's normal range or rounds
- * past bfloat16's; mul[j] = 1 / c_j in float32. */
+/* Column scaling from those means (python/adpq/reference/columns.py): scales[j] = bfloat16 bits of
+ * c_j, the mean rounded to nearest even, or 1 where the mean is not finite, below float32's normal
+ * range or rounds past bfloat16's; mul[j] = 1 / c_j in float32. */
 adpq_status adpq_column_scales(const adpq_matrix *m, int threads, uint16_t *scales, float *mul, char *err);
 
 /* Dequantizes q to float32 (rows x cols, row-major). Validates counts and indices. col_mul: NULL,

@@ -1,8 +1,8 @@
-/* columns.c - column scaling (python/adpq/columns.py): the mean |w| of each column, and from it the
- * stored scales and the factors the quantized matrix is multiplied by. Rows are summed in float32 in
- * blocks of ADPQ_COLUMN_BLOCK rows (in row order from 0),
- * each block sum added to a double total in block order; the NumPy reference does the same, so both
- * give the same bits. Threads own column stripes: the order per column is kept. */
+/* columns.c - column scaling (python/adpq/reference/columns.py): the mean |w| of each column, and
+ * from it the stored scales and the factors the quantized matrix is multiplied by. Rows are summed in
+ * float32 in blocks of ADPQ_COLUMN_BLOCK rows (in row order from 0), each block sum added to a
+ * double total in block order; the NumPy reference does the same, so both give the same bits.
+ * Threads own column stripes: the order per column is kept. */
 #include <math.h>
 #include <stdlib.h>
 

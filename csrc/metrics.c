@@ -1,6 +1,7 @@
-/* metrics.c - the sums behind adpq.metrics (DESIGN.md 2.5), so that error reports cost about as
- * much as reading the two matrices. Partial sums are per chunk of rows and added in chunk order:
- * results do not depend on threads.
+/* metrics.c - the sums behind adpq.metrics (docs/DESIGN.md 2.5), so that error reports cost about as
+ * much as reading the two matrices. Partial sums are per chunk of rows (4 chunks per thread) and added
+ * in chunk order: the same thread count gives the same bits; another count may change the last bits
+ * of the double sums (the histograms, and so the KL, do not change).
  *
  * The histogram bins span [min, max] of w and w_hat together, which is known only after a pass
  * over both. Rather than a second pass (converting w and dequantizing w_hat again), a cheap

@@ -1,4 +1,4 @@
-/* outliers.c - the pieces of the Adaptive-LASSO outlier selection (DESIGN.md 2.1).
+/* outliers.c - the pieces of the Adaptive-LASSO outlier selection (docs/DESIGN.md 2.1).
  *
  * With the identity design, b_i = sign(w_i) max(|w_i| - lambda' / |w_i|^gamma, 0), so the outliers
  * O = {i : b_i != 0} = {i : |w_i|^(1+gamma) > lambda'}: the weights of largest magnitude. Solving

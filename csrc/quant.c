@@ -1,4 +1,4 @@
-/* quant.c - group quantizer parameters (DESIGN.md 2.2): scale and zero-point of a b-bit quantizer
+/* quant.c - group quantizer parameters (docs/DESIGN.md 2.2): scale and zero-point of a b-bit quantizer
  * for a range of values, rounded to their storage dtype. The kernel sets' `params` are these
  * (the scalar set's exactly; the AVX2 set's bit-identical for float16 storage). */
 #include <math.h>

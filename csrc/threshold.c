@@ -413,9 +413,9 @@ static void undo_one_pass(qctx *c) {
 /* When the one pass is taken (route AUTO): matrices of at least this many input bytes, with column
  * scaling. Measured on a Zen 1 with 8 MiB of L3 (benchmarks/RESULTS.md): below ~16 MiB the second
  * read of two passes comes from cache and two passes are faster; on 64-180 MB matrices with column
- * scaling the one pass (one read and one multiply per weight instead of two) is 3-11% faster;
- * without column scaling the fix-ups cost more than the second read saves (two passes up to 8%
- * faster). Routes ONE_PASS and TWO_PASS force the choice (tests, benchmarks). */
+ * scaling the one pass (one read and one multiply per weight instead of two) is as fast to 6% faster
+ * (RESULTS.md, "One pass against two"); without column scaling the fix-ups cost more than the second
+ * read saves (two passes up to 14% faster). Routes ONE_PASS and TWO_PASS force the choice (tests, benchmarks). */
 #define ADPQ_ONE_PASS_MIN_BYTES (24 << 20)
 
 static int want_one_pass(const qctx *c) {
