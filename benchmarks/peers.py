@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Peer quantizers for adpq's quality comparison (issue 5): fake-quantized HF folders + honest bits/weight.
 
+(One file over 600 lines on purpose: each peer's adapter is short and they share the bits/weight
+accounting below; split per peer, the accounting would be repeated or scattered.)
+
 For a Hugging Face causal-LM folder (config.json + *.safetensors) this writes a copy whose quantized
 tensors hold quantize->dequantize'd weights in the input dtype (an ordinary HF folder that any loader
 opens), and reports the bits per weight counted the way adpq counts them (docs/DESIGN.md 2.3):
