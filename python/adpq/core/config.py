@@ -147,10 +147,6 @@ class QuantConfig:
         object.__setattr__(out, "column_scaling", "mean_abs" if rows >= AUTO_COLUMN_SCALING_MIN_ROWS else "none")
         return out
 
-    @property
-    def uses_outliers(self) -> bool:
-        return self.lam is not None or self.outlier_ratio > 0
-
     def core_config(self, threads: Optional[int] = None) -> dict:
         """The config as the C core takes it: a dict with exactly the fields of adpq_config in
         csrc/adpq.h (its `route` aside, a keyword of _core.quantize; see adpq/_core.pyi)."""
