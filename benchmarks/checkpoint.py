@@ -115,11 +115,12 @@ def _child(argv):
     elif mode.startswith("ggml "):
         out.update(_ggml_pipeline(src, argv[2], mode.split()[1], argv[3]))
     elif mode in ("quantize", "quantize-nometrics"):
-        dst = argv[2]
-        t0 = time.perf_counter()
-        from adpq.io.checkpoint import quantize_checkpoint
+        from adpq.io.checkpoint import quantize_checkpoint  # (imports are not what is timed)
 
-        rep = quantize_checkpoint(src, dst, adpq.QuantConfig(), progress=False, overwrite=True,
+        dst = argv[2]
+        cfg = adpq.QuantConfig()
+        t0 = time.perf_counter()
+        rep = quantize_checkpoint(src, dst, cfg, progress=False, overwrite=True,
                                        compute_metrics=(mode == "quantize"))
         out.update(seconds=time.perf_counter() - t0, bytes=rep.input_bytes,
                    bits_per_weight=rep.totals()["bits_per_weight_quantized"],
