@@ -136,4 +136,4 @@ def test_one_version():
     assert adpq.__version__ == importlib.metadata.version("adpq")
     out = subprocess.run([sys.executable, "-m", "adpq", "--version"], capture_output=True, text=True)
     assert out.stdout.strip() == f"adpq {adpq.__version__}"
-    assert getattr(_core, "VERSION", adpq.__version__) == adpq.__version__
+    assert _core.VERSION == adpq.__version__
