@@ -12,6 +12,7 @@ nothing is left behind that looks like a complete output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -34,8 +35,7 @@ class UserError(Exception):
     pass
 
 
-_QUANT_OPTIONS = ("bits", "group_size", "outlier_ratio", "outlier_scope", "outlier_format", "gamma", "lam",
-                  "symmetric", "scale_dtype", "threads", "zero_point", "column_scaling")
+_QUANT_OPTIONS = tuple(f.name for f in dataclasses.fields(QuantConfig))  # one flag each (_add_quant_options)
 
 
 class _HelpFormatter(argparse.HelpFormatter):

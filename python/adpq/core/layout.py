@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import dtypes
 from .config import QuantConfig
 
 ARRAY_NAMES = (
@@ -42,10 +41,6 @@ ARRAY_NAMES = (
 CODE_ARRAYS = ("codes",)
 SCALE_ARRAYS = ("scales", "zeros", "column_scales")
 OUTLIER_ARRAYS = ("outlier_counts", "outlier_indices", "outlier_scales", "outlier_zeros", "outlier_values")
-
-def scale_np_dtype(scale_dtype: str) -> np.dtype:
-    return dtypes.NUMPY[scale_dtype]
-
 
 @dataclass(frozen=True)
 class Layout:

@@ -8,9 +8,7 @@ import numpy as np
 from .. import _core
 from . import dtypes
 from .config import QuantConfig
-from .layout import ARRAY_NAMES, CODE_ARRAYS, OUTLIER_ARRAYS, SCALE_ARRAYS, layout_of, scale_np_dtype, unpack_bits
-
-INPUT_DTYPES = dtypes.FLOAT_DTYPES
+from .layout import ARRAY_NAMES, CODE_ARRAYS, OUTLIER_ARRAYS, SCALE_ARRAYS, layout_of, unpack_bits
 
 
 def _raw(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
@@ -38,8 +36,8 @@ class QuantizedTensor:
         shape = tuple(int(s) for s in shape)
         if len(shape) not in (1, 2) or any(s < 1 for s in shape):
             raise ValueError(f"shape must be 1-D or 2-D with positive sizes, got {shape}")
-        if dtype not in INPUT_DTYPES:
-            raise ValueError(f"dtype must be one of {INPUT_DTYPES}, got {dtype!r}")
+        if dtype not in dtypes.FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {dtypes.FLOAT_DTYPES}, got {dtype!r}")
         unknown = set(arrays) - set(ARRAY_NAMES)
         if unknown:
             raise ValueError(f"unknown array name(s): {sorted(unknown)}")
@@ -79,7 +77,7 @@ class QuantizedTensor:
 
     def _validate(self) -> None:
         cfg, lay = self.config, self.layout
-        sdt = scale_np_dtype(cfg.scale_dtype)
+        sdt = dtypes.NUMPY[cfg.scale_dtype]
         self._expect("codes", np.dtype(np.uint8), lay.code_bytes)
         self._expect("scales", sdt, lay.num_groups)
         if cfg.column_scaling == "none":
