@@ -23,6 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any, List
 
 from ._version import __version__
+from .hf import register as _register_hook
 
 # public name -> the module that defines it
 _LAZY = {
@@ -34,12 +35,15 @@ _LAZY = {
     "soft_threshold": "adpq.core.quantize",
     "metrics": "adpq.core.metrics",
     "kl_divergence": "adpq.core.metrics",
+    "matmul": "adpq.core.matmul",
     "quantize_checkpoint": "adpq.io.checkpoint",
     "CheckpointReport": "adpq.io.report",
     "CheckpointError": "adpq.io.folder",
     "dequantize_checkpoint": "adpq.io.adpq_format",
     "inspect_checkpoint": "adpq.io.adpq_format",
     "load": "adpq.hf.loading",
+    "AdpqConfig": "adpq.hf.quantizer",
+    "AdpqLinear": "adpq.runtime.linear",
     "load_state_dict": "adpq.hf.loading",
 }
 
@@ -47,14 +51,21 @@ __all__ = ["__version__", "kernels", *_LAZY]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from .core.config import QuantConfig
+    from .core.matmul import matmul
     from .core.metrics import kl_divergence, metrics
     from .core.quantize import dequantize, outlier_mask, quantize, soft_threshold
     from .core.quantized import QuantizedTensor
     from .hf.loading import load, load_state_dict
+    from .hf.quantizer import AdpqConfig
+    from .runtime.linear import AdpqLinear
     from .io.adpq_format import dequantize_checkpoint, inspect_checkpoint
     from .io.checkpoint import quantize_checkpoint
     from .io.folder import CheckpointError
     from .io.report import CheckpointReport
+
+
+# transformers learns quant_method "adpq" when it is imported (adpq.hf.register; imports nothing now)
+_register_hook.install()
 
 
 def __getattr__(name: str) -> Any:

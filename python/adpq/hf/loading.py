@@ -1,4 +1,4 @@
-"""Layer 4: adpq folders into transformers (weights dequantized at load).
+"""Layer 4: adpq folders into transformers: packed (AdpqLinear modules) or dequantized at load.
 
 The format is specified in docs/FORMAT.md; adpq.io reads it (adpq.io.adpq_format).
 """
@@ -51,10 +51,15 @@ def load_state_dict(path, dtype=None) -> Dict[str, Any]:
     return sd
 
 
-def load(path, device="cpu", dtype=None):
+def load(path, device="cpu", dtype=None, dequantize: bool = False, activations: str = "float32",
+         threads=None):
     """A transformers model from an adpq-format folder (an ordinary HF folder is loaded as it is).
 
-    Weights are dequantized at load; dtype defaults to the checkpoint's dtype (config.json).
+    By default the quantized linear layers are adpq.AdpqLinear modules holding the packed arrays (the
+    C kernel runs them on CPU); dequantize=True instead returns an ordinary model with the weights
+    dequantized at load. dtype (of everything else, and of the activations) defaults to the
+    checkpoint's (config.json). activations and threads: AdpqLinear's ("float32" or "int8"; None:
+    torch's thread count).
     """
     import torch
     import transformers
@@ -68,7 +73,21 @@ def load(path, device="cpu", dtype=None):
         raise CheckpointError(f"{path}: no config.json (not a Hugging Face model folder)")
     tdt = torch_dtype(dtype)
     if adpq_quantization_config(cfg) is None:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=tdt if tdt is not None else "auto")
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=tdt if tdt is not None else "auto",
+                                                                  local_files_only=True)
+        return model.to(device).eval()
+    if not dequantize:
+        from ..runtime.linear import ACTIVATIONS, AdpqLinear
+        from .register import register
+
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+        register()
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=tdt if tdt is not None else "auto", local_files_only=True)
+        for m in model.modules():
+            if isinstance(m, AdpqLinear):
+                m.activations, m.threads = activations, threads
         return model.to(device).eval()
     cfg.pop("quantization_config")
     if tdt is None:

@@ -28,7 +28,7 @@ from ..core.config import QuantConfig, default_threads
 from ..core.metrics import metrics
 from ..core.quantize import quantize
 from .folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError, SourceCheckpoint, output_dtype, set_config_dtype
-from .output import OutputRun, parse_size
+from .output import OutputRun, header_estimate, parse_size
 from .progress import Progress
 from .report import CheckpointReport, TensorReport, jsonable, report_from_dict
 from .safetensors import TensorInfo, is_float_dtype
@@ -157,7 +157,7 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     job = {"kind": "quantize", "format": format, "config": job_cfg, "include": inc,
            "exclude": exc, "fake_dtype": fake_dtype, "source": src.fingerprint(),
            "format_version": FORMAT_VERSION, "max_shard_bytes": parse_size(max_shard_size)}
-    est = 256 + sum(9 * len(i.name) + 8 * 120 + 800 if i.name in selected else len(i.name) + 120 for i in infos)
+    est = header_estimate((i.name, i.name in selected) for i in infos)
     run = OutputRun(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"], header_estimate=est)
     todo = [i for i in infos if not run.is_done(i.name)]
     bar = Progress(sum(i.nbytes for i in todo), progress, "quantizing")

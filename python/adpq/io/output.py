@@ -10,7 +10,7 @@ import json
 import os
 import re
 import shutil
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -40,6 +40,13 @@ def _looks_disposable(path: str) -> bool:
     names = os.listdir(path)
     return (not names or INCOMPLETE_MARKER in names or "config.json" in names
             or any(n.endswith(".safetensors") for n in names))
+
+
+def header_estimate(tensors: Iterable[Tuple[str, bool]]) -> int:
+    """Bytes to reserve for a shard header, from the run's (name, quantized) tensors. The reserve is
+    part of the file (the header is padded to it), so equal runs must estimate it equally: a model
+    saved by adpq.hf.save_adpq is byte-identical to the folder it was loaded from."""
+    return 256 + sum(9 * len(n) + 8 * 120 + 800 if q else len(n) + 120 for n, q in tensors)
 
 
 def parse_size(s) -> int:
