@@ -10,7 +10,7 @@ import pytest
 import adpq
 import adpq.io.checkpoint
 from adpq.io.checkpoint import quantize_checkpoint
-from adpq.io.folder import INCOMPLETE_MARKER, CheckpointError, SourceCheckpoint
+from adpq.io.folder import FORMAT_VERSION, INCOMPLETE_MARKER, CheckpointError, SourceCheckpoint
 from adpq.io.adpq_format import AdpqCheckpoint, dequantize_checkpoint, inspect_checkpoint
 from adpq.io.safetensors import SafetensorsError, SafetensorsFile, write_safetensors
 
@@ -120,7 +120,7 @@ def test_adpq_format_round_trips_bit_for_bit(tmp_path):
     assert "model.safetensors.index.json" in files and len(rep.output_files) > 1
     conf = json.load(open(dst / "config.json"))
     qc = conf["quantization_config"]
-    assert qc["quant_method"] == "adpq" and qc["format_version"] == 2
+    assert qc["quant_method"] == "adpq" and qc["format_version"] == FORMAT_VERSION == 3
     assert {k: qc[k] for k in c.to_dict()} == json.loads(json.dumps(c.to_dict()))
     index = json.load(open(dst / "model.safetensors.index.json"))
     assert set(index["weight_map"].values()) == set(rep.output_files)
@@ -149,7 +149,7 @@ def test_adpq_format_round_trips_bit_for_bit(tmp_path):
     for fn in rep.output_files:
         f = SafetensorsFile(dst / fn)
         for n in f.names():  # by offset
-            base = n.split(".adpq.")[0]
+            base = n.split(".adpq.")[0]  # (codes: the name itself)
             if not written or written[-1] != base:
                 written.append(base)
     assert written == source.names()
@@ -199,7 +199,7 @@ def test_kept_tensors_keep_dtype_and_single_file(tmp_path):
     st = pytest.importorskip("safetensors.numpy")  # the header is written in place, padded: still standard
     lib = st.load_file(str(tmp_path / "q" / "model.safetensors"))
     assert bits_equal(lib["model.extra_ids"], t["model.extra_ids"])
-    assert bits_equal(lib["model.layers.0.mlp.up_proj.weight.adpq.codes"],
+    assert bits_equal(lib["model.layers.0.mlp.up_proj.weight"],
                       ck.quantized_tensor("model.layers.0.mlp.up_proj.weight").arrays()["codes"])
 
 
@@ -346,7 +346,7 @@ def test_load_matches_fake_quant_folder(tmp_path, tied, dtype):
     src = make_llama(tmp_path / "src", tied=tied, dtype=dtype)
     quantize_checkpoint(src, tmp_path / "q", cfg(), progress=False)
     quantize_checkpoint(src, tmp_path / "fake", cfg(), format="fake", progress=False)
-    m = adpq.load(tmp_path / "q")
+    m = adpq.load(tmp_path / "q", dequantize=True)  # (the packed model: tests/test_runtime.py)
     f = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "fake")
     tdt = getattr(torch, dtype)
     assert m.dtype == tdt and f.dtype == tdt
@@ -360,7 +360,7 @@ def test_load_matches_fake_quant_folder(tmp_path, tied, dtype):
     o = transformers.AutoModelForCausalLM.from_pretrained(src)
     with torch.no_grad():
         assert not torch.equal(o(x).logits, a)
-    m32 = adpq.load(tmp_path / "q", dtype="float32")
+    m32 = adpq.load(tmp_path / "q", dtype="float32", dequantize=True)
     assert m32.dtype == torch.float32
 
 
@@ -374,32 +374,43 @@ def test_nonfinite_weight_names_the_tensor(tmp_path):
         AdpqCheckpoint(tmp_path / "q")
 
 
-def test_format_1_folders_still_load(tmp_path):
-    """Format 1 had no column scaling: its per-tensor configs lack the field, which must read as
-    'none' even though QuantConfig's default is now 'auto'."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_format_folders_still_load(tmp_path, version):
+    """Formats 1 and 2 stored the codes as NAME.adpq.codes; format 1 also had no column scaling: its
+    per-tensor configs lack the field, which must read as 'none' even though QuantConfig's default is
+    now 'auto'."""
     src = make_llama(tmp_path / "src", tied=False, dtype="float32")
     dst = tmp_path / "q"
     quantize_checkpoint(src, dst, cfg(column_scaling="none"), progress=False)
     ref = {n: AdpqCheckpoint(dst).quantized_tensor(n).dequantize() for n in AdpqCheckpoint(dst).qmeta}
-    for f in dst.glob("*.safetensors"):  # rewrite the headers as format 1 wrote them
+    for f in dst.glob("*.safetensors"):  # rewrite the headers as that format wrote them
         b = f.read_bytes()
         n = struct.unpack("<Q", b[:8])[0]
         header = json.loads(b[8:8 + n])
         meta = header["__metadata__"]
-        meta["adpq.format_version"] = "1"
+        meta["adpq.format_version"] = str(version)
         for k in [k for k in meta if k.startswith("adpq:")]:
-            m = json.loads(meta[k])
-            del m["config"]["column_scaling"]
-            meta[k] = json.dumps(m)
+            header[f"{k[5:]}.adpq.codes"] = header.pop(k[5:])
+            if version == 1:
+                m = json.loads(meta[k])
+                del m["config"]["column_scaling"]
+                meta[k] = json.dumps(m)
         hb = json.dumps(header).encode()
         hb += b" " * (-len(hb) % 8)
         f.write_bytes(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+    index = dst / "model.safetensors.index.json"
+    if index.exists():
+        idx = json.loads(index.read_text())
+        idx["weight_map"] = {(f"{k}.adpq.codes" if k in ref else k): v for k, v in idx["weight_map"].items()}
+        index.write_text(json.dumps(idx))
     conf = json.load(open(dst / "config.json"))
-    conf["quantization_config"]["format_version"] = 1
-    del conf["quantization_config"]["column_scaling"]
+    conf["quantization_config"]["format_version"] = version
+    if version == 1:
+        del conf["quantization_config"]["column_scaling"]
     (dst / "config.json").write_text(json.dumps(conf))
     ck = AdpqCheckpoint(dst)
-    assert ck.qmeta and all("column_scaling" not in json.dumps(m["config"]) for m in ck.qmeta.values())
+    assert ck.qmeta and all(("column_scaling" in json.dumps(m["config"])) == (version == 2)
+                            for m in ck.qmeta.values())
     for name, w_hat in ref.items():
         qt = ck.quantized_tensor(name)
         assert qt.config.column_scaling == "none" and bits_equal(qt.dequantize(), w_hat)

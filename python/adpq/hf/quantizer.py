@@ -9,13 +9,14 @@ With these registered (adpq.hf.register does it when transformers is imported af
 A pre-quantized folder: before transformers loads the weights, every quantized tensor whose module is
 an nn.Linear is replaced by an AdpqLinear built from the folder's arrays (read once, kept as they are
 stored); transformers then loads the kept tensors (embeddings, norms, biases) into the model and skips
-the `*.adpq.*` entries. Quantize at load: the model is loaded as usual, then the selected linear
+the entries of the stored arrays. Quantize at load: the model is loaded as usual, then the selected linear
 layers are quantized one by one (the selection of quantize_checkpoint: include/exclude patterns).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -141,8 +142,10 @@ class AdpqHfQuantizer(HfQuantizer):
             if linear.bias is not None:  # loaded by transformers afterwards, as a kept tensor
                 bias = torch.empty(linear.out_features, dtype=linear.bias.dtype, device="meta")
             _set_module(model, mod_name, AdpqLinear(qt, bias, activations=act, config_dict=ck.qmeta[name]["config"]))
-        ignore = set(model._keys_to_ignore_on_load_unexpected or [])
-        model._keys_to_ignore_on_load_unexpected = ignore | {r"\.adpq\."}
+        # the arrays are in the modules already: transformers must not report their entries
+        ignore = set(model._keys_to_ignore_on_load_unexpected or []) | {r"\.adpq\."}
+        ignore |= {f"^{re.escape(ck.entry(n, 'codes'))}$" for n in ck.qmeta}
+        model._keys_to_ignore_on_load_unexpected = ignore
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):

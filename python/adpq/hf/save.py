@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..io.folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError
+from ..io.folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError, array_entry
 from ..io.output import OutputRun, atomic_write_text, header_estimate, parse_size
 from ..io.report import jsonable
 from ..runtime.linear import AdpqLinear, to_numpy
@@ -32,7 +32,7 @@ def _entries(model: torch.nn.Module) -> Dict[str, Tuple[List[Tuple[str, np.ndarr
             meta = {f"adpq:{name}": json.dumps({
                 "shape": list(qt.shape), "dtype": qt.dtype, "arrays": list(arrays),
                 "config": jsonable(m.config_dict), "num_outliers": int(qt.num_outliers)})}
-            out[name] = ([(f"{name}.adpq.{k}", a) for k, a in arrays.items()], meta)
+            out[name] = ([(array_entry(name, k), a) for k, a in arrays.items()], meta)
     seen = set()
     for name, t in model.state_dict(keep_vars=False).items():
         key = (t.data_ptr(), t.dtype, tuple(t.shape)) if t.numel() else None
@@ -62,18 +62,19 @@ def save_adpq(model: torch.nn.Module, save_directory, max_shard_size="2GB", orde
     qc = getattr(model.config, "quantization_config", None)
     if qc is None:
         raise CheckpointError("the model has no quantization_config (not loaded or quantized by adpq)")
-    qc_dict = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc)
+    qc_dict = dict(qc.to_dict() if hasattr(qc, "to_dict") else qc, format_version=FORMAT_VERSION)
     if qc_dict.get("quant_method") != QUANT_METHOD:
         raise CheckpointError(f"the model's quantization_config is {qc_dict.get('quant_method')!r}, not 'adpq'")
     job = {"kind": "save", "format": "adpq", "format_version": FORMAT_VERSION}
-    est = header_estimate((n, any(".adpq." in e for e, _ in entries[n][0])) for n in names)
+    est = header_estimate((n, bool(entries[n][1])) for n in names)
     run = OutputRun(src if os.path.isdir(src) else os.devnull, dst, job, overwrite=True, resume=False,
                     max_shard_bytes=parse_size(max_shard_size), header_estimate=est)
     try:
         for name in names:
             arrays, meta = entries[name]
             run.add(arrays, meta, {"name": name})
-        config_json = model.config.to_dict()
+        config_json = model.config.to_diff_dict()
+        config_json.pop("_name_or_path", None)
         config_json["quantization_config"] = qc_dict
         config_json["architectures"] = [type(model).__name__]
         gen = getattr(model, "generation_config", None)

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..core.config import QuantConfig
 from ..core.quantized import QuantizedTensor
-from .folder import (FORMAT_VERSION, CheckpointError, SourceCheckpoint, adpq_quantization_config, output_dtype,
-                     set_config_dtype)
+from .folder import (FORMAT_VERSION, CheckpointError, SourceCheckpoint, adpq_quantization_config, array_entry,
+                     output_dtype, set_config_dtype)
 from .output import OutputRun, parse_size
 from .progress import Progress
 from .report import CheckpointReport, TensorReport, jsonable, per_layer_type, report_from_dict
@@ -36,6 +36,7 @@ class AdpqCheckpoint:
             raise CheckpointError(f"{self.path}: adpq format version {qc.get('format_version')} is newer than "
                                   f"this adpq supports ({FORMAT_VERSION}); upgrade adpq")
         self.quantization_config = qc
+        self.format_version = int(qc.get("format_version", 1))
         self.qmeta: Dict[str, dict] = {}
         for sf in self.src.files.values():
             for k, v in sf.metadata.items():
@@ -47,17 +48,21 @@ class AdpqCheckpoint:
         self._owned = set()
         for name, m in self.qmeta.items():
             for a in m["arrays"]:
-                e = f"{name}.adpq.{a}"
+                e = self.entry(name, a)
                 if e not in self.src.tensors:
                     raise CheckpointError(f"{self.path}: quantized tensor {name!r} lacks its array {e!r}")
                 self._owned.add(e)
+
+    def entry(self, name: str, array: str) -> str:
+        """The safetensors entry holding one array of quantized tensor `name`."""
+        return array_entry(name, array, self.format_version)
 
     def names(self) -> List[str]:
         """Logical tensor names (quantized and kept), in file order."""
         out, seen = [], set()
         for e in self.src.names():
             if e in self._owned:
-                name = e.rsplit(".adpq.", 1)[0]
+                name = e.rsplit(".adpq.", 1)[0]  # (the codes entry is the name itself)
                 if name not in seen:
                     seen.add(name)
                     out.append(name)
@@ -70,7 +75,7 @@ class AdpqCheckpoint:
 
     def quantized_tensor(self, name: str):
         m = self.qmeta[name]
-        arrays = {a: np.array(self.src.get(f"{name}.adpq.{a}")) for a in m["arrays"]}
+        arrays = {a: np.array(self.src.get(self.entry(name, a))) for a in m["arrays"]}
         try:
             # format 1 predates column scaling: its configs have no such field and used none
             cfg = QuantConfig.from_dict({"column_scaling": "none", **m["config"]})
@@ -80,7 +85,7 @@ class AdpqCheckpoint:
 
     def stored_bytes(self, name: str) -> int:
         if name in self.qmeta:
-            return sum(self.src.tensors[f"{name}.adpq.{a}"].nbytes for a in self.qmeta[name]["arrays"])
+            return sum(self.src.tensors[self.entry(name, a)].nbytes for a in self.qmeta[name]["arrays"])
         return self.src.tensors[name].nbytes
 
     def tensor(self, name: str, dtype=None) -> np.ndarray:
@@ -145,7 +150,7 @@ def inspect_checkpoint(path) -> Dict[str, Any]:
         if ck.is_quantized(name):
             m = ck.qmeta[name]
             numel = int(np.prod(m["shape"]))
-            split = {a: 8 * ck.src.tensors[f"{name}.adpq.{a}"].nbytes / numel for a in m["arrays"]}
+            split = {a: 8 * ck.src.tensors[ck.entry(name, a)].nbytes / numel for a in m["arrays"]}
             b = ck.stored_bytes(name)
             rows.append({"name": name, "quantized": True, "shape": m["shape"], "dtype": m["dtype"],
                          "bytes": b, "bits_per_weight": 8 * b / numel, "arrays": split,

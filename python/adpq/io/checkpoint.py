@@ -4,8 +4,8 @@
     print(report.format_table())
 
 The on-disk adpq format is specified in docs/FORMAT.md. Summary: ordinary safetensors shards in which
-a quantized tensor NAME is stored as the arrays "NAME.adpq.<array>" of its QuantizedTensor, described by
-the shard's __metadata__ key "adpq:NAME"; other tensors are stored unchanged; config.json carries
+a quantized tensor NAME is stored as the arrays of its QuantizedTensor ("NAME" holds its codes,
+"NAME.adpq.<array>" the others), described by the shard's __metadata__ key "adpq:NAME"; other tensors are stored unchanged; config.json carries
 quantization_config = {"quant_method": "adpq", "format_version": 2, ...}.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from ..core.config import QuantConfig, default_threads
 from ..core.metrics import metrics
 from ..core.quantize import quantize
-from .folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError, SourceCheckpoint, output_dtype, set_config_dtype
+from .folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError, array_entry, SourceCheckpoint, output_dtype, set_config_dtype
 from .output import OutputRun, header_estimate, parse_size
 from .progress import Progress
 from .report import CheckpointReport, TensorReport, jsonable, report_from_dict
@@ -109,7 +109,7 @@ def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, 
                        jsonable(dict(qt.bits_breakdown())), int(qt.num_outliers))
     if format == "adpq":
         arrays = qt.arrays()
-        entries = [(f"{info.name}.adpq.{k}", a) for k, a in arrays.items()]
+        entries = [(array_entry(info.name, k), a) for k, a in arrays.items()]
         rep.bytes_out = sum(int(a.nbytes) for a in arrays.values())
         meta[f"adpq:{info.name}"] = json.dumps({
             "shape": list(info.shape), "dtype": qt.dtype, "arrays": list(arrays),

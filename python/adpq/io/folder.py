@@ -16,11 +16,23 @@ import numpy as np
 from ..core import dtypes
 from .safetensors import SafetensorsFile, TensorInfo, read_tensor
 
-FORMAT_VERSION = 2  # 2: adds the optional per-tensor array "column_scales" (column_scaling)
+# 2: adds the optional per-tensor array "column_scales" (column_scaling); 3: a quantized tensor's
+# codes are stored under its own name (docs/FORMAT.md)
+FORMAT_VERSION = 3
 INCOMPLETE_MARKER = ".adpq-incomplete"
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 QUANT_METHOD = "adpq"
+
+
+def array_entry(name: str, array: str, format_version: int = FORMAT_VERSION) -> str:
+    """The safetensors entry of one stored array of quantized tensor `name`. From version 3 the codes
+    are stored under the tensor's own name: a loader that does not know the format then finds a
+    uint8 vector where it expects a float matrix and refuses it (transformers raises a size mismatch)
+    instead of leaving that layer randomly initialized."""
+    if array == "codes" and format_version >= 3:
+        return name
+    return f"{name}.adpq.{array}"
 
 
 class CheckpointError(ValueError):
