@@ -171,7 +171,40 @@ adpq_status adpq_error_stats_q(const adpq_matrix *w, const adpq_qmatrix *q, cons
  * eps added to every bin, renormalised; sum of p log(p / q) in double, in bin order. */
 double adpq_kl_from_histograms(const int64_t *p, const int64_t *q, int bins, double eps);
 
-/* Kernel selection: "scalar" (the reference), "avx2" (x86-64 with AVX2+F16C), or "auto".
+/* ------------------------------------------------------------ matmul on the stored arrays
+ * y = x @ w_hat.T for a quantized matrix w_hat (rows x cols) read from its stored arrays: the codes
+ * are decoded in the kernel, never repacked, and w_hat is never materialised. The plan points into
+ * q's arrays and col_mul (not copied: they must outlive it) and owns the outlier correction: w_hat =
+ * (dense w + a sparse delta at the outlier positions) * col_mul. */
+typedef enum { ADPQ_MATMUL_FLOAT = 0, ADPQ_MATMUL_INT8 = 1 } adpq_matmul_mode;
+
+typedef struct {
+    adpq_qmatrix q;          /* the arrays, by pointer */
+    adpq_config cfg;
+    adpq_layout lay;
+    const float *col_mul;    /* NULL or cols factors (the column scales), by pointer */
+    /* the outliers as a CSR correction: row r's entries are [row_ptr[r], row_ptr[r+1]), each at
+     * column corr_col[k] with corr_delta[k] = w_outlier - w_dense (float32, before col_mul);
+     * all NULL when there are no outliers */
+    int64_t *row_ptr;
+    int32_t *corr_col;
+    float *corr_delta;
+} adpq_matmul_plan;
+
+/* Validates q's arrays as adpq_dequantize does and builds plan (release it with
+ * adpq_matmul_release, also after a failure). col_mul: NULL or cols finite factors. */
+adpq_status adpq_matmul_prepare(const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
+                                adpq_matmul_plan *plan, char *err);
+void adpq_matmul_release(adpq_matmul_plan *plan);
+/* y[i*y_stride + r] = sum_j x[i*x_stride + j] * w_hat[r][j] for i < n, r < rows: x rows of cols
+ * floats x_stride apart (>= cols), y rows of `rows` floats y_stride apart (>= rows); n >= 0.
+ * mode: an adpq_matmul_mode. ADPQ_MATMUL_FLOAT: float32 arithmetic (relative error ~1e-7 per
+ * output row); ADPQ_MATMUL_INT8: the activations quantized to int8 per block of 32 columns (ggml's
+ * q8_0). NaN/Inf in x are propagated to y. threads >= 1 (fewer are used when there is less work). */
+adpq_status adpq_matmul(const adpq_matmul_plan *plan, const float *x, int64_t n, int64_t x_stride, float *y,
+                        int64_t y_stride, int mode, int threads, char *err);
+
+/* Kernel selection: "scalar" (the reference), "avx2" (x86-64 with AVX2+F16C+FMA), or "auto".
  * Returns 0 on success, -1 if that kernel set is not available on this CPU. */
 int adpq_set_kernels(const char *name);
 const char *adpq_kernels_name(void);

@@ -138,7 +138,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args, PyObject *kwargs)
     adpq_config cfg;
     adpq_matrix cm;
     char err[ADPQ_ERRLEN] = {0};
-    if (pyarg_qmatrix(args, kwargs, "O!LLOLL|O:dequantize", &q, &cfg, &cm)) return NULL;
+    if (pyarg_qmatrix(args, kwargs, "O!LLOLL|O:dequantize", &q, &cfg, &cm, NULL)) return NULL;
     npy_intp dims[2] = {q.rows, q.cols};
     PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!out) return NULL;
@@ -217,7 +217,7 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args, PyObject *kwargs
             return NULL;
         }
         PyObject *none = PyTuple_New(0);
-        const int bad = !none || pyarg_qmatrix(none, dq_args, "O!LLOLL|O:error_stats quantized", &q, &cfg, &cm);
+        const int bad = !none || pyarg_qmatrix(none, dq_args, "O!LLOLL|O:error_stats quantized", &q, &cfg, &cm, NULL);
         Py_XDECREF(none);
         if (bad) return NULL;
         if (q.rows != m.rows || q.cols != m.cols) {
@@ -447,6 +447,13 @@ static PyMethodDef methods[] = {
      "error_stats(w, dtype, w_hat, bins, threads, quantized=None, kl_eps=1e-10) -> dict of sums, histograms and "
      "their KL divergence (w_hat None: the dequantization of `quantized`, dequantize's keyword arguments as a dict, "
      "row by row, never stored whole)"},
+    {"matmul_plan", KW(pymm_plan), KWARGS,
+     "matmul_plan(arrays, rows, cols, config, num_outliers, num_outlier_groups, col_mul=None) -> MatmulPlan "
+     "(dequantize's arguments): the arrays validated, the outliers as a sparse correction; it keeps the arrays"},
+    {"matmul", (PyCFunction)(void (*)(void))pymm_matmul, METH_FASTCALL | METH_KEYWORDS,
+     "matmul(plan, x, out=None, mode=0, threads=1) -> out: out[i, r] = sum_j x[i, j] * w_hat[r, j] (x: 2-D "
+     "float32, contiguous rows; out: None or a C-contiguous float32 (n, rows) array; mode 0 float32, 1 int8 "
+     "activations)"},
     {"kth_largest", KW(py_kth_largest), KWARGS, "kth_largest(keys, k) -> the k-th largest of uint32 keys (tests)"},
     {"set_kernels", KW(py_set_kernels), KWARGS,
      "set_kernels(name) -> the previous name; name 'scalar' | 'avx2' | 'auto': the kernel set each later call reads "
@@ -459,7 +466,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core", "adpq C c
                                        NULL,                  NULL,    NULL,           NULL};
 
 PyMODINIT_FUNC PyInit__core(void) {
-    if (pyarg_import_numpy()) return NULL;
+    if (pyarg_import_numpy() || pymm_ready() < 0) return NULL;
     adpq_set_kernels("auto");
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

@@ -244,9 +244,10 @@ static int need_array(PyObject *arr[QA_N], int which, npy_intp nbytes, void **da
 }
 
 /* The arguments of dequantize (see its docstring; also error_stats' `quantized` dict) into q, cfg and
- * the column factors (cm.col_mul); the arrays stay owned by the caller's objects. */
+ * the column factors (cm.col_mul); the arrays stay owned by the caller's objects (owners: NULL, or
+ * 2 slots for borrowed references to the arrays dict and the col_mul object or NULL). */
 int pyarg_qmatrix(PyObject *args, PyObject *kwargs, const char *format, adpq_qmatrix *q, adpq_config *cfg,
-                         adpq_matrix *cm) {
+                  adpq_matrix *cm, PyObject **owners) {
     static char *kwlist[] = {"arrays", "rows", "cols", "config", "num_outliers", "num_outlier_groups", "col_mul", NULL};
     PyObject *arrays, *cfgd, *col_mul = NULL, *arr[QA_N];
     long long rows, cols, n_out, n_grp;
@@ -255,6 +256,10 @@ int pyarg_qmatrix(PyObject *args, PyObject *kwargs, const char *format, adpq_qma
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, format, kwlist, &PyDict_Type, &arrays, &rows, &cols, &cfgd, &n_out,
                                      &n_grp, &col_mul))
         return -1;
+    if (owners) { /* (borrowed) */
+        owners[0] = arrays;
+        owners[1] = col_mul == Py_None ? NULL : col_mul;
+    }
     if (pyarg_config(cfgd, cfg) || parse_arrays(arrays, arr)) return -1;
     adpq_status st = adpq_layout_of(rows, cols, cfg, &lay, err);
     if (st) {

@@ -28,8 +28,15 @@ int pyarg_col_mul(PyObject *obj, adpq_matrix *m);
 /* obj a C-contiguous array of exactly nbytes bytes: its data */
 int pyarg_array(PyObject *obj, const char *name, npy_intp nbytes, void **data);
 /* dequantize's arguments (arrays by name, rows, cols, config, num_outliers, num_outlier_groups,
- * col_mul; `format` names the caller in messages) into q, cfg and cm->col_mul */
+ * col_mul; `format` names the caller in messages) into q, cfg and cm->col_mul; owners: NULL, or 2
+ * slots that get borrowed references to the objects holding the data (the arrays dict, col_mul) */
 int pyarg_qmatrix(PyObject *args, PyObject *kwargs, const char *format, adpq_qmatrix *q, adpq_config *cfg,
-                  adpq_matrix *cm);
+                  adpq_matrix *cm, PyObject **owners);
+
+/* adpqmodule_matmul.c: the plan type and the two functions of the matmul (adpq._core.matmul_plan,
+ * adpq._core.matmul) */
+int pymm_ready(void);
+PyObject *pymm_plan(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *pymm_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 
 #endif

@@ -156,3 +156,15 @@ adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean,
 adpq_status adpq_column_scales(const adpq_matrix *m, int threads, uint16_t *scales, float *mul, char *err) {
     return adpq_column_scales_k(adpq_active_kernels(), m, threads, scales, mul, err);
 }
+
+/* ------------------------------------------------------------ matmul */
+
+adpq_status adpq_matmul_prepare(const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
+                                adpq_matmul_plan *plan, char *err) {
+    return adpq_matmul_prepare_k(adpq_active_kernels(), q, cfg, col_mul, plan, err);
+}
+
+adpq_status adpq_matmul(const adpq_matmul_plan *plan, const float *x, int64_t n, int64_t x_stride, float *y,
+                        int64_t y_stride, int mode, int threads, char *err) {
+    return adpq_matmul_k(adpq_active_kernels(), plan, x, n, x_stride, y, y_stride, mode, threads, err);
+}

@@ -10,12 +10,16 @@
  *   outliers.c        selection of the k-th largest key, lambda and count arithmetic
  *   pack.c            little-endian bit streams of codes and indices (the scalar pack body)
  *   quant.c           group quantizer parameters                       -> halfcvt
- *   kernels_scalar.c  the scalar reference kernel set                  -> quant, pack, halfcvt
- *   kernels_avx2.c    the AVX2 kernel set, bit-identical to it         -> quant, pack, halfcvt
+ *   matmul_scalar.c   the scalar reference matmul kernels              -> pack
+ *   matmul_avx2.c     the AVX2 matmul kernels (the same sums in another order)
+ *   kernels_scalar.c  the scalar reference kernel set                  -> matmul_scalar, quant, pack, halfcvt
+ *   kernels_avx2.c    the AVX2 kernel set, bit-identical to it         -> matmul_avx2, quant, pack, halfcvt
  *   kernels.c         chooses a kernel set: the process default, the CPU check
  *                                                                      -> kernels_scalar, kernels_avx2
  *   dequant.c         validation and dequantization of a quantized matrix
  *                                                                      -> layout, pack, quant, halfcvt, threads
+ *   matmul.c          y = x @ w_hat.T on the stored arrays: the plan (outliers as a sparse correction),
+ *                     activations, blocking, threads                   -> dequant, pack, quant, threads
  *   metrics.c         error sums, histograms, KL                       -> dequant, layout, threads
  *   columns.c         column scaling statistics and scales             -> layout, halfcvt, threads
  *   rows.c            the quantize context and the row machinery (outliers, parameters, codes,
@@ -24,10 +28,12 @@
  *                     fix-up                                           -> rows, pack, outliers, layout
  *   api.c             the public entry points that need a kernel set: each reads kernels.c's
  *                     default once and passes it down                  -> kernels, threshold, rows, dequant,
- *                                                                         metrics, columns, pack, layout
+ *                                                                         matmul, metrics, columns, pack, layout
  *   adpqmodule_args.c the Python boundary's argument conversions (config dicts, arrays by name;
  *                     in the extension, not in the C library)          -> layout
- *   adpqmodule.c      the CPython wrapper (not in the C library)       -> adpqmodule_args, api, kernels,
+ *   adpqmodule_matmul.c the wrapper's matmul: the plan type, matmul's fast arguments (not in the C
+ *                     library)                                         -> adpqmodule_args, api
+ *   adpqmodule.c      the CPython wrapper (not in the C library)       -> adpqmodule_matmul, adpqmodule_args, api, kernels,
  *                                                                         metrics, layout, outliers, halfcvt
  *
  * tests/test_c_core.py checks this order on the object files (nm): every file's calls resolve
@@ -110,7 +116,35 @@ typedef struct {
     void (*error_sums)(const float *w, const float *h, int64_t n, double *acc, float *mm);
     /* hist[floor((x - lo) * scale)]++, clipped to [0, bins) */
     void (*histogram)(const float *x, int64_t n, double lo, double scale, int bins, int64_t *hist);
+    /* matmul (matmul_scalar.c, matmul_avx2.c; these agree with each other to float rounding only,
+     * they sum in other orders). One weight row against nx (1..4) activation rows x + i*xs:
+     * out[i] = sum_j w_j * x[i*xs + j], j < cols, w_j = q_j * s[k] + nzs[k] for column j in group
+     * k = j / g (nzs = -z * s). mm_packed reads the codes q_j from the b-bit stream at `codes` (a
+     * byte boundary; cols % 8 == 0 and g % 8 == 0), 4 bytes at the start of each block of 8 codes
+     * (for bits < 8: up to 2 bytes past the row, which the caller keeps inside the stream); mm_bytes
+     * from one byte per code (any cols and g). */
+    void (*mm_packed)(const uint8_t *codes, int bits, int64_t cols, int64_t g, const float *s,
+                      const float *nzs, const float *x, int64_t xs, int nx, float *out);
+    void (*mm_bytes)(const uint8_t *q, int64_t cols, int64_t g, const float *s, const float *nzs, const float *x,
+                     int64_t xs, int nx, float *out);
+    /* a tile of a float product: out[i*os + j] += sum_{t<k} x[i*xs + t] * w[j*ws + t], i < nx (1..4),
+     * j < nw (1..3) */
+    void (*mm_tile)(const float *x, int64_t xs, const float *w, int64_t ws, int64_t k, int nx, int nw, float *out,
+                    int64_t os);
 } adpq_kernels;
+
+/* matmul_scalar.c and matmul_avx2.c: the mm_* members of each kernel set (adpq_mm_packed_scalar, ...) */
+#define ADPQ_MM_KERNELS(SET)                                                                                           \
+    void adpq_mm_packed_##SET(const uint8_t *codes, int bits, int64_t cols, int64_t g, const float *s,                 \
+                              const float *nzs, const float *x, int64_t xs, int nx, float *out);                       \
+    void adpq_mm_bytes_##SET(const uint8_t *q, int64_t cols, int64_t g, const float *s, const float *nzs,              \
+                             const float *x, int64_t xs, int nx, float *out);                                          \
+    void adpq_mm_tile_##SET(const float *x, int64_t xs, const float *w, int64_t ws, int64_t k, int nx, int nw,         \
+                            float *out, int64_t os);
+ADPQ_MM_KERNELS(scalar)
+#if defined(__x86_64__) || defined(__i386__)
+ADPQ_MM_KERNELS(avx2)
+#endif
 
 extern const adpq_kernels adpq_kernels_scalar;
 
@@ -132,7 +166,7 @@ extern const adpq_kernels adpq_kernels_avx2;
 #endif
 
 /* kernels.c */
-/* 1 when this CPU runs the AVX2 kernel set (AVX2 and F16C) */
+/* 1 when this CPU runs the AVX2 kernel set (AVX2, F16C and FMA) */
 int adpq_avx2_supported(void);
 /* "scalar", "avx2" or "auto" -> that kernel set, or NULL when unknown or not on this CPU */
 const adpq_kernels *adpq_kernels_by_name(const char *name);
@@ -191,6 +225,11 @@ void adpq_dq_free(adpq_dq *d);
 /* The public functions of the same names (adpq.h) with the kernel set K (api.c passes the default). */
 adpq_status adpq_dequantize_k(const adpq_kernels *K, const adpq_qmatrix *q, const adpq_config *cfg,
                               const float *col_mul, float *out, char *err);
+/* matmul.c */
+adpq_status adpq_matmul_prepare_k(const adpq_kernels *K, const adpq_qmatrix *q, const adpq_config *cfg,
+                                  const float *col_mul, adpq_matmul_plan *plan, char *err);
+adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, const float *x, int64_t n,
+                          int64_t x_stride, float *y, int64_t y_stride, int mode, int threads, char *err);
 /* metrics.c */
 adpq_status adpq_error_stats_of_k(const adpq_kernels *K, const adpq_matrix *w, const float *w_hat, int bins, int threads,
                                   adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err);

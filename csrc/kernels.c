@@ -1,5 +1,6 @@
 /* kernels.c - the one place that chooses a kernel set: the process default that each public entry
- * point reads once (api.c) and passes down. "auto" is AVX2 when the CPU has AVX2 and F16C. */
+ * point reads once (api.c) and passes down. "auto" is AVX2 when the CPU has AVX2, F16C and FMA
+ * (the matmul kernels use FMA). */
 #include <stdatomic.h>
 
 #include "internal.h"
@@ -10,7 +11,7 @@ static _Atomic(const adpq_kernels *) default_kernels = NULL;
 int adpq_avx2_supported(void) {
 #ifdef ADPQ_HAVE_AVX2_KERNELS
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
 #else
     return 0;
 #endif

@@ -572,6 +572,9 @@ const adpq_kernels adpq_kernels_avx2 = {
     .mask_positions = v_mask_positions,
     .error_sums = v_error_sums,
     .histogram = v_histogram,
+    .mm_packed = adpq_mm_packed_avx2,
+    .mm_bytes = adpq_mm_bytes_avx2,
+    .mm_tile = adpq_mm_tile_avx2,
 };
 
 #endif

@@ -158,4 +158,7 @@ const adpq_kernels adpq_kernels_scalar = {
     .mask_positions = s_mask_positions,
     .error_sums = s_error_sums,
     .histogram = s_histogram,
+    .mm_packed = adpq_mm_packed_scalar,
+    .mm_bytes = adpq_mm_bytes_scalar,
+    .mm_tile = adpq_mm_tile_scalar,
 };

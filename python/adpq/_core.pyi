@@ -103,6 +103,41 @@ def dequantize(arrays: Mapping[ArrayName, Optional[np.ndarray]], rows: int, cols
     """
 
 
+class MatmulPlan:
+    """A quantized matrix prepared for :func:`matmul` (not constructible: :func:`matmul_plan` makes
+    one). It points into the arrays it was made from and holds references to them."""
+
+    rows: int  # out_features
+    cols: int  # in_features
+
+
+def matmul_plan(arrays: Mapping[ArrayName, Optional[np.ndarray]], rows: int, cols: int, config: Config,
+                num_outliers: int, num_outlier_groups: int, col_mul: Optional[np.ndarray] = None) -> MatmulPlan:
+    """A plan for :func:`matmul` (adpq_matmul_prepare), from dequantize's arguments (see there; col_mul:
+    the column scales). The arrays are validated as dequantize validates them and kept by reference
+    (never copied: the codes are decoded where they are); the outliers become a sparse correction
+    (per row, columns and float32 deltas w_outlier - w_dense), built once here. Changing the arrays'
+    contents afterwards is not supported. Raises as dequantize."""
+
+
+def matmul(plan: MatmulPlan, x: np.ndarray, out: Optional[np.ndarray] = None, mode: int = 0,
+           threads: int = 1) -> np.ndarray:
+    """out[i, r] = sum_j x[i, j] * w_hat[r, j] (adpq_matmul): x @ w_hat.T without materialising w_hat.
+
+    x: a 2-D float32 array with plan.cols columns, rows contiguous (any positive row stride, e.g. a
+        slice; a single row any stride), aligned.
+    out: None (a new (n, plan.rows) float32 array) or a C-contiguous writeable float32 array of shape
+        (n, plan.rows) not overlapping x; it is returned.
+    mode: 0 float32 arithmetic (each output row within ~1e-6 relative of the float64 product);
+        1 the activations quantized to int8 per block of 32 columns (ggml's q8_0).
+    threads: >= 1; fewer are used for small products. Arguments by position or keyword (called per
+        layer per token: no dict is built). The GIL is released. NaN/Inf in x propagate to out.
+
+    Raises TypeError (plan not a MatmulPlan, x or out not float32 arrays, a missing/unknown argument),
+    ValueError (x's columns or strides, out's shape, overlap, mode, threads), MemoryError.
+    """
+
+
 def error_stats(w: np.ndarray, dtype: int, w_hat: Optional[np.ndarray], bins: int, threads: int,
                 quantized: Optional[Mapping[str, object]] = None, kl_eps: float = 1e-10) -> Dict[str, object]:
     """The sums behind adpq.metrics (adpq_error_stats_of / adpq_error_stats_q).

@@ -10,6 +10,7 @@
  * - conversions: float16/bfloat16 rounding against known values and exhaustive round trips.
  * - pack: code streams of 2/3/4/8 bits and index streams of 1..32 bits at odd offsets, against a
  *   bit-by-bit reference, and back.
+ * - matmul (test_matmul.c): adpq_matmul against a double product of adpq_dequantize's matrix.
  * - quantize: adpq_quantize -> adpq_dequantize over bits x quantizer kind x outlier format x scope x
  *   scale dtype x group size on both kernel sets: identical arrays, each weight at its nearest
  *   level (clamped) of its group's stored quantizer, outliers the largest weights, the mask of
@@ -22,33 +23,23 @@
 #include <string.h>
 
 #include "adpq.h"
+#include "check.h"
 #include "internal.h"
 #include "quant.h"
 
 /* ------------------------------------------------------------------ checks */
 
-static long long n_checks, n_failed, grp_checks, grp_failed;
+static long long n_checks, n_failed;
+long long grp_checks, grp_failed;
 static int n_groups, n_groups_failed;
 static const char *grp_name;
 
-#define CHECK(cond, ...)                                                                                               \
-    do {                                                                                                               \
-        grp_checks++;                                                                                                  \
-        if (!(cond)) {                                                                                                 \
-            if (grp_failed++ < 8) {                                                                                    \
-                printf("    FAIL line %d: ", __LINE__);                                                                \
-                printf(__VA_ARGS__);                                                                                   \
-                printf("\n");                                                                                          \
-            }                                                                                                          \
-        }                                                                                                              \
-    } while (0)
-
-static void begin(const char *name) {
+void begin(const char *name) {
     grp_name = name;
     grp_checks = grp_failed = 0;
 }
 
-static void end(void) {
+void end(void) {
     n_groups++;
     n_checks += grp_checks;
     n_failed += grp_failed;
@@ -61,15 +52,15 @@ static void end(void) {
 /* ------------------------------------------------------------------ inputs */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd64(void) { /* splitmix64 */
+uint64_t rnd64(void) { /* splitmix64 */
     uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
-static double unif(void) { return (double)(rnd64() >> 11) * 0x1p-53; }
-static int64_t below(int64_t n) { return (int64_t)(rnd64() % (uint64_t)n); }
-static float normal(void) {
+double unif(void) { return (double)(rnd64() >> 11) * 0x1p-53; }
+int64_t below(int64_t n) { return (int64_t)(rnd64() % (uint64_t)n); }
+float normal(void) {
     double u = unif() + 0x1p-60, v = unif();
     return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
 }
@@ -1083,6 +1074,7 @@ int main(void) {
     test_rejects(V != NULL);
     test_routes(V != NULL);
     test_metrics_columns(V != NULL);
+    test_matmul(V != NULL);
     adpq_set_kernels("auto");
     if (n_failed)
         printf("test_core: %lld of %lld checks FAILED in %d of %d groups\n", n_failed, n_checks, n_groups_failed, n_groups);

@@ -27,7 +27,7 @@ class QuantizedTensor:
     Build one with adpq.quantize(w, ...) or QuantizedTensor.from_arrays(...).
     """
 
-    __slots__ = ("_arrays", "shape", "config", "dtype", "layout", "num_outliers", "num_outlier_groups")
+    __slots__ = ("_arrays", "shape", "config", "dtype", "layout", "num_outliers", "num_outlier_groups", "_matmul_plan")
 
     def __init__(self, arrays: Mapping[str, np.ndarray], shape: Tuple[int, ...], config: QuantConfig,
                  dtype: str = "float32"):
@@ -46,6 +46,7 @@ class QuantizedTensor:
         lay = layout_of(rows, cols, config)
         self._arrays = {k: v for k, v in arrays.items() if v is not None}
         self.shape, self.config, self.dtype, self.layout = shape, config, dtype, lay
+        self._matmul_plan = None
         self._validate()
 
     @classmethod
@@ -58,6 +59,7 @@ class QuantizedTensor:
         qt._arrays, qt.shape, qt.config, qt.dtype = arrays, tuple(shape), config, dtype
         qt.layout = layout_of(rows, cols, config)
         qt.num_outliers, qt.num_outlier_groups = qt._outlier_totals()
+        qt._matmul_plan = None
         return qt
 
     # ------------------------------------------------------------------ checks
@@ -181,6 +183,13 @@ class QuantizedTensor:
         if target.kind != "f" and target != dtypes.NUMPY["bfloat16"]:
             raise TypeError(f"dtype must be a float dtype, got {target}")
         return out.astype(target)
+
+    def matmul_plan(self) -> "_core.MatmulPlan":
+        """The C core's plan for adpq.matmul, built on first use and kept: it points into the stored
+        arrays (nothing copied) and holds the outliers as a sparse correction."""
+        if self._matmul_plan is None:
+            self._matmul_plan = _core.matmul_plan(**self._dequantize_kwargs(1))
+        return self._matmul_plan
 
     def outlier_mask(self) -> np.ndarray:
         """Bool array of the tensor's shape, True at outliers (decoded from counts and indices)."""

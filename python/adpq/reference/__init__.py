@@ -7,11 +7,13 @@ adpq.core only, and works without the C extension.
 
     arrays = reference.quantize(w, config)         # same names and dtypes as QuantizedTensor.arrays()
     w_hat = reference.dequantize(arrays, shape, config)
+    y = reference.matmul(x, arrays, shape, config)  # x @ w_hat.T in float64 (adpq.matmul's target)
 """
 from .columns import multipliers, scales_from_means, unscale
+from .matmul import matmul
 from .metrics import kl_from_histograms
 from .outliers import outlier_mask
 from .quant import dequantize, group_params, quantize
 
 __all__ = ["quantize", "dequantize", "outlier_mask", "group_params", "scales_from_means", "multipliers",
-           "unscale", "kl_from_histograms"]
+           "unscale", "kl_from_histograms", "matmul"]
