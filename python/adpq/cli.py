@@ -5,6 +5,7 @@
     adpq dequantize SRC DST [--dtype float16|bfloat16|float32]
     adpq models prepare smollm2-135m DIR
     adpq eval DIR [--ctx 2048 --max-windows N --device cpu --json]
+    adpq generate DIR --prompt TEXT [--max-new-tokens 64 --threads N]
 
 User errors (bad folders, bad files, bad options) print one line on stderr and exit with status 2;
 nothing is left behind that looks like a complete output.
@@ -140,7 +141,21 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows (default: all)")
     e.add_argument("--device", default="cpu", help="torch device")
     e.add_argument("--dtype", default=None, help="model dtype (default: the checkpoint's)")
+    e.add_argument("--dequantize", action="store_true",
+                   help="adpq folder: load it dequantized (the fake-quant model) instead of packed")
+    e.add_argument("--threads", type=int, default=None, help="torch and C kernel threads (default: torch's)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    g = sub.add_parser("generate", help="generate text with a packed adpq model (or an HF folder), timed", **fmt)
+    g.add_argument("dir", metavar="DIR")
+    g.add_argument("--prompt", required=True, help="the prompt text")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (greedy)")
+    g.add_argument("--threads", type=int, default=None, help="torch and C kernel threads (default: torch's)")
+    g.add_argument("--dtype", default=None, help="dtype of the unquantized parts (default: the checkpoint's)")
+    g.add_argument("--activations", choices=["float32", "int8"], default="float32",
+                   help="AdpqLinear activations: float32 (exact) or int8 (q8, faster)")
+    g.add_argument("--dequantize", action="store_true", help="load the adpq folder dequantized instead of packed")
+    g.add_argument("--json", action="store_true", help="print the statistics as JSON (text still streams)")
     return ap
 
 
@@ -189,6 +204,8 @@ def cmd_inspect(args) -> int:
           f"{_fmt_bits(t['bits_per_weight_model'])} over the whole model; {t['bytes_total'] / 1e6:.2f} MB of tensors")
     for line in format_layer_types(info["per_layer_type"]):
         print(line)
+    print("load: adpq.load(DIR), or `import adpq` before transformers' from_pretrained(DIR) (AdpqLinear modules); "
+          "transformers without adpq refuses this folder (format 3+)")
     if args.tensors:
         w = max(len(r["name"]) for r in info["tensors"])
         print()
@@ -238,7 +255,9 @@ def cmd_eval(args) -> int:
         kw["max_windows"] = args.max_windows
     if args.dtype is not None:
         kw["dtype"] = args.dtype
-    res = adpq_eval.perplexity(args.dir, **kw)
+    if args.threads is not None:
+        _set_threads(args.threads)
+    res = adpq_eval.perplexity(args.dir, dequantize=args.dequantize, **kw)
     if args.json:
         d = res.to_dict() if hasattr(res, "to_dict") else res
         print(json.dumps(d, indent=2, default=str))
@@ -247,8 +266,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _set_threads(n: int) -> None:
+    if n < 1:
+        raise UserError(f"--threads must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate
+
+    stats = generate(args.dir, args.prompt, max_new_tokens=args.max_new_tokens, threads=args.threads,
+                     dtype=args.dtype, activations=args.activations, dequantize=args.dequantize)
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=2))
+    else:
+        print(stats.summary(), file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"quantize": cmd_quantize, "inspect": cmd_inspect, "dequantize": cmd_dequantize,
-            "models": cmd_models, "eval": cmd_eval}
+            "models": cmd_models, "eval": cmd_eval, "generate": cmd_generate}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -167,7 +167,7 @@ def _tokenizer_name(tok) -> str:
 # Model
 
 
-def _load_model(path: Path, device: str, dtype, loader: Optional[Callable]):
+def _load_model(path: Path, device: str, dtype, loader: Optional[Callable], dequantize: bool = False):
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     if not (path / "config.json").is_file():
@@ -175,7 +175,7 @@ def _load_model(path: Path, device: str, dtype, loader: Optional[Callable]):
     if loader is not None:
         model = loader(str(path))
     elif is_adpq_folder(str(path)):
-        model = load(str(path), device=device, dtype=dtype)
+        model = load(str(path), device=device, dtype=dtype, dequantize=dequantize)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -199,6 +199,7 @@ def perplexity(
     add_special_tokens: bool = True,
     loader: Optional[Callable[[str], Any]] = None,
     bos_each_window: bool = False,
+    dequantize: bool = False,
 ) -> PerplexityResult:
     """WikiText-2 perplexity by the protocol in this module's docstring.
 
@@ -217,6 +218,8 @@ def perplexity(
         add_special_tokens: passed to the single tokenizer call (GPTQ/HF default: True).
         loader: optional ``loader(path) -> model`` hook used instead of transformers / adpq.load.
         bos_each_window: replace each window's first token with BOS (llama.cpp-style; default off).
+        dequantize: an adpq folder is loaded dequantized (the fake-quant model) instead of packed
+            (AdpqLinear modules running the C kernel).
     """
     import torch
 
@@ -238,7 +241,8 @@ def perplexity(
         path = Path(model_or_dir).expanduser()
         model_name = str(path)
         tok = _load_tokenizer(tokenizer if tokenizer is not None else path)
-        model = _load_model(path, device=str(dev), dtype=tdtype or torch.float32, loader=loader)
+        model = _load_model(path, device=str(dev), dtype=tdtype or torch.float32, loader=loader,
+                             dequantize=dequantize)
     elif isinstance(model_or_dir, torch.nn.Module):
         model = model_or_dir
         model_name = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None),
@@ -347,6 +351,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--bos-each-window", action="store_true", help="llama.cpp-style BOS at each window start")
+    ap.add_argument("--dequantize", action="store_true", help="adpq folder: load it dequantized, not packed")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     a = ap.parse_args(argv)
     if a.threads:
@@ -355,7 +360,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     r = perplexity(a.model_dir, text_file=a.text_file, ctx=a.ctx, max_windows=a.max_windows,
                    device=a.device, dtype=a.dtype, progress=not a.no_progress,
-                   bos_each_window=a.bos_each_window)
+                   bos_each_window=a.bos_each_window, dequantize=a.dequantize)
     print(r.to_json(indent=2) if a.json else str(r))
     return 0
 
