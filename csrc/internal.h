@@ -127,6 +127,9 @@ typedef struct {
                       const float *nzs, const float *x, int64_t xs, int nx, float *out);
     void (*mm_bytes)(const uint8_t *q, int64_t cols, int64_t g, const float *s, const float *nzs, const float *x,
                      int64_t xs, int nx, float *out);
+    /* out[j] = q_j * s + nzs for n codes (n % 8 == 0) of the stream at `codes`, read as mm_packed
+     * reads them (the panel route's weights) */
+    void (*mm_decode)(const uint8_t *codes, int bits, int64_t n, float s, float nzs, float *out);
     /* a tile of a float product: out[i*os + j] += sum_{t<k} x[i*xs + t] * w[j*ws + t], i < nx (1..4),
      * j < nw (1..3) */
     void (*mm_tile)(const float *x, int64_t xs, const float *w, int64_t ws, int64_t k, int nx, int nw, float *out,
@@ -139,6 +142,7 @@ typedef struct {
                               const float *nzs, const float *x, int64_t xs, int nx, float *out);                       \
     void adpq_mm_bytes_##SET(const uint8_t *q, int64_t cols, int64_t g, const float *s, const float *nzs,              \
                              const float *x, int64_t xs, int nx, float *out);                                          \
+    void adpq_mm_decode_##SET(const uint8_t *codes, int bits, int64_t n, float s, float nzs, float *out);            \
     void adpq_mm_tile_##SET(const float *x, int64_t xs, const float *w, int64_t ws, int64_t k, int nx, int nw,         \
                             float *out, int64_t os);
 ADPQ_MM_KERNELS(scalar)

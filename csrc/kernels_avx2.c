@@ -574,6 +574,7 @@ const adpq_kernels adpq_kernels_avx2 = {
     .histogram = v_histogram,
     .mm_packed = adpq_mm_packed_avx2,
     .mm_bytes = adpq_mm_bytes_avx2,
+    .mm_decode = adpq_mm_decode_avx2,
     .mm_tile = adpq_mm_tile_avx2,
 };
 

@@ -160,5 +160,6 @@ const adpq_kernels adpq_kernels_scalar = {
     .histogram = s_histogram,
     .mm_packed = adpq_mm_packed_scalar,
     .mm_bytes = adpq_mm_bytes_scalar,
+    .mm_decode = adpq_mm_decode_scalar,
     .mm_tile = adpq_mm_tile_scalar,
 };

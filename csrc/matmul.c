@@ -22,7 +22,7 @@
 #include "quant.h"
 
 enum {
-    MM_PANEL_N = 8,    /* activation rows from which the panel route is taken */
+    MM_PANEL_N = 16,   /* activation rows from which the panel route is taken (measured crossover) */
     MM_XBLOCK = 256,   /* activation rows per block of the panel route */
     MM_PANEL = 12,     /* weight rows per panel: 4 tiles of 3 */
     MM_KBLOCK = 512,   /* columns of a panel dequantized at a time */
@@ -152,6 +152,13 @@ static inline float correction(const adpq_matmul_plan *p, int64_t r, const float
     return c;
 }
 
+/* 4-byte reads at each block of row r stay in the stream (all rows but perhaps the last one) */
+static inline int row_packed(const mm_ctx *c, int64_t r) {
+    const adpq_matmul_plan *p = c->p;
+    const int64_t cols = p->q.cols, bits = p->cfg.bits;
+    return c->packed && r * cols / 8 * bits + (cols / 8 - 1) * bits + 4 <= p->lay.code_bytes;
+}
+
 static int rows_task(void *vc, int64_t t, int worker) {
     const mm_ctx *c = (const mm_ctx *)vc;
     const adpq_matmul_plan *p = c->p;
@@ -166,10 +173,8 @@ static int rows_task(void *vc, int64_t t, int worker) {
             w->s[k] = s;
             w->nzs[k] = -(z * s);
         }
-        /* the packed kernel's 4-byte reads of the row's last block stay in the stream (all rows but
-         * perhaps the last one) */
         const int64_t off = r * cols / 8 * bits;
-        const int packed = c->packed && off + (cols / 8 - 1) * bits + 4 <= p->lay.code_bytes;
+        const int packed = row_packed(c, r);
         if (!packed) adpq_unpack_codes(p->q.codes, r * cols, cols, bits, w->q);
         for (int64_t i0 = 0; i0 < c->n; i0 += 4) {
             const int nx = c->n - i0 < 4 ? (int)(c->n - i0) : 4;
@@ -185,16 +190,21 @@ static int rows_task(void *vc, int64_t t, int worker) {
     return 0;
 }
 
-/* weights [k0, k0 + kl) of row r, dequantized as adpq_dequantize does (before col_mul) */
+/* weights [k0, k0 + kl) of row r, dequantized (before col_mul): from the stream when the row is
+ * packed (k0 and every group boundary are then multiples of 8), else unpacked to bytes first */
 static void dequant_block(const mm_ctx *c, int64_t r, int64_t k0, int64_t kl, uint8_t *q, float *out) {
     const adpq_matmul_plan *p = c->p;
     const int64_t cols = p->q.cols, g = p->lay.group_size;
-    adpq_unpack_codes(p->q.codes, r * cols + k0, kl, p->cfg.bits, q);
+    const int bits = p->cfg.bits, packed = row_packed(c, r);
+    if (!packed) adpq_unpack_codes(p->q.codes, r * cols + k0, kl, bits, q);
     for (int64_t j = k0; j < k0 + kl;) {
         const int64_t k = j / g, end = (k + 1) * g < k0 + kl ? (k + 1) * g : k0 + kl;
         float s, z;
         group_sz(p, r * p->lay.groups_per_row + k, &s, &z);
-        c->K->dequant(q + (j - k0), end - j, s, z, NULL, out + (j - k0));
+        if (packed)
+            c->K->mm_decode(p->q.codes + (r * cols + j) / 8 * bits, bits, end - j, s, -(z * s), out + (j - k0));
+        else
+            c->K->dequant(q + (j - k0), end - j, s, z, NULL, out + (j - k0));
         j = end;
     }
 }

@@ -81,6 +81,23 @@ AVX2 void adpq_mm_packed_avx2(const uint8_t *codes, int bits, int64_t cols, int6
     }
 }
 
+AVX2 static INLINE void decode_body(const uint8_t *codes, const int bits, int64_t n, float s, float nzs, float *out) {
+    const __m256i shifts = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 4 * bits, 5 * bits, 6 * bits, 7 * bits);
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(nzs);
+    for (int64_t j = 0; j < n; j += 8, codes += bits)
+        _mm256_storeu_ps(out + j, _mm256_fmadd_ps(decode8(codes, bits, shifts, mask), sv, zv));
+}
+
+AVX2 void adpq_mm_decode_avx2(const uint8_t *codes, int bits, int64_t n, float s, float nzs, float *out) {
+    switch (bits) {
+    case 2: decode_body(codes, 2, n, s, nzs, out); break;
+    case 3: decode_body(codes, 3, n, s, nzs, out); break;
+    case 4: decode_body(codes, 4, n, s, nzs, out); break;
+    default: decode_body(codes, 8, n, s, nzs, out); break;
+    }
+}
+
 AVX2 static INLINE void bytes_body(const uint8_t *q, int64_t cols, int64_t g, const float *s, const float *nzs,
                                    const float *x, int64_t xs, const int nx, float *out) {
     __m256 acc[4];

@@ -40,6 +40,16 @@ void adpq_mm_packed_scalar(const uint8_t *codes, int bits, int64_t cols, int64_t
     for (int i = 0; i < nx; i++) out[i] = acc[i];
 }
 
+void adpq_mm_decode_scalar(const uint8_t *codes, int bits, int64_t n, float s, float nzs, float *out) {
+    enum { CHUNK = 256 };
+    uint8_t q[CHUNK];
+    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
+        const int64_t len = n - j0 < CHUNK ? n - j0 : CHUNK;
+        adpq_unpack_codes(codes, j0, len, bits, q);
+        for (int64_t j = 0; j < len; j++) out[j0 + j] = (float)q[j] * s + nzs;
+    }
+}
+
 void adpq_mm_tile_scalar(const float *x, int64_t xs, const float *w, int64_t ws, int64_t k, int nx, int nw, float *out,
                          int64_t os) {
     for (int i = 0; i < nx; i++)

@@ -149,7 +149,7 @@ static void test_matmul_large_and_nan(int have_v) {
         adpq_matmul_plan plan;
         char err[ADPQ_ERRLEN] = {0};
         CHECK(adpq_matmul_prepare(&c.q, &c.cfg, c.col_mul, &plan, err) == ADPQ_OK, "prepare: %s", err);
-        const int64_t n = 9, cols = 4096;
+        const int64_t n = 20, cols = 4096; /* 1 and 20: the row route and the panel route */
         float *x = malloc(sizeof(float) * (size_t)(n * cols)), *y = malloc(sizeof(float) * (size_t)(n * 20));
         for (int64_t i = 0; i < n * cols; i++) x[i] = normal();
         for (int ks = 0; ks < 1 + have_v; ks++)
@@ -160,7 +160,7 @@ static void test_matmul_large_and_nan(int have_v) {
                 CHECK(e <= 1e-5, "K=4096 n=%lld: relative error %.3g", (long long)nn, e);
             }
         x[3 * cols + 17] = NAN;
-        for (int64_t nn = 4; nn <= n; nn += n - 4) { /* the row route and the panel route */
+        for (int64_t nn = 4; nn <= n; nn += n - 4) {
             CHECK(adpq_matmul(&plan, x, nn, cols, y, 20, 0, 1, err) == ADPQ_OK, "matmul with NaN: %s", err);
             int nan_row = 1, finite_rest = 1;
             for (int64_t r = 0; r < 20; r++) nan_row &= isnan(y[3 * 20 + r]);
