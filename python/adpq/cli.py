@@ -144,6 +144,8 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dequantize", action="store_true",
                    help="adpq folder: load it dequantized (the fake-quant model) instead of packed")
     e.add_argument("--threads", type=int, default=None, help="torch and C kernel threads (default: torch's)")
+    e.add_argument("--lm-head-bits", type=int, choices=[2, 3, 4, 8], default=None,
+                   help="adpq folder: quantize the output projection at load (runtime only)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
     g = sub.add_parser("generate", help="generate text with a packed adpq model (or an HF folder), timed", **fmt)
@@ -155,6 +157,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--activations", choices=["float32", "int8"], default="float32",
                    help="AdpqLinear activations: float32 (exact) or int8 (q8, faster)")
     g.add_argument("--dequantize", action="store_true", help="load the adpq folder dequantized instead of packed")
+    g.add_argument("--lm-head-bits", type=int, choices=[2, 3, 4, 8], default=None,
+                   help="quantize the output projection at load (runtime only; the tied embedding is kept)")
     g.add_argument("--json", action="store_true", help="print the statistics as JSON (text still streams)")
     return ap
 
@@ -257,7 +261,7 @@ def cmd_eval(args) -> int:
         kw["dtype"] = args.dtype
     if args.threads is not None:
         _set_threads(args.threads)
-    res = adpq_eval.perplexity(args.dir, dequantize=args.dequantize, **kw)
+    res = adpq_eval.perplexity(args.dir, dequantize=args.dequantize, lm_head_bits=args.lm_head_bits, **kw)
     if args.json:
         d = res.to_dict() if hasattr(res, "to_dict") else res
         print(json.dumps(d, indent=2, default=str))
@@ -278,7 +282,8 @@ def cmd_generate(args) -> int:
     from .generate import generate
 
     stats = generate(args.dir, args.prompt, max_new_tokens=args.max_new_tokens, threads=args.threads,
-                     dtype=args.dtype, activations=args.activations, dequantize=args.dequantize)
+                     dtype=args.dtype, activations=args.activations, dequantize=args.dequantize,
+                     lm_head_bits=args.lm_head_bits)
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
     else:

@@ -167,7 +167,8 @@ def _tokenizer_name(tok) -> str:
 # Model
 
 
-def _load_model(path: Path, device: str, dtype, loader: Optional[Callable], dequantize: bool = False):
+def _load_model(path: Path, device: str, dtype, loader: Optional[Callable], dequantize: bool = False,
+                lm_head_bits: Optional[int] = None):
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     if not (path / "config.json").is_file():
@@ -175,7 +176,7 @@ def _load_model(path: Path, device: str, dtype, loader: Optional[Callable], dequ
     if loader is not None:
         model = loader(str(path))
     elif is_adpq_folder(str(path)):
-        model = load(str(path), device=device, dtype=dtype, dequantize=dequantize)
+        model = load(str(path), device=device, dtype=dtype, dequantize=dequantize, lm_head=lm_head_bits)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -200,6 +201,7 @@ def perplexity(
     loader: Optional[Callable[[str], Any]] = None,
     bos_each_window: bool = False,
     dequantize: bool = False,
+    lm_head_bits: Optional[int] = None,
 ) -> PerplexityResult:
     """WikiText-2 perplexity by the protocol in this module's docstring.
 
@@ -220,6 +222,8 @@ def perplexity(
         bos_each_window: replace each window's first token with BOS (llama.cpp-style; default off).
         dequantize: an adpq folder is loaded dequantized (the fake-quant model) instead of packed
             (AdpqLinear modules running the C kernel).
+        lm_head_bits: an adpq folder's output projection quantized at load to this many bits
+            (adpq.load(lm_head=...)), to measure what it costs.
     """
     import torch
 
@@ -242,7 +246,7 @@ def perplexity(
         model_name = str(path)
         tok = _load_tokenizer(tokenizer if tokenizer is not None else path)
         model = _load_model(path, device=str(dev), dtype=tdtype or torch.float32, loader=loader,
-                             dequantize=dequantize)
+                             dequantize=dequantize, lm_head_bits=lm_head_bits)
     elif isinstance(model_or_dir, torch.nn.Module):
         model = model_or_dir
         model_name = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None),

@@ -95,9 +95,10 @@ class _TimedStreamer:
 
 def generate(path, prompt: str, max_new_tokens: int = 64, threads: Optional[int] = None, dtype=None,
              activations: str = "float32", dequantize: bool = False, out: Optional[IO[str]] = sys.stdout,
-             model=None) -> GenerationStats:
+             model=None, lm_head_bits: Optional[int] = None) -> GenerationStats:
     """Greedy generation from a model folder (adpq: packed; or an ordinary HF folder), streamed to
-    `out` (None: silent). threads: torch's and the C kernel's thread count (default: torch's)."""
+    `out` (None: silent). threads: torch's and the C kernel's thread count (default: torch's).
+    lm_head_bits: quantize the output projection at load (adpq.load(lm_head=...))."""
     import torch
     from transformers import AutoTokenizer
 
@@ -113,7 +114,8 @@ def generate(path, prompt: str, max_new_tokens: int = 64, threads: Optional[int]
     rss0 = rss_bytes()
     t0 = time.perf_counter()
     if model is None:
-        model = load(path, dtype=dtype, dequantize=dequantize, activations=activations, threads=threads)
+        model = load(path, dtype=dtype, dequantize=dequantize, activations=activations, threads=threads,
+                     lm_head=lm_head_bits)
     load_s = time.perf_counter() - t0
     rss1, peak = rss_bytes(), peak_rss_bytes()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -51,8 +51,28 @@ def load_state_dict(path, dtype=None) -> Dict[str, Any]:
     return sd
 
 
+def _quantize_lm_head(model, config) -> None:
+    import torch
+
+    from ..core.config import QuantConfig
+    from ..runtime.linear import AdpqLinear
+
+    if isinstance(config, int) and not isinstance(config, bool):
+        config = QuantConfig(bits=config)
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"lm_head must be None, a QuantConfig or a number of bits, got {type(config).__name__}")
+    head = model.get_output_embeddings()
+    if isinstance(head, AdpqLinear):
+        return
+    if not isinstance(head, torch.nn.Linear):
+        raise CheckpointError(f"the output projection of {type(model).__name__} is not a linear layer")
+    q = AdpqLinear.from_linear(head, config)
+    q.runtime_only = True  # (adpq.hf.save refuses to write it)
+    model.set_output_embeddings(q)
+
+
 def load(path, device="cpu", dtype=None, dequantize: bool = False, activations: str = "float32",
-         threads=None):
+         threads=None, lm_head=None):
     """A transformers model from an adpq-format folder (an ordinary HF folder is loaded as it is).
 
     By default the quantized linear layers are adpq.AdpqLinear modules holding the packed arrays (the
@@ -60,6 +80,12 @@ def load(path, device="cpu", dtype=None, dequantize: bool = False, activations: 
     dequantized at load. dtype (of everything else, and of the activations) defaults to the
     checkpoint's (config.json). activations and threads: AdpqLinear's ("float32" or "int8"; None:
     torch's thread count).
+
+    lm_head: None, or a QuantConfig (or its bits) with which the output projection is quantized now,
+    for the runtime only: decoding reads the LM head once per token, and on small models with a large
+    vocabulary it is as many bytes as every other layer together. A tied input embedding stays as it
+    is (its lookup reads a few rows). Such a model cannot be saved (the folder's format has no place
+    for it).
     """
     import torch
     import transformers
@@ -85,6 +111,8 @@ def load(path, device="cpu", dtype=None, dequantize: bool = False, activations: 
         register()
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=tdt if tdt is not None else "auto", local_files_only=True)
+        if lm_head is not None:
+            _quantize_lm_head(model, lm_head)
         for m in model.modules():
             if isinstance(m, AdpqLinear):
                 m.activations, m.threads = activations, threads

@@ -26,6 +26,9 @@ def _entries(model: torch.nn.Module) -> Dict[str, Tuple[List[Tuple[str, np.ndarr
     out: Dict[str, Tuple[List[Tuple[str, np.ndarray]], Dict[str, str]]] = {}
     for path, m in model.named_modules():
         if isinstance(m, AdpqLinear):
+            if getattr(m, "runtime_only", False):
+                raise CheckpointError(f"{path} was quantized at load for the runtime (adpq.load(lm_head=...)); "
+                                      "load the model without it to save it")
             name = f"{path}.weight"
             qt = m.quantized_tensor()
             arrays = qt.arrays()
