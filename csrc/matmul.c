@@ -29,7 +29,7 @@ enum {
     MM_ROW_TASKS = 8,  /* row route: tasks per thread (balance) */
 };
 /* multiply-adds below which one thread does it all (waking the pool costs more) */
-#define MM_MIN_PARALLEL ((int64_t)1 << 18)
+#define MM_MIN_PARALLEL ((int64_t)1 << 19)
 
 /* ------------------------------------------------------------------ the plan */
 

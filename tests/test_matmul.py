@@ -74,8 +74,9 @@ def test_large_k(kernels, cols):
 
 
 def test_kernel_sets_and_threads_agree():
-    qt = _quantize(300, 256, bits=4, group_size=64, outlier_ratio=0.01)
-    x = _x(20, 256)
+    # large enough that both routes use several threads (the core runs small products on one)
+    qt = _quantize(600, 1024, bits=4, group_size=64, outlier_ratio=0.01)
+    x = _x(20, 1024)
     ys = []
     for k in KERNELS:
         _core.set_kernels(k)
