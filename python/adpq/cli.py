@@ -154,8 +154,6 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (greedy)")
     g.add_argument("--threads", type=int, default=None, help="torch and C kernel threads (default: torch's)")
     g.add_argument("--dtype", default=None, help="dtype of the unquantized parts (default: the checkpoint's)")
-    g.add_argument("--activations", choices=["float32", "int8"], default="float32",
-                   help="AdpqLinear activations: float32 (exact) or int8 (q8, faster)")
     g.add_argument("--dequantize", action="store_true", help="load the adpq folder dequantized instead of packed")
     g.add_argument("--lm-head-bits", type=int, choices=[2, 3, 4, 8], default=None,
                    help="quantize the output projection at load (runtime only; the tied embedding is kept)")
@@ -282,7 +280,7 @@ def cmd_generate(args) -> int:
     from .generate import generate
 
     stats = generate(args.dir, args.prompt, max_new_tokens=args.max_new_tokens, threads=args.threads,
-                     dtype=args.dtype, activations=args.activations, dequantize=args.dequantize,
+                     dtype=args.dtype, dequantize=args.dequantize,
                      lm_head_bits=args.lm_head_bits)
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))

@@ -78,7 +78,7 @@ def load(path, device="cpu", dtype=None, dequantize: bool = False, activations: 
     By default the quantized linear layers are adpq.AdpqLinear modules holding the packed arrays (the
     C kernel runs them on CPU); dequantize=True instead returns an ordinary model with the weights
     dequantized at load. dtype (of everything else, and of the activations) defaults to the
-    checkpoint's (config.json). activations and threads: AdpqLinear's ("float32" or "int8"; None:
+    checkpoint's (config.json). activations and threads: AdpqLinear's (adpq.core.matmul.MODES; None:
     torch's thread count).
 
     lm_head: None, or a QuantConfig (or its bits) with which the output projection is quantized now,

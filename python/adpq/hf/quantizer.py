@@ -39,7 +39,7 @@ _TORCH_DTYPE_NAME = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16:
 class AdpqConfig(QuantizationConfigMixin):
     """The quantization_config of an adpq model: every adpq.QuantConfig field (same names, defaults
     and checks), the include/exclude patterns of quantize_checkpoint, and for the runtime the
-    activations mode of AdpqLinear ("float32" or "int8"; not stored in the model's files).
+    activations mode of AdpqLinear (adpq.core.matmul.MODES; not stored in the model's files).
 
         AutoModelForCausalLM.from_pretrained(plain_dir, quantization_config=adpq.AdpqConfig(bits=3))
     """

@@ -15,6 +15,7 @@ import torch
 from .. import _core
 from ..core import dtypes
 from ..core.config import QuantConfig
+from ..core.matmul import MODES
 from ..core.quantize import quantize
 from ..core.quantized import QuantizedTensor
 from . import torch_format
@@ -22,9 +23,7 @@ from . import torch_format
 __all__ = ["AdpqLinear", "to_numpy", "to_torch"]
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
-# activations -> the mode argument of _core.matmul (csrc/adpq.h ADPQ_MATMUL_*)
-MODE_OF = {"float32": 0, "int8": 1}
-ACTIVATIONS = tuple(MODE_OF)
+ACTIVATIONS = tuple(MODES)
 
 
 def to_torch(a: np.ndarray) -> torch.Tensor:
@@ -50,8 +49,8 @@ class AdpqLinear(torch.nn.Module):
     buffers: they follow `.to(device)` but never a dtype cast (they are a storage format), transformers
     never re-initializes them, and the model's adpq save writes them (docs/FORMAT.md).
 
-    activations  "float32" (the exact product) or "int8" (activations rounded to int8 per block of
-                 32, as ggml's q8_0; faster, slightly less accurate)
+    activations  how the C kernel takes the activations (adpq.core.matmul.MODES): "float32", the
+                 float product
     threads      threads of the C kernel; None: torch.get_num_threads()
     use_kernel   False forces the torch fallback (dequantize, then torch's matmul)
     """
@@ -73,6 +72,7 @@ class AdpqLinear(torch.nn.Module):
         self.config_dict = dict(config_dict) if config_dict is not None else qt.config.to_dict()
         self._qt = qt
         self._arrays = {name: to_torch(a) for name, a in qt.arrays().items()}
+        self._plan, self._plan_key = None, None  # the C kernel's plan, and the codes' address it is for
         if bias is not None:
             if tuple(bias.shape) != (self.out_features,):
                 raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({self.out_features},)")
@@ -142,10 +142,12 @@ class AdpqLinear(torch.nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32 or x2.stride(-1) != 1:
             x2 = x2.to(torch.float32).contiguous()
+        key = self._arrays["codes"].data_ptr()
+        if self._plan_key != key:
+            self._plan, self._plan_key = self.quantized_tensor().matmul_plan(), key
         out = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
         threads = self.threads if self.threads is not None else torch.get_num_threads()
-        _core.matmul(self.quantized_tensor().matmul_plan(), x2.numpy(), out.numpy(), MODE_OF[self.activations],
-                     threads)
+        _core.matmul(self._plan, x2.numpy(), out.numpy(), MODES[self.activations], threads)
         if self.bias is not None:
             out += self.bias
         if x.dtype != torch.float32:
