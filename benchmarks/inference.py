@@ -231,8 +231,10 @@ def model_rows(args):
         for typ in ("q4_0", "q8_0"):
             gguf = getattr(args, f"gguf_{typ}")
             if gguf:
-                res = llamacpp_peer.bench(args.ggml_build, gguf, threads=args.threads)
-                rows.append({"name": f"llama.cpp {typ.upper()}", **res})
+                res = llamacpp_peer.bench(args.ggml_build, gguf, threads=args.threads, n_prompt=256, n_gen=64)
+                rows.append({"name": f"llama.cpp {typ.upper()} (llama-bench pp256/tg64)",
+                             "decode_tps": res["tg_tps_median"], "prefill_tps": res["pp_tps_median"],
+                             "build_commit": res["build_commit"]})
     return rows
 
 

@@ -55,9 +55,15 @@ def test_from_pretrained_gives_packed_layers_with_fake_quant_logits(folders):
         assert sum(t.numel() * t.element_size() for t in mod.arrays().values()) < mod.in_features * mod.out_features
     x = _ids()
     with torch.no_grad():
-        a, b = m(x).logits, f(x).logits
-    assert a.dtype == b.dtype == torch.float32
-    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item()), (a - b).abs().max()
+        b = f(x).logits
+        for dense_batch in (None, 16, 1):  # the packed kernel at every batch; prefill dense; all dense
+            for mod in lin.values():
+                mod.dense_batch = dense_batch
+            a = m(x).logits
+            assert a.dtype == b.dtype == torch.float32
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item()), (dense_batch, (a - b).abs().max())
+        for mod in lin.values():
+            del mod.dense_batch  # (back to the class default)
     # and not the original model's
     o = transformers.AutoModelForCausalLM.from_pretrained(folders["src"])
     with torch.no_grad():

@@ -53,7 +53,12 @@ class AdpqLinear(torch.nn.Module):
                  float product
     threads      threads of the C kernel; None: torch.get_num_threads()
     use_kernel   False forces the torch fallback (dequantize, then torch's matmul)
+    dense_batch  from this many rows of activations on (prefill), the C core dequantizes the weight
+                 for the call and torch multiplies: a GEMM library's blocking beats the packed kernel
+                 once the decode cost is shared by many rows (None: always the packed kernel)
     """
+
+    dense_batch: Optional[int] = 16
 
     def __init__(self, qt: QuantizedTensor, bias: Optional[torch.Tensor] = None, activations: str = "float32",
                  config_dict: Optional[dict] = None):
@@ -140,13 +145,17 @@ class AdpqLinear(torch.nn.Module):
             return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        threads = self.threads if self.threads is not None else torch.get_num_threads()
+        if self.dense_batch is not None and x2.shape[0] >= self.dense_batch:
+            w = torch.from_numpy(self.quantized_tensor().dequantize(threads=threads)).to(x.dtype)
+            y = torch.nn.functional.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
+            return y.reshape(*lead, self.out_features)
         if x2.dtype != torch.float32 or x2.stride(-1) != 1:
             x2 = x2.to(torch.float32).contiguous()
         key = self._arrays["codes"].data_ptr()
         if self._plan_key != key:
             self._plan, self._plan_key = self.quantized_tensor().matmul_plan(), key
         out = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
-        threads = self.threads if self.threads is not None else torch.get_num_threads()
         _core.matmul(self._plan, x2.numpy(), out.numpy(), MODES[self.activations], threads)
         if self.bias is not None:
             out += self.bias
