@@ -132,11 +132,12 @@ def _child(spec: dict) -> dict:
 
     import adpq
     from adpq import _core
-    from adpq.generate import generate, peak_rss_bytes, rss_bytes
+    from adpq.generate import generate, peak_rss_bytes, reset_peak_rss, rss_bytes
     from adpq.runtime.linear import AdpqLinear
 
     transformers.logging.set_verbosity_error()
     tok = transformers.AutoTokenizer.from_pretrained(spec["tokenizer"], local_files_only=True)
+    reset_peak_rss()
     rss0 = rss_bytes()
     t0 = time.perf_counter()
     if spec["kind"] == "torch":
@@ -161,6 +162,7 @@ def _child(spec: dict) -> dict:
         st = generate(spec["dir"], text[:80], max_new_tokens=64, out=None, model=model)
         decode.append(st.decode_tokens_per_s)
     res = {"load_s": load_s, "rss_model_mib": (rss1 - rss0) / 2**20, "rss_after_load_mib": rss1 / 2**20,
+           "rss_model_after_runs_mib": (rss_bytes() - rss0) / 2**20,
            "peak_load_mib": (peak - rss0) / 2**20, "prefill_tps": ids.shape[1] / statistics.median(pre),
            "decode_tps": statistics.median(decode), "decode_runs": decode}
     if spec["kind"] == "adpq":  # per-token profile of decode
@@ -239,8 +241,9 @@ def model_rows(args):
 
 
 def print_models(rows):
-    print("\nmodel, decode and prefill tokens/s, memory (MiB; model = RSS after load - RSS before)")
-    print(f"{'':<36}{'decode':>9}{'prefill':>9}{'model':>8}{'peak':>8}{'RSS':>8}{'load s':>8}")
+    print("\nmodel, decode and prefill tokens/s, memory (MiB; model = RSS after load - RSS before load; model* = the "
+          "same after the runs: a loader that maps the file lazily is resident only once its weights are read)")
+    print(f"{'':<36}{'decode':>9}{'prefill':>9}{'model':>8}{'peak':>8}{'RSS':>8}{'load s':>8}{'model*':>8}")
     best = max((r.get("decode_tps", 0) for r in rows if r["name"].startswith("torch")), default=0)
     for r in rows:
         if "error" in r:
@@ -249,6 +252,7 @@ def print_models(rows):
         g = lambda k, f="{:.1f}": f.format(r[k]) if r.get(k) is not None else "-"  # noqa: E731
         print(f"{r['name']:<36}{g('decode_tps'):>9}{g('prefill_tps'):>9}{g('rss_model_mib', '{:.0f}'):>8}"
               f"{g('peak_load_mib', '{:.0f}'):>8}{g('rss_after_load_mib', '{:.0f}'):>8}{g('load_s', '{:.2f}'):>8}"
+              f"{g('rss_model_after_runs_mib', '{:.0f}'):>8}"
               + (f"   decode x{r['decode_tps'] / best:.2f} of the faster torch" if best and r.get("decode_tps")
                  and not r["name"].startswith("torch") else ""))
         if "profile_ms_per_token" in r:

@@ -18,7 +18,7 @@ from typing import IO, List, Optional
 
 from .hf.loading import load
 
-__all__ = ["GenerationStats", "generate", "rss_bytes"]
+__all__ = ["GenerationStats", "generate", "peak_rss_bytes", "reset_peak_rss", "rss_bytes"]
 
 
 def rss_bytes() -> int:
@@ -30,9 +30,31 @@ def rss_bytes() -> int:
         return 0
 
 
+def _status_kib(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Starts a new peak (Linux: clear_refs 5 resets VmHWM); silently nothing where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The peak resident set size since the process started or since reset_peak_rss() (VmHWM: unlike
+    getrusage's ru_maxrss, not inherited from the parent across fork and exec)."""
+    kib = _status_kib("VmHWM")
+    return kib * 1024 if kib else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @dataclass
@@ -111,6 +133,7 @@ def generate(path, prompt: str, max_new_tokens: int = 64, threads: Optional[int]
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder {path} does not exist")
+    reset_peak_rss()
     rss0 = rss_bytes()
     t0 = time.perf_counter()
     if model is None:
