@@ -44,6 +44,7 @@ _LAZY = {
     "load": "adpq.hf.loading",
     "AdpqConfig": "adpq.hf.quantizer",
     "AdpqLinear": "adpq.runtime.linear",
+    "AdpqEmbedding": "adpq.runtime.embedding",
     "load_state_dict": "adpq.hf.loading",
 }
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from .core.quantized import QuantizedTensor
     from .hf.loading import load, load_state_dict
     from .hf.quantizer import AdpqConfig
+    from .runtime.embedding import AdpqEmbedding
     from .runtime.linear import AdpqLinear
     from .io.adpq_format import dequantize_checkpoint, inspect_checkpoint
     from .io.checkpoint import quantize_checkpoint

@@ -51,28 +51,56 @@ def load_state_dict(path, dtype=None) -> Dict[str, Any]:
     return sd
 
 
-def _quantize_lm_head(model, config) -> None:
-    import torch
-
+def _runtime_config(config, what: str):
     from ..core.config import QuantConfig
-    from ..runtime.linear import AdpqLinear
 
     if isinstance(config, int) and not isinstance(config, bool):
-        config = QuantConfig(bits=config)
+        return QuantConfig(bits=config)
     if not isinstance(config, QuantConfig):
-        raise TypeError(f"lm_head must be None, a QuantConfig or a number of bits, got {type(config).__name__}")
-    head = model.get_output_embeddings()
-    if isinstance(head, AdpqLinear):
-        return
-    if not isinstance(head, torch.nn.Linear):
-        raise CheckpointError(f"the output projection of {type(model).__name__} is not a linear layer")
-    q = AdpqLinear.from_linear(head, config)
-    q.runtime_only = True  # (adpq.hf.save refuses to write it)
-    model.set_output_embeddings(q)
+        raise TypeError(f"{what} must be None, a QuantConfig or a number of bits, got {type(config).__name__}")
+    return config
+
+
+def _quantize_io(model, lm_head, embeddings) -> None:
+    """The output projection and/or the input embedding quantized now, for the runtime. A tied pair is
+    quantized once and shared when both use the same config (embeddings alone on a tied model takes
+    the output projection too: otherwise the dense matrix stays held by it)."""
+    import torch
+
+    from ..core.quantize import quantize
+    from ..runtime.embedding import AdpqEmbedding
+    from ..runtime.linear import AdpqLinear
+
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = (isinstance(head, torch.nn.Linear) and isinstance(emb, torch.nn.Embedding)
+            and head.weight is emb.weight)
+    head_cfg = _runtime_config(lm_head, "lm_head") if lm_head is not None else None
+    emb_cfg = _runtime_config(embeddings, "embeddings") if embeddings is not None else None
+    if emb_cfg is not None and tied and head_cfg is None:
+        head_cfg = emb_cfg
+    shared = None
+    if emb_cfg is not None:
+        if type(emb) is not torch.nn.Embedding:  # e.g. Gemma's scaled embedding: its forward does more
+            raise CheckpointError(f"the input embedding of {type(model).__name__} is a {type(emb).__name__}, "
+                                  "not a plain nn.Embedding; adpq cannot quantize it")
+        qt = quantize(emb.weight.detach(), config=emb_cfg)
+        new = AdpqEmbedding(qt, dtype=emb.weight.dtype, padding_idx=emb.padding_idx)
+        new.runtime_only = True
+        if tied and head_cfg == emb_cfg:
+            shared = qt
+        model.set_input_embeddings(new)
+    if head_cfg is not None and not isinstance(head, AdpqLinear):
+        if not isinstance(head, torch.nn.Linear):
+            raise CheckpointError(f"the output projection of {type(model).__name__} is not a linear layer")
+        q = AdpqLinear(shared, head.bias) if shared is not None else AdpqLinear.from_linear(head, head_cfg)
+        q.runtime_only = True  # (adpq.hf.save refuses to write it)
+        model.set_output_embeddings(q)
+    if tied and (head_cfg is not None or emb_cfg is not None):
+        model.config.tie_word_embeddings = False  # nothing to re-tie: both sides are replaced or kept apart
 
 
 def load(path, device="cpu", dtype=None, dequantize: bool = False, activations: str = "float32",
-         threads=None, lm_head=None):
+         threads=None, lm_head=None, embeddings=None):
     """A transformers model from an adpq-format folder (an ordinary HF folder is loaded as it is).
 
     By default the quantized linear layers are adpq.AdpqLinear modules holding the packed arrays (the
@@ -81,11 +109,11 @@ def load(path, device="cpu", dtype=None, dequantize: bool = False, activations: 
     checkpoint's (config.json). activations and threads: AdpqLinear's (adpq.core.matmul.MODES; None:
     torch's thread count).
 
-    lm_head: None, or a QuantConfig (or its bits) with which the output projection is quantized now,
-    for the runtime only: decoding reads the LM head once per token, and on small models with a large
-    vocabulary it is as many bytes as every other layer together. A tied input embedding stays as it
-    is (its lookup reads a few rows). Such a model cannot be saved (the folder's format has no place
-    for it).
+    lm_head, embeddings: None, or a QuantConfig (or its bits) with which the output projection / the
+    input embedding is quantized now, for the runtime only: decoding reads the LM head once per token,
+    and on small models with a large vocabulary it is as many bytes as every other layer together; the
+    embedding (adpq.AdpqEmbedding) decodes only the rows it looks up. A tied pair with one config is
+    held once. Such a model cannot be saved (the folder's format has no place for it).
     """
     import torch
     import transformers
@@ -111,8 +139,8 @@ def load(path, device="cpu", dtype=None, dequantize: bool = False, activations: 
         register()
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path, dtype=tdt if tdt is not None else "auto", local_files_only=True)
-        if lm_head is not None:
-            _quantize_lm_head(model, lm_head)
+        if lm_head is not None or embeddings is not None:
+            _quantize_io(model, lm_head, embeddings)
         for m in model.modules():
             if isinstance(m, AdpqLinear):
                 m.activations, m.threads = activations, threads

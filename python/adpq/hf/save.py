@@ -25,10 +25,10 @@ def _entries(model: torch.nn.Module) -> Dict[str, Tuple[List[Tuple[str, np.ndarr
     """Logical tensor name -> (safetensors entries, shard metadata), tied duplicates dropped."""
     out: Dict[str, Tuple[List[Tuple[str, np.ndarray]], Dict[str, str]]] = {}
     for path, m in model.named_modules():
+        if getattr(m, "runtime_only", False):
+            raise CheckpointError(f"{path} was quantized at load for the runtime (adpq.load(lm_head=..., "
+                                  "embeddings=...)); load the model without it to save it")
         if isinstance(m, AdpqLinear):
-            if getattr(m, "runtime_only", False):
-                raise CheckpointError(f"{path} was quantized at load for the runtime (adpq.load(lm_head=...)); "
-                                      "load the model without it to save it")
             name = f"{path}.weight"
             qt = m.quantized_tensor()
             arrays = qt.arrays()
