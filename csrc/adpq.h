@@ -199,10 +199,23 @@ void adpq_matmul_release(adpq_matmul_plan *plan);
 /* y[i*y_stride + r] = sum_j x[i*x_stride + j] * w_hat[r][j] for i < n, r < rows: x rows of cols
  * floats x_stride apart (>= cols), y rows of `rows` floats y_stride apart (>= rows); n >= 0.
  * mode: an adpq_matmul_mode. ADPQ_MATMUL_FLOAT: float32 arithmetic (relative error ~1e-7 per
- * output row); ADPQ_MATMUL_INT8: the activations quantized to int8 per block of 32 columns (ggml's
- * q8_0). NaN/Inf in x are propagated to y. threads >= 1 (fewer are used when there is less work). */
+ * output row). ADPQ_MATMUL_INT8 (ggml's q8_0 trick): x' = x * col_mul is quantized per block of 32
+ * columns to int8, q = rint(x' / d) with d = max |x'| / 127 (a ragged last block zero padded), and
+ * y[r] = sum_groups s_g * sum_blocks d_b * (dot_b - z_g * xsum_b) + the outlier correction on the
+ * float x' (dot_b = sum q_code * q_x and xsum_b = sum q_x in int32; relative error ~0.5% per output
+ * row on gaussian data). It applies when adpq_matmul_mode_used says so (n < 16, cols % 8 == 0,
+ * group_size % 32 == 0 or per-row groups); otherwise the call runs in float mode.
+ * NaN/Inf in x are propagated to y (as NaN in int8 mode). threads >= 1 (fewer are used when there
+ * is less work). */
 adpq_status adpq_matmul(const adpq_matmul_plan *plan, const float *x, int64_t n, int64_t x_stride, float *y,
                         int64_t y_stride, int mode, int threads, char *err);
+/* The same with x of x_dtype (ADPQ_F32, ADPQ_F16 or ADPQ_BF16: converted to float32 exactly) and y of
+ * y_dtype (ADPQ_F32, or ADPQ_BF16: each output rounded to nearest even as adpq_f32_to_bf16); strides
+ * in elements. */
+adpq_status adpq_matmul_typed(const adpq_matmul_plan *plan, const void *x, int x_dtype, int64_t n, int64_t x_stride,
+                              void *y, int y_dtype, int64_t y_stride, int mode, int threads, char *err);
+/* The mode a call of n activation rows with `mode` runs in (ADPQ_MATMUL_INT8 falls back to FLOAT). */
+int adpq_matmul_mode_used(const adpq_matmul_plan *plan, int64_t n, int mode);
 
 /* Kernel selection: "scalar" (the reference), "avx2" (x86-64 with AVX2+F16C+FMA), or "auto".
  * Returns 0 on success, -1 if that kernel set is not available on this CPU. */

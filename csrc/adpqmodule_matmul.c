@@ -1,6 +1,7 @@
 /* adpqmodule_matmul.c - the matmul of the CPython wrapper: _core.matmul_plan builds a MatmulPlan (the
  * C plan, and references to the NumPy arrays it points into, so that they outlive it), and
- * _core.matmul(plan, x, out=None, mode=0, threads=1) runs it without the GIL. matmul is called for
+ * _core.matmul(plan, x, out=None, mode=0, threads=1) runs it without the GIL (x and out float32, or uint16
+ * arrays of bfloat16 bits: converted in C). matmul is called for
  * every linear layer of every generated token: it takes METH_FASTCALL arguments (positional or by
  * keyword, no dict built) and checks x and out with a few field reads. */
 #define NO_IMPORT_ARRAY /* (adpqmodule_args.c holds NumPy's API table) */
@@ -36,6 +37,18 @@ static PyGetSetDef plan_getset[] = {
     {"cols", plan_get, NULL, "input features (columns of the quantized matrix)", (void *)1},
     {NULL, NULL, NULL, NULL, NULL}};
 
+static PyObject *plan_mode_used(PyObject *o, PyObject *args) {
+    long long n;
+    int mode;
+    if (!PyArg_ParseTuple(args, "Li:mode_used", &n, &mode)) return NULL;
+    return PyLong_FromLong(adpq_matmul_mode_used(&((const MatmulPlan *)o)->plan, (int64_t)n, mode));
+}
+
+static PyMethodDef plan_methods[] = {
+    {"mode_used", plan_mode_used, METH_VARARGS,
+     "mode_used(n, mode): the mode a call with n activation rows runs in (int8 falls back to float 0)"},
+    {NULL, NULL, 0, NULL}};
+
 static PyTypeObject MatmulPlanType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "adpq._core.MatmulPlan",
     .tp_basicsize = sizeof(MatmulPlan),
@@ -44,6 +57,7 @@ static PyTypeObject MatmulPlanType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A quantized matrix prepared for _core.matmul (made by _core.matmul_plan)",
     .tp_getset = plan_getset,
+    .tp_methods = plan_methods,
 };
 
 /* (the type is not a module attribute: plans come from matmul_plan only) */
@@ -143,8 +157,9 @@ PyObject *pymm_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs, P
     const adpq_matmul_plan *plan = &((MatmulPlan *)v[MA_PLAN])->plan;
     const int64_t rows = plan->q.rows, cols = plan->q.cols;
     PyObject *xo = v[MA_X];
-    if (!PyArray_Check(xo) || PyArray_TYPE((PyArrayObject *)xo) != NPY_FLOAT32) {
-        PyErr_Format(PyExc_TypeError, "x must be a float32 numpy.ndarray, got %s",
+    if (!PyArray_Check(xo) ||
+        (PyArray_TYPE((PyArrayObject *)xo) != NPY_FLOAT32 && PyArray_TYPE((PyArrayObject *)xo) != NPY_UINT16)) {
+        PyErr_Format(PyExc_TypeError, "x must be a float32 or uint16 (bfloat16 bits) numpy.ndarray, got %s",
                      PyArray_Check(xo) ? PyArray_DESCR((PyArrayObject *)xo)->typeobj->tp_name : Py_TYPE(xo)->tp_name);
         return NULL;
     }
@@ -154,27 +169,31 @@ PyObject *pymm_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs, P
                      (long long)cols, PyArray_NDIM(xa), PyArray_NDIM(xa) ? (long long)PyArray_DIM(xa, PyArray_NDIM(xa) - 1) : 0LL);
         return NULL;
     }
+    const int xbf = PyArray_TYPE(xa) == NPY_UINT16, xe = xbf ? 2 : 4;
     const npy_intp n = PyArray_DIM(xa, 0), *st = PyArray_STRIDES(xa);
-    if ((cols > 1 && st[1] != 4) || (n > 1 && (st[0] <= 0 || st[0] % 4 || st[0] / 4 < cols)) || !PyArray_ISALIGNED(xa)) {
+    if ((cols > 1 && st[1] != xe) || (n > 1 && (st[0] <= 0 || st[0] % xe || st[0] / xe < cols)) || !PyArray_ISALIGNED(xa)) {
         PyErr_SetString(PyExc_ValueError, "x must have contiguous, aligned, non-overlapping rows (a positive row stride)");
         return NULL;
     }
-    const int64_t xs = n > 1 ? st[0] / 4 : cols;
+    const int64_t xs = n > 1 ? st[0] / xe : cols;
     PyObject *out = v[MA_OUT];
+    int ybf = 0;
     if (out && out != Py_None) {
         PyArrayObject *oa = (PyArrayObject *)out;
-        if (!PyArray_Check(out) || PyArray_TYPE(oa) != NPY_FLOAT32 || !PyArray_IS_C_CONTIGUOUS(oa) ||
-            !PyArray_ISWRITEABLE(oa)) {
-            PyErr_SetString(PyExc_TypeError, "out must be None or a writeable C-contiguous float32 numpy.ndarray");
+        if (!PyArray_Check(out) || (PyArray_TYPE(oa) != NPY_FLOAT32 && PyArray_TYPE(oa) != NPY_UINT16) ||
+            !PyArray_IS_C_CONTIGUOUS(oa) || !PyArray_ISWRITEABLE(oa)) {
+            PyErr_SetString(PyExc_TypeError, "out must be None or a writeable C-contiguous float32 or uint16 (bfloat16 "
+                                             "bits) numpy.ndarray");
             return NULL;
         }
+        ybf = PyArray_TYPE(oa) == NPY_UINT16;
         if (PyArray_NDIM(oa) != 2 || PyArray_DIM(oa, 0) != n || PyArray_DIM(oa, 1) != rows) {
             PyErr_Format(PyExc_ValueError, "out must have shape (%lld, %lld) (x's rows, the out_features)", (long long)n,
                          (long long)rows);
             return NULL;
         }
         const char *o0 = PyArray_BYTES(oa), *o1 = o0 + PyArray_NBYTES(oa), *x0 = PyArray_BYTES(xa);
-        const char *x1 = x0 + (n > 0 ? ((n - 1) * xs + cols) * 4 : 0);
+        const char *x1 = x0 + (n > 0 ? ((n - 1) * xs + cols) * xe : 0);
         if (n > 0 && o0 < x1 && x0 < o1) {
             PyErr_SetString(PyExc_ValueError, "out overlaps x");
             return NULL;
@@ -187,9 +206,10 @@ PyObject *pymm_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs, P
     }
     char err[ADPQ_ERRLEN] = {0};
     adpq_status st_;
-    const float *x = (const float *)PyArray_DATA(xa);
-    float *y = (float *)PyArray_DATA((PyArrayObject *)out);
-    Py_BEGIN_ALLOW_THREADS st_ = adpq_matmul(plan, x, n, xs, y, rows, mode, threads, err);
+    const void *x = PyArray_DATA(xa);
+    void *y = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS st_ = adpq_matmul_typed(plan, x, xbf ? ADPQ_BF16 : ADPQ_F32, n, xs, y, ybf ? ADPQ_BF16 : ADPQ_F32,
+                                                   rows, mode, threads, err);
     Py_END_ALLOW_THREADS if (st_) {
         Py_DECREF(out);
         return pyarg_raise_status(st_, err);

@@ -8,6 +8,27 @@
 #include "rows.h"
 #include "threshold.h"
 
+/* Threads beyond the work available (or beyond ADPQ_THREADS_CAP) would only cost per-thread scratch
+ * memory: each entry point caps cfg->threads / threads first. (The results do not depend on it.) */
+#define ADPQ_THREADS_CAP 1024
+
+static int useful_threads(int threads, int64_t units) {
+    if (units < 1) units = 1;
+    if (threads > units) threads = (int)units;
+    return threads > ADPQ_THREADS_CAP ? ADPQ_THREADS_CAP : threads;
+}
+
+/* cfg, or a copy in *tmp with its threads capped at `units` tasks (NULL stays NULL) */
+static const adpq_config *capped_config(const adpq_config *cfg, int64_t units, adpq_config *tmp) {
+    if (!cfg) return NULL;
+    *tmp = *cfg;
+    tmp->threads = useful_threads(cfg->threads, units);
+    return tmp;
+}
+
+/* quantize and outlier_mask work in chunks of at least 8 rows (rows.c) */
+static int64_t row_chunks(const adpq_matrix *m) { return m ? (m->rows + 7) / 8 : 1; }
+
 void adpq_free_outliers(adpq_qmatrix *q) {
     free(q->outlier_counts);
     free(q->outlier_scales);
@@ -62,13 +83,15 @@ static int assemble_outliers(qctx *c, adpq_qmatrix *q) {
     return ADPQ_OK;
 }
 
-adpq_status adpq_quantize(const adpq_matrix *m, const adpq_config *cfg, adpq_qmatrix *q, char *err) {
+adpq_status adpq_quantize(const adpq_matrix *m, const adpq_config *cfg_in, adpq_qmatrix *q, char *err) {
     qctx c;
     int64_t *quota = NULL;
-    if (!q || !cfg || !q->codes || !q->scales || (!cfg->symmetric && !q->zeros)) {
+    adpq_config capped;
+    if (!q || !cfg_in || !q->codes || !q->scales || (!cfg_in->symmetric && !q->zeros)) {
         adpq_set_err(err, "output arrays missing");
         return ADPQ_ERR_ARG;
     }
+    const adpq_config *cfg = capped_config(cfg_in, row_chunks(m), &capped);
     q->outlier_counts = q->outlier_scales = q->outlier_zeros = NULL;
     q->outlier_indices = NULL;
     q->outlier_values = NULL;
@@ -109,22 +132,19 @@ done:
     return (adpq_status)rc;
 }
 
-adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint8_t *mask, char *err) {
+adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg_in, uint8_t *mask, char *err) {
     qctx c;
     int64_t *quota = NULL;
+    adpq_config capped;
     if (!mask) {
         adpq_set_err(err, "null argument");
         return ADPQ_ERR_ARG;
     }
-    int rc = adpq_qctx_init(&c, m, cfg, adpq_active_kernels(), err);
+    int rc = adpq_qctx_init(&c, m, capped_config(cfg_in, row_chunks(m), &capped), adpq_active_kernels(), err);
     if (rc == ADPQ_OK && c.mode == MODE_TENSOR) rc = adpq_tensor_threshold(&c, &quota, err);
-    if (rc == ADPQ_OK) {
-        if (c.mode == MODE_NONE) {
-            memset(mask, 0, (size_t)(m->rows * m->cols));
-        } else {
-            c.mask_out = mask;
-            rc = adpq_run_pass(&c, adpq_quant_task, err);
-        }
+    if (rc == ADPQ_OK) { /* (MODE_NONE too: the pass refuses NaN/Inf as quantize does, and finds no outlier) */
+        c.mask_out = mask;
+        rc = adpq_run_pass(&c, adpq_quant_task, err);
     }
     free(quota);
     adpq_qctx_free(&c);
@@ -135,26 +155,32 @@ adpq_status adpq_outlier_mask(const adpq_matrix *m, const adpq_config *cfg, uint
 
 adpq_status adpq_dequantize(const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul, float *out,
                             char *err) {
-    return adpq_dequantize_k(adpq_active_kernels(), q, cfg, col_mul, out, err);
+    adpq_config capped;
+    return adpq_dequantize_k(adpq_active_kernels(), q, capped_config(cfg, q ? q->rows : 1, &capped), col_mul, out,
+                             err);
 }
 
 adpq_status adpq_error_stats_of(const adpq_matrix *w, const float *w_hat, int bins, int threads,
                                 adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err) {
-    return adpq_error_stats_of_k(adpq_active_kernels(), w, w_hat, bins, threads, out, hist_w, hist_hat, err);
+    return adpq_error_stats_of_k(adpq_active_kernels(), w, w_hat, bins, useful_threads(threads, w ? w->rows : 1), out,
+                                 hist_w, hist_hat, err);
 }
 
 adpq_status adpq_error_stats_q(const adpq_matrix *w, const adpq_qmatrix *q, const adpq_config *cfg, const float *col_mul,
                                int bins, int threads, adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat,
                                char *err) {
-    return adpq_error_stats_q_k(adpq_active_kernels(), w, q, cfg, col_mul, bins, threads, out, hist_w, hist_hat, err);
+    adpq_config capped;
+    const int64_t rows = w ? w->rows : 1;
+    return adpq_error_stats_q_k(adpq_active_kernels(), w, q, capped_config(cfg, rows, &capped), col_mul, bins,
+                                useful_threads(threads, rows), out, hist_w, hist_hat, err);
 }
 
 adpq_status adpq_column_mean_abs(const adpq_matrix *m, int threads, float *mean, char *err) {
-    return adpq_column_mean_abs_k(adpq_active_kernels(), m, threads, mean, err);
+    return adpq_column_mean_abs_k(adpq_active_kernels(), m, useful_threads(threads, m ? m->cols : 1), mean, err);
 }
 
 adpq_status adpq_column_scales(const adpq_matrix *m, int threads, uint16_t *scales, float *mul, char *err) {
-    return adpq_column_scales_k(adpq_active_kernels(), m, threads, scales, mul, err);
+    return adpq_column_scales_k(adpq_active_kernels(), m, useful_threads(threads, m ? m->cols : 1), scales, mul, err);
 }
 
 /* ------------------------------------------------------------ matmul */
@@ -166,5 +192,16 @@ adpq_status adpq_matmul_prepare(const adpq_qmatrix *q, const adpq_config *cfg, c
 
 adpq_status adpq_matmul(const adpq_matmul_plan *plan, const float *x, int64_t n, int64_t x_stride, float *y,
                         int64_t y_stride, int mode, int threads, char *err) {
-    return adpq_matmul_k(adpq_active_kernels(), plan, x, n, x_stride, y, y_stride, mode, threads, err);
+    return adpq_matmul_k(adpq_active_kernels(), plan, x, ADPQ_F32, n, x_stride, y, ADPQ_F32, y_stride, mode, threads,
+                         err);
+}
+
+adpq_status adpq_matmul_typed(const adpq_matmul_plan *plan, const void *x, int x_dtype, int64_t n, int64_t x_stride,
+                              void *y, int y_dtype, int64_t y_stride, int mode, int threads, char *err) {
+    return adpq_matmul_k(adpq_active_kernels(), plan, x, x_dtype, n, x_stride, y, y_dtype, y_stride, mode, threads, err);
+}
+
+int adpq_matmul_mode_used(const adpq_matmul_plan *plan, int64_t n, int mode) {
+    return mode == ADPQ_MATMUL_INT8 && plan && plan->q.codes && adpq_matmul_int8_applies(plan, n) ? ADPQ_MATMUL_INT8
+                                                                                                  : ADPQ_MATMUL_FLOAT;
 }

@@ -134,7 +134,39 @@ typedef struct {
      * j < nw (1..3) */
     void (*mm_tile)(const float *x, int64_t xs, const float *w, int64_t ws, int64_t k, int nx, int nw, float *out,
                     int64_t os);
+    /* int8 activations (ADPQ_MATMUL_INT8): one weight row against nx (1..4) quantized activation rows.
+     * The row's cols codes (b-bit stream at `codes`, a byte boundary) form nb = ceil(cols / 32) blocks
+     * of 32, groups of bpg blocks (the last one shorter). Activation row i has nb blocks of 32 int8 at
+     * xq + (i * xbs + b) * 32, stored in the order adpq_q8_pos gives (position p holds column
+     * 32b + adpq_q8_pos(bits, p); zero past cols), and scales xd[i * xbs + b]. out[i] = sum_k s[k] *
+     * sum_{b in k} xd[b] * dot_b, dot_b = sum_p (q_{32b + pos(p)} - bias) * xq[p] in int32, bias = 128
+     * for 8 bits (0 otherwise; the caller adds the zero-point terms). The AVX2 kernel reads 4 * bits
+     * bytes at each block, 16 for 3 bits: past the row's codes in a ragged last block (the caller keeps
+     * these reads inside readable memory; the extra codes meet zero activations). */
+    void (*mm_q8)(const uint8_t *codes, int bits, int64_t cols, int64_t bpg, const float *s, const int8_t *xq,
+                  const float *xd, int64_t xbs, int nx, float *out);
+    /* one activation row x[0..cols) quantized for mm_q8, per block b of 32 columns (the last one zero
+     * padded): d = amax / 127 (amax = max |x|, float32), q = rint(x * (1 / d)) (0 when d = 0) clamped to
+     * [-127, 127], stored at xq + 32b in adpq_q8_pos(bits) order; xd[b] = d, xsum[b] = sum of the q.
+     * A block with a NaN or Inf gets d = NaN and q = 0 (so that it propagates). Both sets: the same bits. */
+    void (*q8_quantize)(const float *x, int64_t cols, int bits, int8_t *xq, float *xd, int32_t *xsum);
 } adpq_kernels;
+
+/* The column (0..31, within its block of 32) of position p of a quantized activation block for
+ * b-bit codes: the order in which the AVX2 kernel decodes 32 codes of the stream cheaply.
+ * 8 bits: natural; 4: even then odd columns (low, high nibbles); 2: p = 8m + k holds 4k + m (shift
+ * 2m of byte k); 3: 8-column chunks 0, 2, 1, 3 (two 16-bit decodes packed with packus). */
+static inline int adpq_q8_pos(int bits, int p) {
+    switch (bits) {
+    case 4: return p < 16 ? 2 * p : 2 * (p - 16) + 1;
+    case 2: return 4 * (p % 8) + p / 8;
+    case 3: {
+        static const int chunk[4] = {0, 2, 1, 3};
+        return chunk[p / 8] * 8 + p % 8;
+    }
+    default: return p;
+    }
+}
 
 /* matmul_scalar.c and matmul_avx2.c: the mm_* members of each kernel set (adpq_mm_packed_scalar, ...) */
 #define ADPQ_MM_KERNELS(SET)                                                                                           \
@@ -144,7 +176,10 @@ typedef struct {
                              const float *x, int64_t xs, int nx, float *out);                                          \
     void adpq_mm_decode_##SET(const uint8_t *codes, int bits, int64_t n, float s, float nzs, float *out);            \
     void adpq_mm_tile_##SET(const float *x, int64_t xs, const float *w, int64_t ws, int64_t k, int nx, int nw,         \
-                            float *out, int64_t os);
+                            float *out, int64_t os);                                                                   \
+    void adpq_mm_q8_##SET(const uint8_t *codes, int bits, int64_t cols, int64_t bpg, const float *s,                   \
+                          const int8_t *xq, const float *xd, int64_t xbs, int nx, float *out);                  \
+    void adpq_q8_quantize_##SET(const float *x, int64_t cols, int bits, int8_t *xq, float *xd, int32_t *xsum);
 ADPQ_MM_KERNELS(scalar)
 #if defined(__x86_64__) || defined(__i386__)
 ADPQ_MM_KERNELS(avx2)
@@ -232,8 +267,10 @@ adpq_status adpq_dequantize_k(const adpq_kernels *K, const adpq_qmatrix *q, cons
 /* matmul.c */
 adpq_status adpq_matmul_prepare_k(const adpq_kernels *K, const adpq_qmatrix *q, const adpq_config *cfg,
                                   const float *col_mul, adpq_matmul_plan *plan, char *err);
-adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, const float *x, int64_t n,
-                          int64_t x_stride, float *y, int64_t y_stride, int mode, int threads, char *err);
+adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, const void *x, int x_dtype, int64_t n,
+                          int64_t x_stride, void *y, int y_dtype, int64_t y_stride, int mode, int threads, char *err);
+/* 1 when the int8 route takes a call of n activation rows (else float mode) */
+int adpq_matmul_int8_applies(const adpq_matmul_plan *plan, int64_t n);
 /* metrics.c */
 adpq_status adpq_error_stats_of_k(const adpq_kernels *K, const adpq_matrix *w, const float *w_hat, int bins, int threads,
                                   adpq_error_stats *out, int64_t *hist_w, int64_t *hist_hat, char *err);

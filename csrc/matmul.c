@@ -127,8 +127,9 @@ done:
 /* ------------------------------------------------------------------ a call */
 
 typedef struct {
-    float *s, *nzs;  /* the row's groups: scale and -z * s */
-    uint8_t *q;      /* unpacked codes: a row (row route) or a column block (panel route), + 8 */
+    float *s, *nzs;  /* the row's groups: scale and -z * s (int8 route: -z * s + bias * s) */
+    uint8_t *q;      /* unpacked codes: a row (row route) or a column block (panel route), + 8; int8
+                        route: a copy of a row's codes whose blocks' reads would leave the stream, + 40 */
     float *panel;    /* MM_PANEL x MM_KBLOCK dequantized weights */
     float *acc;      /* MM_XBLOCK x MM_PANEL sums */
 } mm_scratch;
@@ -138,11 +139,25 @@ typedef struct {
     const adpq_matmul_plan *p;
     const float *x; /* x' rows of this block */
     int64_t xs, n;
-    float *y;
+    void *y;        /* float32, or bfloat16 bits when ybf16 */
     int64_t ys, rows_per_task;
     int packed; /* every row starts at a byte boundary and groups hold whole blocks of 8 */
+    int ybf16;
     mm_scratch *ws;
+    /* the int8 route (q8): x' quantized (kernels' q8_quantize), xbs blocks per row; xzs[i * G + k] =
+     * sum over the blocks of group k of d_b * xsum_b, the activations' side of the zero-point terms */
+    int q8;
+    int64_t xbs, bpg;
+    const int8_t *xq;
+    const float *xd, *xzs;
 } mm_ctx;
+
+static inline void put_y(const mm_ctx *c, int64_t i, int64_t r, float v) {
+    if (c->ybf16)
+        ((uint16_t *)c->y)[i * c->ys + r] = adpq_f32_to_bf16(v);
+    else
+        ((float *)c->y)[i * c->ys + r] = v;
+}
 
 /* sum of delta * x' over row r's outliers */
 static inline float correction(const adpq_matmul_plan *p, int64_t r, const float *xrow) {
@@ -159,20 +174,47 @@ static inline int row_packed(const mm_ctx *c, int64_t r) {
     return c->packed && r * cols / 8 * bits + (cols / 8 - 1) * bits + 4 <= p->lay.code_bytes;
 }
 
+/* s[k] and nzs[k] = -(z * s) (+ bias * s when bias != 0) of row r's groups: group_sz's values,
+ * converted a row at a time by the kernel set (the scale dtype's conversions are exact) */
+static void row_params(const mm_ctx *c, int64_t r, float *s, float *nzs, float bias) {
+    const adpq_matmul_plan *p = c->p;
+    const int64_t G = p->lay.groups_per_row;
+    const int sb = p->lay.scale_bytes, sd = p->cfg.scale_dtype, sym = p->cfg.symmetric;
+    const char *sc = (const char *)p->q.scales + r * G * sb, *zc = sym ? NULL : (const char *)p->q.zeros + r * G * sb;
+    if ((uintptr_t)sc % (uintptr_t)sb || (zc && (uintptr_t)zc % (uintptr_t)sb)) { /* unaligned arrays */
+        for (int64_t k = 0; k < G; k++) {
+            float z;
+            group_sz(p, r * G + k, s + k, &z);
+            nzs[k] = -(z * s[k]);
+            if (bias != 0.0f) nzs[k] += bias * s[k];
+        }
+        return;
+    }
+    for (int i = 0; i < 2 - sym; i++) {
+        const char *src = i ? zc : sc;
+        float *dst = i ? nzs : s;
+        if (sd == ADPQ_F32)
+            memcpy(dst, src, sizeof(float) * (size_t)G);
+        else if (sd == ADPQ_F16)
+            c->K->f16_to_f32((const uint16_t *)src, G, dst);
+        else
+            c->K->bf16_to_f32((const uint16_t *)src, G, dst);
+    }
+    const float zs = (float)(1 << (p->cfg.bits - 1));
+    for (int64_t k = 0; k < G; k++) nzs[k] = -((sym ? zs : nzs[k]) * s[k]);
+    if (bias != 0.0f)
+        for (int64_t k = 0; k < G; k++) nzs[k] += bias * s[k];
+}
+
 static int rows_task(void *vc, int64_t t, int worker) {
     const mm_ctx *c = (const mm_ctx *)vc;
     const adpq_matmul_plan *p = c->p;
     const mm_scratch *w = &c->ws[worker];
-    const int64_t rows = p->q.rows, cols = p->q.cols, g = p->lay.group_size, G = p->lay.groups_per_row;
+    const int64_t rows = p->q.rows, cols = p->q.cols, g = p->lay.group_size;
     const int bits = p->cfg.bits;
     const int64_t r0 = t * c->rows_per_task, r1 = rows - r0 < c->rows_per_task ? rows : r0 + c->rows_per_task;
     for (int64_t r = r0; r < r1; r++) {
-        for (int64_t k = 0; k < G; k++) {
-            float s, z;
-            group_sz(p, r * G + k, &s, &z);
-            w->s[k] = s;
-            w->nzs[k] = -(z * s);
-        }
+        row_params(c, r, w->s, w->nzs, 0.0f);
         const int64_t off = r * cols / 8 * bits;
         const int packed = row_packed(c, r);
         if (!packed) adpq_unpack_codes(p->q.codes, r * cols, cols, bits, w->q);
@@ -184,7 +226,44 @@ static int rows_task(void *vc, int64_t t, int worker) {
                 c->K->mm_packed(p->q.codes + off, bits, cols, g, w->s, w->nzs, x, c->xs, nx, out);
             else
                 c->K->mm_bytes(w->q, cols, g, w->s, w->nzs, x, c->xs, nx, out);
-            for (int i = 0; i < nx; i++) c->y[(i0 + i) * c->ys + r] = out[i] + correction(p, r, x + i * c->xs);
+            for (int i = 0; i < nx; i++) put_y(c, i0 + i, r, out[i] + correction(p, r, x + i * c->xs));
+        }
+    }
+    return 0;
+}
+
+/* the int8 route: rows_task with mm_q8 and the zero-point terms in float */
+static int q8_task(void *vc, int64_t t, int worker) {
+    const mm_ctx *c = (const mm_ctx *)vc;
+    const adpq_matmul_plan *p = c->p;
+    const mm_scratch *w = &c->ws[worker];
+    const int64_t rows = p->q.rows, cols = p->q.cols, G = p->lay.groups_per_row, nb = c->xbs;
+    const int bits = p->cfg.bits;
+    const float bias = bits == 8 ? 128.0f : 0.0f;
+    const int64_t r0 = t * c->rows_per_task, r1 = rows - r0 < c->rows_per_task ? rows : r0 + c->rows_per_task;
+    const int64_t row_bytes = cols / 8 * bits, reach = nb * 4 * bits + 4; /* the kernel's reads */
+    for (int64_t r = r0; r < r1; r++) {
+        row_params(c, r, w->s, w->nzs, bias);
+        const uint8_t *codes = p->q.codes + r * row_bytes;
+        if (r * row_bytes + reach > p->lay.code_bytes) { /* the last rows: a padded copy */
+            memcpy(w->q, codes, (size_t)row_bytes);
+            memset(w->q + row_bytes, 0, (size_t)(reach - row_bytes));
+            codes = w->q;
+        }
+        for (int64_t i0 = 0; i0 < c->n; i0 += 4) {
+            const int nx = c->n - i0 < 4 ? (int)(c->n - i0) : 4;
+            float out[4];
+            c->K->mm_q8(codes, bits, cols, c->bpg, w->s, c->xq + i0 * nb * 32, c->xd + i0 * nb, nb, nx, out);
+            for (int i = 0; i < nx; i++) {
+                const float *xz = c->xzs + (i0 + i) * G;
+                float zp[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, zt = 0.0f; /* 8 chains */
+                int64_t k = 0;
+                for (; k + 8 <= G; k += 8)
+                    for (int l = 0; l < 8; l++) zp[l] += w->nzs[k + l] * xz[k + l];
+                for (; k < G; k++) zp[k % 8] += w->nzs[k] * xz[k];
+                for (int l = 0; l < 8; l++) zt += zp[l];
+                put_y(c, i0 + i, r, out[i] + zt + correction(p, r, c->x + (i0 + i) * c->xs));
+            }
         }
     }
     return 0;
@@ -228,7 +307,7 @@ static int panel_task(void *vc, int64_t t, int worker) {
     }
     for (int64_t i = 0; i < n; i++)
         for (int j = 0; j < np; j++)
-            c->y[i * c->ys + r0 + j] = w->acc[i * MM_PANEL + j] + correction(p, r0 + j, c->x + i * c->xs);
+            put_y(c, i, r0 + j, w->acc[i * MM_PANEL + j] + correction(p, r0 + j, c->x + i * c->xs));
     return 0;
 }
 
@@ -260,7 +339,7 @@ static mm_scratch *alloc_scratch(int nw, const adpq_matmul_plan *p, int panel, i
         } else {
             w->s = (float *)malloc(sizeof(float) * G);
             w->nzs = (float *)malloc(sizeof(float) * G);
-            w->q = (uint8_t *)malloc((size_t)p->q.cols + 8);
+            w->q = (uint8_t *)malloc((size_t)p->q.cols + 40);
             ok = w->s && w->nzs && w->q;
         }
         if (!ok) {
@@ -276,8 +355,14 @@ static int rows_fit(int64_t n, int64_t stride, int64_t width) {
     return n <= 1 || (n - 1) <= (INT64_MAX / 8 - width) / stride;
 }
 
-adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, const float *x, int64_t n,
-                          int64_t x_stride, float *y, int64_t y_stride, int mode, int threads, char *err) {
+/* the int8 route applies: few activation rows, rows at byte boundaries, whole blocks of 32 in groups */
+int adpq_matmul_int8_applies(const adpq_matmul_plan *plan, int64_t n) {
+    const int64_t cols = plan->q.cols, g = plan->lay.group_size;
+    return n < MM_PANEL_N && cols % 8 == 0 && (g % 32 == 0 || g >= cols);
+}
+
+adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, const void *x, int x_dtype, int64_t n,
+                          int64_t x_stride, void *y, int y_dtype, int64_t y_stride, int mode, int threads, char *err) {
     if (!plan || !plan->q.codes || plan->lay.group_size < 1) {
         adpq_set_err(err, "the matmul plan is not prepared");
         return ADPQ_ERR_ARG;
@@ -292,8 +377,14 @@ adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, c
         adpq_set_err(err, "x or y is too large (%lld rows)", (long long)n);
         return ADPQ_ERR_ARG;
     }
-    if (mode != ADPQ_MATMUL_FLOAT) {
+    if (mode != ADPQ_MATMUL_FLOAT && mode != ADPQ_MATMUL_INT8) {
         adpq_set_err(err, "unknown matmul mode %d", mode);
+        return ADPQ_ERR_ARG;
+    }
+    if ((x_dtype != ADPQ_F32 && x_dtype != ADPQ_F16 && x_dtype != ADPQ_BF16) ||
+        (y_dtype != ADPQ_F32 && y_dtype != ADPQ_BF16)) {
+        adpq_set_err(err, "bad dtypes: x %d (float32, float16 or bfloat16), y %d (float32 or bfloat16)", x_dtype,
+                     y_dtype);
         return ADPQ_ERR_ARG;
     }
     if (n == 0) return ADPQ_OK;
@@ -301,10 +392,20 @@ adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, c
         adpq_set_err(err, "null argument");
         return ADPQ_ERR_ARG;
     }
-    const int panel = n >= MM_PANEL_N;
+    const int q8 = mode == ADPQ_MATMUL_INT8 && adpq_matmul_int8_applies(plan, n);
+    const int panel = !q8 && n >= MM_PANEL_N;
     const int64_t nb = panel && n > MM_XBLOCK ? MM_XBLOCK : n;
-    mm_ctx c = {K, plan, NULL, 0, 0, y, y_stride, 0, 0, NULL};
+    const int64_t G = plan->lay.groups_per_row, xbs = (cols + 31) / 32;
+    mm_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.K = K;
+    c.p = plan;
+    c.ys = y_stride;
+    c.ybf16 = y_dtype == ADPQ_BF16;
     c.packed = cols % 8 == 0 && plan->lay.group_size % 8 == 0;
+    c.q8 = q8;
+    c.xbs = xbs;
+    c.bpg = plan->lay.group_size >= cols ? xbs : plan->lay.group_size / 32;
     int64_t ntasks;
     if (panel) {
         ntasks = (rows + MM_PANEL - 1) / MM_PANEL;
@@ -316,28 +417,66 @@ adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, c
     /* (rows * cols fits: adpq_layout_of checked the code bytes) */
     if (rows * cols < MM_MIN_PARALLEL / nb) threads = 1;
     if (threads > ntasks) threads = (int)ntasks;
-    float *xbuf = plan->col_mul ? (float *)malloc(sizeof(float) * (size_t)(nb * cols)) : NULL;
+    /* x' = x * col_mul in float32 (and x converted to float32) when either applies; the int8 route's
+     * buffers (n < MM_PANEL_N rows: the sizes fit) */
+    const int convert = plan->col_mul || x_dtype != ADPQ_F32;
+    float *xbuf = convert ? (float *)malloc(sizeof(float) * (size_t)(nb * cols)) : NULL;
+    int8_t *xq = q8 ? (int8_t *)malloc((size_t)(nb * xbs * 32)) : NULL;
+    float *xd = q8 ? (float *)malloc(sizeof(float) * (size_t)(nb * (xbs + G))) : NULL;
+    int32_t *xsum = q8 ? (int32_t *)malloc(sizeof(int32_t) * (size_t)xbs) : NULL;
     mm_scratch *ws = alloc_scratch(threads, plan, panel, nb);
-    if ((plan->col_mul && !xbuf) || !ws) {
+    if ((convert && !xbuf) || (q8 && (!xq || !xd || !xsum)) || !ws) {
         free(xbuf);
+        free(xq);
+        free(xd);
+        free(xsum);
         free_scratch(ws, threads);
         adpq_set_err(err, "out of memory");
         return ADPQ_ERR_NOMEM;
     }
     c.ws = ws;
+    const size_t xes = x_dtype == ADPQ_F32 ? 4 : 2, yes = y_dtype == ADPQ_F32 ? 4 : 2;
     for (int64_t i0 = 0; i0 < n; i0 += nb) {
         c.n = n - i0 < nb ? n - i0 : nb;
-        c.x = x + i0 * x_stride;
+        c.x = (const float *)((const char *)x + (size_t)(i0 * x_stride) * xes);
         c.xs = x_stride;
-        c.y = y + i0 * y_stride;
+        c.y = (char *)y + (size_t)(i0 * y_stride) * yes;
         if (xbuf) { /* x' = x * c: the column scales, once per activation row */
-            for (int64_t i = 0; i < c.n; i++) K->mul_row(c.x + i * x_stride, ADPQ_F32, plan->col_mul, cols, xbuf + i * cols);
+            for (int64_t i = 0; i < c.n; i++) {
+                const void *xr = (const char *)x + (size_t)((i0 + i) * x_stride) * xes;
+                float *dst = xbuf + i * cols;
+                if (plan->col_mul)
+                    K->mul_row(xr, x_dtype, plan->col_mul, cols, dst);
+                else if (x_dtype == ADPQ_F16)
+                    K->f16_to_f32((const uint16_t *)xr, cols, dst);
+                else
+                    K->bf16_to_f32((const uint16_t *)xr, cols, dst);
+            }
             c.x = xbuf;
             c.xs = cols;
         }
-        adpq_parallel_for(threads, ntasks, panel ? panel_task : rows_task, &c);
+        if (q8) { /* x' to int8 per block, and the zero-point sums per group */
+            float *xzs = xd + c.n * xbs;
+            for (int64_t i = 0; i < c.n; i++) {
+                float *di = xd + i * xbs;
+                K->q8_quantize(c.x + i * c.xs, cols, plan->cfg.bits, xq + i * xbs * 32, di, xsum);
+                for (int64_t k = 0, b = 0; k < G; k++) {
+                    const int64_t b1 = xbs - b < c.bpg ? xbs : b + c.bpg;
+                    float acc = 0.0f;
+                    for (; b < b1; b++) acc += di[b] * (float)xsum[b];
+                    xzs[i * G + k] = acc;
+                }
+            }
+            c.xq = xq;
+            c.xd = xd;
+            c.xzs = xzs;
+        }
+        adpq_parallel_for(threads, ntasks, q8 ? q8_task : panel ? panel_task : rows_task, &c);
     }
     free(xbuf);
+    free(xq);
+    free(xd);
+    free(xsum);
     free_scratch(ws, threads);
     return ADPQ_OK;
 }

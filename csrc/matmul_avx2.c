@@ -5,6 +5,9 @@
  * mm_packed decodes 8 codes of b bits (b bytes at a byte boundary) in one register: the stream's
  * 32-bit word broadcast to 8 lanes, shifted right by 0, b, ..., 7b and masked (8 bits: the 8
  * bytes widened). The weight is then q * s + (-z * s) in one FMA and the product another. */
+#include <float.h>
+#include <math.h>
+
 #include "internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -177,6 +180,166 @@ AVX2 void adpq_mm_tile_avx2(const float *x, int64_t xs, const float *w, int64_t 
     case 2: TILE_NW(2) break;
     case 3: TILE_NW(3) break;
     default: TILE_NW(4) break;
+    }
+}
+
+/* ------------------------------------------------------------------ int8 activations (mm_q8)
+ * 32 codes of a block decoded to 32 unsigned bytes in adpq_q8_pos order (internal.h), then
+ * maddubs against the int8 activations, madd with ones to int32, and one FMA by d_b * s_k.
+ * 8 bits: q - 128 as signed bytes with the sign trick (|q - 128| unsigned times x * sign(q - 128):
+ * pairs stay within int16, exact). */
+AVX2 static INLINE __m256i q8_decode(const uint8_t *p, const int bits) {
+    if (bits == 4) {
+        const __m128i b = _mm_loadu_si128((const __m128i *)p);
+        return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+    }
+    if (bits == 2) {
+        int64_t w;
+        memcpy(&w, p, 8);
+        const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x(w), _mm256_setr_epi64x(0, 2, 4, 6));
+        return _mm256_and_si256(v, _mm256_set1_epi8(0x03));
+    }
+    if (bits == 3) {
+        /* 16-bit windows holding each code (lanes of 8 codes = 3 bytes: bases 0, 3 | 6, 9), multiplied
+         * so that the code lands at bits 8..10, shifted down, packed to bytes, masked */
+        const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+        const __m256i ia = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 1, 2, 1, 2, 1, 2, 2, 3, 2, 3, 3, 4, 3, 4, 3, 4, 4, 5, 4, 5, 4,
+                                            5, 5, 6, 5, 6);
+        const __m256i ib = _mm256_add_epi8(ia, _mm256_set1_epi8(6));
+        const __m256i mul = _mm256_setr_epi16(256, 32, 4, 128, 16, 2, 64, 8, 256, 32, 4, 128, 16, 2, 64, 8);
+        const __m256i a = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(v, ia), mul), 8);
+        const __m256i b = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(v, ib), mul), 8);
+        return _mm256_and_si256(_mm256_packus_epi16(a, b), _mm256_set1_epi8(0x07));
+    }
+    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi8((char)0x80));
+}
+
+/* 8 int32 partial dots of codes (decoded) against 32 int8 activations */
+AVX2 static INLINE __m256 q8_dot(__m256i q, const int8_t *x, const int bits) {
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)x), ones = _mm256_set1_epi16(1);
+    __m256i p16;
+    if (bits == 8)
+        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
+    else
+        p16 = _mm256_maddubs_epi16(q, xv);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+}
+
+/* per block: acc += dot * (d_b * s_k), two chains (pairs of blocks, swapped at each group's end) */
+AVX2 static INLINE void q8_body(const uint8_t *codes, const int bits, int64_t cols, int64_t bpg, const float *s,
+                                const int8_t *xq, const float *xd, int64_t xbs, const int nx, float *out) {
+    const int64_t nb = (cols + 31) / 32, step = 4 * bits;
+    __m256 a0[4], a1[4];
+    for (int i = 0; i < nx; i++) a0[i] = a1[i] = _mm256_setzero_ps();
+    for (int64_t k = 0, b = 0; b < nb; k++) {
+        const int64_t b1 = nb - b < bpg ? nb : b + bpg;
+        const float sk = s[k];
+        for (; b + 2 <= b1; b += 2) {
+            const __m256i q0 = q8_decode(codes + b * step, bits), q1 = q8_decode(codes + (b + 1) * step, bits);
+            for (int i = 0; i < nx; i++) {
+                const int64_t xb = i * xbs + b;
+                a0[i] = _mm256_fmadd_ps(q8_dot(q0, xq + xb * 32, bits), _mm256_set1_ps(xd[xb] * sk), a0[i]);
+                a1[i] = _mm256_fmadd_ps(q8_dot(q1, xq + xb * 32 + 32, bits), _mm256_set1_ps(xd[xb + 1] * sk), a1[i]);
+            }
+        }
+        if (b < b1) {
+            const __m256i q0 = q8_decode(codes + b * step, bits);
+            for (int i = 0; i < nx; i++) {
+                const int64_t xb = i * xbs + b;
+                a0[i] = _mm256_fmadd_ps(q8_dot(q0, xq + xb * 32, bits), _mm256_set1_ps(xd[xb] * sk), a0[i]);
+                const __m256 t = a0[i];
+                a0[i] = a1[i];
+                a1[i] = t;
+            }
+            b++;
+        }
+    }
+    for (int i = 0; i < nx; i++) out[i] = hsum8(_mm256_add_ps(a0[i], a1[i]));
+}
+
+#define Q8_NX(B)                                                                                                       \
+    switch (nx) {                                                                                                      \
+    case 1: q8_body(codes, B, cols, bpg, s, xq, xd, xbs, 1, out); break;                                               \
+    case 2: q8_body(codes, B, cols, bpg, s, xq, xd, xbs, 2, out); break;                                               \
+    case 3: q8_body(codes, B, cols, bpg, s, xq, xd, xbs, 3, out); break;                                               \
+    default: q8_body(codes, B, cols, bpg, s, xq, xd, xbs, 4, out); break;                                              \
+    }
+
+AVX2 void adpq_mm_q8_avx2(const uint8_t *codes, int bits, int64_t cols, int64_t bpg, const float *s, const int8_t *xq,
+                          const float *xd, int64_t xbs, int nx, float *out) {
+    switch (bits) {
+    case 2: Q8_NX(2) break;
+    case 3: Q8_NX(3) break;
+    case 4: Q8_NX(4) break;
+    default: Q8_NX(8) break;
+    }
+}
+
+/* the scalar kernel's quantization (matmul_scalar.c) in vectors: the same float32 operations
+ * (cvtps rounds to nearest even as rint does), then the bytes put in adpq_q8_pos order by shuffles */
+AVX2 static INLINE __m256i q8_order(__m256i v, const int bits) {
+    if (bits == 4) { /* per lane: evens, odds; then the quadwords 0, 2, 1, 3 */
+        const __m256i e = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                           14, 1, 3, 5, 7, 9, 11, 13, 15);
+        return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, e), 0xD8);
+    }
+    if (bits == 2) { /* per lane: by column mod 4; then the dwords 0, 4, 1, 5, 2, 6, 3, 7 */
+        const __m256i e = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13,
+                                           2, 6, 10, 14, 3, 7, 11, 15);
+        return _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, e), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    }
+    if (bits == 3) return _mm256_permute4x64_epi64(v, 0xD8);
+    return v;
+}
+
+AVX2 static INLINE void q8_quantize_body(const float *x, int64_t cols, const int bits, int8_t *xq, float *xd,
+                                         int32_t *xsum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(FLT_MAX);
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    for (int64_t b = 0; b * 32 < cols; b++) {
+        const float *xb = x + 32 * b;
+        float pad[32];
+        if (cols - 32 * b < 32) {
+            memset(pad, 0, sizeof(pad));
+            memcpy(pad, xb, sizeof(float) * (size_t)(cols - 32 * b));
+            xb = pad;
+        }
+        __m256 v[4], m = _mm256_setzero_ps();
+        int bad = 0;
+        for (int u = 0; u < 4; u++) {
+            v[u] = _mm256_loadu_ps(xb + 8 * u);
+            const __m256 a = _mm256_andnot_ps(sign, v[u]);
+            bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_NLE_UQ));
+            m = _mm256_max_ps(m, a);
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        const float amax = _mm_cvtss_f32(h);
+        const float d = bad ? NAN : amax / 127.0f, id = bad || d == 0.0f ? 0.0f : 1.0f / d;
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int u = 0; u < 4; u++)
+            q[u] = bad ? _mm256_setzero_si256()
+                       : _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[u], idv), lo), hi));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        const __m256i nat = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(xq + 32 * b), q8_order(nat, bits));
+        xd[b] = d;
+        xsum[b] = _mm_cvtsi128_si32(s4);
+    }
+}
+
+AVX2 void adpq_q8_quantize_avx2(const float *x, int64_t cols, int bits, int8_t *xq, float *xd, int32_t *xsum) {
+    switch (bits) {
+    case 2: q8_quantize_body(x, cols, 2, xq, xd, xsum); break;
+    case 3: q8_quantize_body(x, cols, 3, xq, xd, xsum); break;
+    case 4: q8_quantize_body(x, cols, 4, xq, xd, xsum); break;
+    default: q8_quantize_body(x, cols, 8, xq, xd, xsum); break;
     }
 }
 

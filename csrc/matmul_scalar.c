@@ -1,6 +1,9 @@
 /* matmul_scalar.c - the scalar reference of the matmul kernels (adpq_kernels.mm_*, see internal.h):
  * plain loops in column order, one float32 sum per output. The AVX2 twins (matmul_avx2.c) compute
  * the same sums in another order, so the two sets agree to float rounding only. */
+#include <float.h>
+#include <math.h>
+
 #include "internal.h"
 
 /* One sum per group, added to the row's: a rounding error that grows with the group, not the row. */
@@ -58,4 +61,54 @@ void adpq_mm_tile_scalar(const float *x, int64_t xs, const float *w, int64_t ws,
             for (int64_t t = 0; t < k; t++) acc += x[i * xs + t] * w[j * ws + t];
             out[i * os + j] += acc;
         }
+}
+
+/* int8 activations: the integer dot of each block exactly, then acc += dot * (d_b * s_k) in float
+ * (the AVX2 kernel's formula, summed in column order). */
+void adpq_mm_q8_scalar(const uint8_t *codes, int bits, int64_t cols, int64_t bpg, const float *s, const int8_t *xq,
+                       const float *xd, int64_t xbs, int nx, float *out) {
+    const int64_t nb = (cols + 31) / 32;
+    const int bias = bits == 8 ? 128 : 0;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    uint8_t q[32];
+    for (int64_t b = 0; b < nb; b++) {
+        const int len = cols - 32 * b < 32 ? (int)(cols - 32 * b) : 32;
+        const float sk = s[b / bpg];
+        adpq_unpack_codes(codes, 32 * b, len, bits, q);
+        for (int i = 0; i < nx; i++) {
+            const int8_t *xb = xq + (i * xbs + b) * 32;
+            int32_t dot = 0;
+            for (int p = 0; p < 32; p++) {
+                const int j = adpq_q8_pos(bits, p);
+                if (j < len) dot += ((int32_t)q[j] - bias) * xb[p];
+            }
+            acc[i] += (float)dot * (xd[i * xbs + b] * sk);
+        }
+    }
+    for (int i = 0; i < nx; i++) out[i] = acc[i];
+}
+
+void adpq_q8_quantize_scalar(const float *x, int64_t cols, int bits, int8_t *xq, float *xd, int32_t *xsum) {
+    for (int64_t b = 0; b * 32 < cols; b++) {
+        const float *xb = x + 32 * b;
+        const int len = cols - 32 * b < 32 ? (int)(cols - 32 * b) : 32;
+        float amax = 0.0f;
+        int bad = 0;
+        for (int j = 0; j < len; j++) {
+            const float a = fabsf(xb[j]);
+            bad |= !(a <= FLT_MAX);
+            amax = a > amax ? a : amax;
+        }
+        const float d = bad ? NAN : amax / 127.0f, id = bad || d == 0.0f ? 0.0f : 1.0f / d;
+        int32_t sum = 0;
+        for (int p = 0; p < 32; p++) {
+            const int j = adpq_q8_pos(bits, p);
+            float v = j < len && !bad ? rintf(xb[j] * id) : 0.0f;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            xq[32 * b + p] = (int8_t)v;
+            sum += (int32_t)v;
+        }
+        xd[b] = d;
+        xsum[b] = sum;
+    }
 }

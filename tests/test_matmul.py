@@ -9,6 +9,7 @@ import pytest
 
 import adpq
 from adpq import _core, reference
+from adpq.reference.matmul import matmul_int8
 
 TOL = 1e-5
 KERNELS = ["scalar", "avx2"] if _core.kernels() == "avx2" else ["scalar"]  # (auto: avx2 where the CPU has it)
@@ -216,3 +217,60 @@ def test_plan_rejects_inconsistent_arrays():
     kw["num_outliers"] += 1
     with pytest.raises(ValueError):
         _core.matmul_plan(**kw)
+
+
+# ------------------------------------------------------------------ int8 activations
+INT8_GRID = list(itertools.product([2, 3, 4, 8], [32, 64, 128, -1]))
+
+
+@pytest.mark.parametrize("kernels", KERNELS, indirect=True)
+@pytest.mark.parametrize("bits,group_size", INT8_GRID)
+def test_int8_against_its_mirror(kernels, bits, group_size):
+    # the C int8 mode vs the NumPy mirror of the same int8 arithmetic (float64), and loosely vs float64
+    for i, (sym, fmt, cols) in enumerate(itertools.product([True, False], ["group", "fp16"], [256, 200])):
+        qt = _quantize(37, cols, seed=i, bits=bits, group_size=group_size, outlier_ratio=0.02, outlier_format=fmt,
+                       symmetric=sym, column_scaling="mean_abs" if i % 2 else "none")
+        assert qt.matmul_plan().mode_used(1, 1) == 1
+        for n, threads in [(1, 1), (4, 3), (15, 1)]:
+            x = _x(n, cols, seed=n + i)
+            y = adpq.matmul(x, qt, threads=threads, activations="int8")
+            assert _row_err(y, matmul_int8(x, qt.arrays(), qt.shape, qt.config)) <= TOL
+            assert _row_err(y, _ref(x, qt)) <= 0.03
+
+
+def test_int8_falls_back_to_float():
+    qt = _quantize(20, 100, bits=4, group_size=24)  # groups not of whole blocks of 32, cols % 8 != 0
+    x = _x(3, 100)
+    assert qt.matmul_plan().mode_used(3, 1) == 0
+    assert np.array_equal(adpq.matmul(x, qt, activations="int8"), adpq.matmul(x, qt))
+    qt = _quantize(20, 128, bits=4, group_size=32)
+    x = _x(16, 128)  # from 16 rows: the float panel route
+    assert qt.matmul_plan().mode_used(16, 1) == 0 and qt.matmul_plan().mode_used(15, 1) == 1
+    assert np.array_equal(adpq.matmul(x, qt, activations="int8"), adpq.matmul(x, qt))
+
+
+def test_int8_nan_and_zero_rows():
+    qt = _quantize(20, 128, bits=4, group_size=32, outlier_ratio=0.02)
+    x = _x(3, 128)
+    x[1] = 0
+    x[2, 40] = np.nan
+    y = adpq.matmul(x, qt, activations="int8")
+    assert np.isfinite(y[0]).all() and (y[1] == 0).all() and np.isnan(y[2]).all()
+
+
+def test_bfloat16_in_and_out():
+    torch = pytest.importorskip("torch")
+    qt = _quantize(33, 128, bits=4, group_size=32, outlier_ratio=0.02, column_scaling="mean_abs")
+    plan = qt.matmul_plan()
+    for mode in (0, 1):
+        for n in (1, 5, 20):
+            xt = torch.from_numpy(_x(n, 128)).to(torch.bfloat16)
+            xb = xt.view(torch.uint16).numpy()
+            y32 = _core.matmul(plan, xt.float().numpy(), None, mode, 2)
+            assert np.array_equal(_core.matmul(plan, xb, None, mode, 2), y32)
+            out = np.empty((n, 33), np.uint16)
+            assert _core.matmul(plan, xb, out, mode, 2) is out
+            want = torch.from_numpy(y32).to(torch.bfloat16).view(torch.uint16).numpy()
+            assert np.array_equal(out, want)
+    with pytest.raises(TypeError, match="uint16"):
+        _core.matmul(plan, np.zeros((1, 128), np.float16))

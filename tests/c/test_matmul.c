@@ -2,7 +2,8 @@
  * of adpq_dequantize's matrix: every output row within 1e-5 relative (norm) of it, over bits x group
  * size (ragged last groups, cols not a multiple of 8) x quantizer kind x outlier format x scale
  * dtype x column factors, for 1, 3 and 70 activation rows, strided x and y, 1 and 3 threads; NaN
- * propagated; bad arguments rejected. */
+ * propagated; bad arguments rejected. The int8 mode against a double product of the same int8
+ * arithmetic (and loosely the exact one); bfloat16 in and out against float32 then rounding. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,7 +199,168 @@ static void test_matmul_large_and_nan(int have_v) {
     end();
 }
 
+/* ------------------------------------------------------------------ int8 activations
+ * The reference: x' = x * col_mul in float32, quantized per block of 32 as the core does (d = amax /
+ * 127, q = rint(x' * (1 / d)) clamped), then in double sum_j dense_j * d_b * q_j + sum_j delta_j * x'_j:
+ * dense = adpq_dequantize with the outliers removed (every code an inlier of its group), delta =
+ * w_hat - dense in float32 (0 at inliers), as the plan's correction. */
+static void q8_ref(const mcase *c, const float *dense, const float *delta, const float *x, int64_t n, int64_t xs,
+                   double *ref, double *exact) {
+    const int64_t rows = c->q.rows, cols = c->q.cols;
+    float *xp = malloc(sizeof(float) * (size_t)cols);
+    double *xh = malloc(sizeof(double) * (size_t)cols);
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t j = 0; j < cols; j++) xp[j] = c->col_mul ? x[i * xs + j] * c->col_mul[j] : x[i * xs + j];
+        for (int64_t b = 0; b < cols; b += 32) {
+            const int64_t e = cols - b < 32 ? cols : b + 32;
+            float amax = 0.0f;
+            for (int64_t j = b; j < e; j++) amax = fabsf(xp[j]) > amax ? fabsf(xp[j]) : amax;
+            const float d = amax / 127.0f, id = d == 0.0f ? 0.0f : 1.0f / d;
+            for (int64_t j = b; j < e; j++) {
+                float q = rintf(xp[j] * id);
+                q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+                xh[j] = (double)d * q;
+            }
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            double a = 0.0, f = 0.0;
+            for (int64_t j = 0; j < cols; j++) {
+                a += (double)dense[r * cols + j] * xh[j] + (double)delta[r * cols + j] * xp[j];
+                f += c->w_hat[r * cols + j] * x[i * xs + j];
+            }
+            ref[i * rows + r] = a;
+            exact[i * rows + r] = f;
+        }
+    }
+    free(xp);
+    free(xh);
+}
+
+static double row_err_vs(const double *ref, const float *y, int64_t n, int64_t rows, int64_t ys) {
+    double worst = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double num = 0.0, den = 0.0;
+        for (int64_t r = 0; r < rows; r++) {
+            const double d = (double)y[i * ys + r] - ref[i * rows + r];
+            num += d * d;
+            den += ref[i * rows + r] * ref[i * rows + r];
+        }
+        const double e = den > 0 ? sqrt(num / den) : sqrt(num);
+        worst = e > worst || isnan(e) ? e : worst;
+    }
+    return worst;
+}
+
+static void test_matmul_int8(int have_v) {
+    begin("matmul int8: both kernel sets vs double of the same int8 arithmetic");
+    static const int BITS[] = {2, 3, 4, 8};
+    static const int64_t GS[] = {32, 64, 128, -1, 24};
+    int t = 0;
+    for (int bi = 0; bi < 4; bi++)
+        for (int gi = 0; gi < 5; gi++)
+            for (int qmode = 0; qmode < 2; qmode++)
+                for (int fmt = 0; fmt < 2; fmt++, t++) {
+                    const int64_t cols = t % 2 ? 200 : 256, rows = 29; /* 200: a ragged last block */
+                    mcase c;
+                    char label[128];
+                    snprintf(label, sizeof(label), "int8 bits=%d g=%lld sym=%d fmt=%d cols=%lld colmul=%d", BITS[bi],
+                             (long long)GS[gi], qmode, fmt, (long long)cols, (t / 2) % 2);
+                    if (make_case(&c, rows, cols, BITS[bi], GS[gi], qmode, fmt, t % 3, (t / 2) % 2)) {
+                        free_case(&c);
+                        continue;
+                    }
+                    char err[ADPQ_ERRLEN] = {0};
+                    adpq_matmul_plan plan;
+                    CHECK(adpq_matmul_prepare(&c.q, &c.cfg, c.col_mul, &plan, err) == ADPQ_OK, "%s: %s", label, err);
+                    /* dense: the same arrays without outliers */
+                    adpq_qmatrix dq = c.q;
+                    dq.num_outliers = dq.num_outlier_groups = 0;
+                    dq.outlier_counts = calloc((size_t)c.lay.num_groups, (size_t)c.lay.count_bytes);
+                    dq.outlier_scales = dq.outlier_zeros = NULL;
+                    dq.outlier_indices = NULL;
+                    dq.outlier_values = NULL;
+                    float *dense = malloc(sizeof(float) * (size_t)(rows * cols));
+                    float *delta = malloc(sizeof(float) * (size_t)(rows * cols));
+                    CHECK(adpq_dequantize(&dq, &c.cfg, NULL, dense, err) == ADPQ_OK, "%s: dense: %s", label, err);
+                    CHECK(adpq_dequantize(&c.q, &c.cfg, NULL, delta, err) == ADPQ_OK, "%s: %s", label, err);
+                    for (int64_t k = 0; k < rows * cols; k++) delta[k] -= dense[k];
+                    const int applies = adpq_matmul_mode_used(&plan, 1, ADPQ_MATMUL_INT8) == ADPQ_MATMUL_INT8;
+                    CHECK(applies == (GS[gi] != 24), "%s: int8 route applies %d", label, applies);
+                    for (int64_t n = 1; n <= 15; n += 7) { /* 1, 8, 15 */
+                        const int64_t xs = cols + 3, ys = rows + 2;
+                        float *x = malloc(sizeof(float) * (size_t)(n * xs)), *y = malloc(sizeof(float) * (size_t)(n * ys));
+                        double *ref = malloc(sizeof(double) * (size_t)(n * rows)), *ex = malloc(sizeof(double) * (size_t)(n * rows));
+                        for (int64_t k = 0; k < n * xs; k++) x[k] = normal();
+                        if (n > 1) memset(x + xs, 0, sizeof(float) * 40); /* all-zero blocks */
+                        q8_ref(&c, dense, delta, x, n, xs, ref, ex);
+                        for (int ks = 0; ks < 1 + have_v; ks++)
+                            for (int threads = 1; threads <= 3; threads += 2) {
+                                adpq_set_kernels(ks ? "avx2" : "scalar");
+                                CHECK(adpq_matmul(&plan, x, n, xs, y, ys, ADPQ_MATMUL_INT8, threads, err) == ADPQ_OK,
+                                      "%s: %s", label, err);
+                                if (applies) {
+                                    const double e = row_err_vs(ref, y, n, rows, ys);
+                                    CHECK(e <= 1e-5, "%s n=%lld %s threads=%d: error %.3g vs the int8 reference", label,
+                                          (long long)n, ks ? "avx2" : "scalar", threads, e);
+                                }
+                                const double e2 = row_err_vs(ex, y, n, rows, ys);
+                                CHECK(e2 <= (applies ? 0.03 : 1e-5), "%s n=%lld: error %.3g vs the exact product", label,
+                                      (long long)n, e2);
+                            }
+                        free(x);
+                        free(y);
+                        free(ref);
+                        free(ex);
+                    }
+                    free(dense);
+                    free(delta);
+                    free(dq.outlier_counts);
+                    adpq_matmul_release(&plan);
+                    free_case(&c);
+                }
+    adpq_set_kernels("auto");
+    end();
+}
+
+/* bfloat16 x and y (adpq_matmul_typed): x converted exactly, y rounded as adpq_f32_to_bf16 */
+static void test_matmul_bf16(void) {
+    begin("matmul: bfloat16 in and out");
+    mcase c;
+    if (make_case(&c, 33, 128, 4, 32, 0, 0, 1, 1) == 0) {
+        adpq_matmul_plan plan;
+        char err[ADPQ_ERRLEN] = {0};
+        CHECK(adpq_matmul_prepare(&c.q, &c.cfg, c.col_mul, &plan, err) == ADPQ_OK, "prepare: %s", err);
+        for (int mode = 0; mode < 2; mode++)
+            for (int64_t n = 1; n <= 20; n += 19) {
+                uint16_t *xb = malloc(2 * (size_t)(n * 128)), *yb = malloc(2 * (size_t)(n * 33));
+                float *xf = malloc(4 * (size_t)(n * 128)), *yf = malloc(4 * (size_t)(n * 33)), *y2 = malloc(4 * (size_t)(n * 33));
+                for (int64_t k = 0; k < n * 128; k++) {
+                    xb[k] = adpq_f32_to_bf16(normal());
+                    xf[k] = adpq_bf16_to_f32(xb[k]);
+                }
+                CHECK(adpq_matmul(&plan, xf, n, 128, yf, 33, mode, 2, err) == ADPQ_OK, "f32: %s", err);
+                CHECK(adpq_matmul_typed(&plan, xb, ADPQ_BF16, n, 128, y2, ADPQ_F32, 33, mode, 2, err) == ADPQ_OK, "%s", err);
+                CHECK(adpq_matmul_typed(&plan, xb, ADPQ_BF16, n, 128, yb, ADPQ_BF16, 33, mode, 2, err) == ADPQ_OK, "%s", err);
+                int same = 1;
+                for (int64_t k = 0; k < n * 33; k++) same &= y2[k] == yf[k] && yb[k] == adpq_f32_to_bf16(yf[k]);
+                CHECK(same, "mode %d n=%lld: bf16 in/out differ from float32 then rounding", mode, (long long)n);
+                free(xb);
+                free(yb);
+                free(xf);
+                free(yf);
+                free(y2);
+            }
+        CHECK(adpq_matmul_typed(&plan, NULL, 5, 1, 128, NULL, 0, 33, 0, 1, err) == ADPQ_ERR_ARG, "bad x dtype");
+        CHECK(adpq_matmul_typed(&plan, NULL, 0, 1, 128, NULL, ADPQ_F16, 33, 0, 1, err) == ADPQ_ERR_ARG, "f16 y");
+        adpq_matmul_release(&plan);
+    }
+    free_case(&c);
+    end();
+}
+
 void test_matmul(int have_v) {
     test_matmul_grid(have_v);
     test_matmul_large_and_nan(have_v);
+    test_matmul_int8(have_v);
+    test_matmul_bf16();
 }
