@@ -260,3 +260,22 @@ def test_eval_packed_equals_dequantized(tok_model):
     packed = perplexity(tok_model["q"], **kw)
     fake = perplexity(tok_model["q"], dequantize=True, **kw)
     assert abs(packed.ppl / fake.ppl - 1) < 1e-3 and packed.ppl > 1
+
+
+def test_bfloat16_through_the_core_matches_torch_conversion():
+    # bf16 x passes as its bits: the same y as x.float(), rounded as torch's .to(bfloat16), bit for bit
+    import torch
+    from adpq.core.config import QuantConfig
+    from adpq.runtime.linear import AdpqLinear
+
+    torch.manual_seed(0)
+    for bias, act in [(False, "float32"), (True, "float32"), (False, "int8")]:
+        lin = torch.nn.Linear(128, 48, bias=bias)
+        m = AdpqLinear.from_linear(lin, QuantConfig(bits=4, group_size=32, outlier_ratio=0.01), activations=act)
+        for n in (1, 5):
+            x = torch.randn(2, n, 128).to(torch.bfloat16)
+            with torch.no_grad():
+                y = m(x)
+                want = m(x.float()).to(torch.bfloat16)
+            assert y.dtype == torch.bfloat16 and y.shape == (2, n, 48)
+            assert torch.equal(y.view(torch.uint16), want.view(torch.uint16))

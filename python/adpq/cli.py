@@ -7,16 +7,21 @@
     adpq eval DIR [--ctx 2048 --max-windows N --device cpu --json]
     adpq generate DIR --prompt TEXT [--max-new-tokens 64 --threads N]
 
-User errors (bad folders, bad files, bad options) print one line on stderr and exit with status 2;
-nothing is left behind that looks like a complete output.
+User errors (bad folders, bad files, bad options, and what the file system refuses: a full disk,
+a read-only folder, a missing permission) print one line `adpq: error: ...` on stderr and exit with
+status 2 (--debug: the Python traceback instead); nothing is left behind that looks like a complete
+output. The command never reaches for the network: it runs with HF_HUB_OFFLINE=1 and loads models and
+tokenizers from local folders only.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import json
 import math
+import os
 import sys
 from typing import List, Optional
 
@@ -87,7 +92,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="adpq", description="Calibration-free 2/3/4-bit LLM weight quantization (AdpQ).",
                                  formatter_class=_HelpFormatter)
     ap.add_argument("--version", action="version", version=f"adpq {__version__}")
-    ap.add_argument("--traceback", action="store_true", help="show Python tracebacks for errors")
+    ap.add_argument("--debug", "--traceback", dest="debug", action="store_true",
+                    help="show the Python traceback of an error instead of one line")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     fmt = {"formatter_class": _HelpFormatter}
@@ -155,6 +161,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch and C kernel threads (default: torch's)")
     g.add_argument("--dtype", default=None, help="dtype of the unquantized parts (default: the checkpoint's)")
     g.add_argument("--dequantize", action="store_true", help="load the adpq folder dequantized instead of packed")
+    g.add_argument("--activations", choices=["float32", "int8"], default="float32",
+                   help="the C kernel's activations at decode: float32, or int8 per block of 32 (q8_0)")
     g.add_argument("--lm-head-bits", type=int, choices=[2, 3, 4, 8], default=None,
                    help="quantize the output projection at load (runtime only; the tied embedding is kept)")
     g.add_argument("--json", action="store_true", help="print the statistics as JSON (text still streams)")
@@ -246,6 +254,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    # the folder first: nothing (torch, a tokenizer) is loaded for a folder that is not there
+    if not os.path.isdir(args.dir):
+        raise UserError(f"no such folder: {args.dir}")
+    if not os.path.isfile(os.path.join(args.dir, "config.json")):
+        raise UserError(f"{args.dir} has no config.json: not a Hugging Face model folder")
+    for name, v, lo in (("--ctx", args.ctx, 2), ("--max-windows", args.max_windows, 1), ("--threads", args.threads, 1)):
+        if v is not None and v < lo:
+            raise UserError(f"{name} must be >= {lo}, got {v}")
     try:
         from . import eval as adpq_eval
     except ImportError as e:
@@ -280,7 +296,7 @@ def cmd_generate(args) -> int:
     from .generate import generate
 
     stats = generate(args.dir, args.prompt, max_new_tokens=args.max_new_tokens, threads=args.threads,
-                     dtype=args.dtype, dequantize=args.dequantize,
+                     dtype=args.dtype, dequantize=args.dequantize, activations=args.activations,
                      lm_head_bits=args.lm_head_bits)
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
@@ -293,11 +309,47 @@ COMMANDS = {"quantize": cmd_quantize, "inspect": cmd_inspect, "dequantize": cmd_
             "models": cmd_models, "eval": cmd_eval, "generate": cmd_generate}
 
 
+_ERRNO_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def _os_error_line(e: OSError) -> str:
+    """What the file system refused, and where, in one line."""
+    what = e.strerror or str(e) or type(e).__name__
+    code = errno.errorcode.get(e.errno, "") if e.errno else ""
+    where = " -> ".join(os.fsdecode(f) for f in (e.filename, e.filename2) if f is not None)
+    hint = _ERRNO_HINTS.get(e.errno)
+    out = f"{where}: {what}" if where else what
+    if code:
+        out += f" ({code})"
+    if hint and hint.lower() != what.lower() and hint not in out:
+        out += f": {hint}"
+    return out
+
+
+def _error_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and not isinstance(e, (UserError, CheckpointError, SafetensorsError)) \
+            and (e.strerror or e.filename):
+        msg = _os_error_line(e)
+    else:
+        msg = str(e) or type(e).__name__
+    return " ".join(msg.split()) if "\n" in msg else msg  # (one line)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    # adpq never reaches for the network: transformers / huggingface_hub read this when imported
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     ap = _build_parser()
     args = ap.parse_args(argv)
-    user_errors = (UserError, CheckpointError, SafetensorsError, ValueError, FileNotFoundError, FileExistsError,
-                   NotADirectoryError, IsADirectoryError, PermissionError, RuntimeError, ImportError)
+    user_errors = (UserError, CheckpointError, SafetensorsError, ValueError, TypeError, OSError, RuntimeError,
+                   ImportError, MemoryError, OverflowError, RecursionError)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -306,11 +358,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:
         return 1
     except user_errors as e:
-        if args.traceback:
+        if args.debug:
             raise
-        msg = str(e) or type(e).__name__
-        print(f"adpq: error: {msg}", file=sys.stderr)
+        print(f"adpq: error: {_error_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"adpq: error: unexpected {type(e).__name__}: {_error_line(e)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

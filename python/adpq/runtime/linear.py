@@ -1,7 +1,8 @@
 """AdpqLinear: a linear layer that holds the stored arrays of its quantized weight, never a dense copy.
 
 On CPU with float32 or bfloat16 inputs the product runs in the C core straight on the packed format
-(adpq.matmul): activations are converted to float32, the result back to the input's dtype. On other
+(adpq.matmul): bfloat16 activations pass as their bits and the C core converts them, and rounds the
+result to bfloat16 (round to nearest even, as torch's .to(torch.bfloat16)). On other
 devices, under autograd, or with `use_kernel = False`, the weight is dequantized with torch
 operations for the call (adpq.runtime.torch_format) and multiplied by torch.
 """
@@ -50,7 +51,8 @@ class AdpqLinear(torch.nn.Module):
     never re-initializes them, and the model's adpq save writes them (docs/FORMAT.md).
 
     activations  how the C kernel takes the activations (adpq.core.matmul.MODES): "float32", the
-                 float product
+                 float product, or "int8" (quantized per block of 32 columns, integer dot products;
+                 below dense_batch rows only)
     threads      threads of the C kernel; None: torch.get_num_threads()
     use_kernel   False forces the torch fallback (dequantize, then torch's matmul)
     dense_batch  from this many rows of activations on (prefill), the C core dequantizes the weight
@@ -132,8 +134,8 @@ class AdpqLinear(torch.nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _kernel_applies(self, x: torch.Tensor) -> bool:
-        return (self.use_kernel and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
-                and self.device.type == "cpu"
+        return (self.use_kernel and x.is_cpu and x.dtype in _KERNEL_DTYPES
+                and self._arrays["codes"].is_cpu
                 and not (torch.is_grad_enabled() and (x.requires_grad or (self.bias is not None
                                                                           and self.bias.requires_grad))))
 
@@ -145,23 +147,35 @@ class AdpqLinear(torch.nn.Module):
             return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        n = x2.shape[0]
         threads = self.threads if self.threads is not None else torch.get_num_threads()
-        if self.dense_batch is not None and x2.shape[0] >= self.dense_batch:
+        if self.dense_batch is not None and n >= self.dense_batch:
             w = torch.from_numpy(self.quantized_tensor().dequantize(threads=threads)).to(x.dtype)
             y = torch.nn.functional.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
             return y.reshape(*lead, self.out_features)
-        if x2.dtype != torch.float32 or x2.stride(-1) != 1:
-            x2 = x2.to(torch.float32).contiguous()
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
         key = self._arrays["codes"].data_ptr()
         if self._plan_key != key:
             self._plan, self._plan_key = self.quantized_tensor().matmul_plan(), key
-        out = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
-        _core.matmul(self._plan, x2.numpy(), out.numpy(), MODES[self.activations], threads)
+        # bfloat16 goes through the C core as its bits: x converted and y rounded there (as torch does)
+        bf16 = x2.dtype == torch.bfloat16
+        xn = x2.view(torch.uint16).numpy() if bf16 else x2.numpy()
+        if bf16 and self.bias is None:
+            out = torch.empty((n, self.out_features), dtype=torch.bfloat16)
+            _core.matmul(self._plan, xn, out.view(torch.uint16).numpy(), self._mode, threads)
+            return out.view(*lead, self.out_features)
+        out = torch.empty((n, self.out_features), dtype=torch.float32)
+        _core.matmul(self._plan, xn, out.numpy(), self._mode, threads)
         if self.bias is not None:
             out += self.bias
-        if x.dtype != torch.float32:
-            out = out.to(x.dtype)
-        return out.reshape(*lead, self.out_features)
+        if bf16:
+            out = out.to(torch.bfloat16)
+        return out.view(*lead, self.out_features)
+
+    @property
+    def _mode(self) -> int:
+        return MODES[self.activations]
 
     def extra_repr(self) -> str:
         c = self._qt.config
