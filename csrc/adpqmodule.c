@@ -154,16 +154,13 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args, PyObject *kwargs)
 static PyObject *py_column_scales(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"w", "dtype", "threads", NULL};
-    PyObject *w;
-    int dtype, threads;
+    PyObject *w, *threads_o;
+    int dtype;
+    long long threads;
     adpq_matrix m;
     char err[ADPQ_ERRLEN] = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii:column_scales", kwlist, &w, &dtype, &threads)) return NULL;
-    if (pyarg_matrix(w, dtype, &m)) return NULL;
-    if (threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "threads must be >= 1");
-        return NULL;
-    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiO:column_scales", kwlist, &w, &dtype, &threads_o)) return NULL;
+    if (pyarg_int(threads_o, "threads", 1, INT_MAX, &threads) || pyarg_matrix(w, dtype, &m)) return NULL;
     npy_intp n = m.cols;
     PyObject *scales = PyArray_SimpleNew(1, &n, NPY_UINT16), *mul = PyArray_SimpleNew(1, &n, NPY_FLOAT32);
     if (!scales || !mul) {
@@ -172,7 +169,7 @@ static PyObject *py_column_scales(PyObject *self, PyObject *args, PyObject *kwar
         return NULL;
     }
     adpq_status st;
-    Py_BEGIN_ALLOW_THREADS st = adpq_column_scales(&m, threads, (uint16_t *)PyArray_DATA((PyArrayObject *)scales),
+    Py_BEGIN_ALLOW_THREADS st = adpq_column_scales(&m, (int)threads, (uint16_t *)PyArray_DATA((PyArrayObject *)scales),
                                                    (float *)PyArray_DATA((PyArrayObject *)mul), err);
     Py_END_ALLOW_THREADS if (st) {
         Py_DECREF(scales);
@@ -185,17 +182,23 @@ static PyObject *py_column_scales(PyObject *self, PyObject *args, PyObject *kwar
 static PyObject *py_error_stats(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"w", "dtype", "w_hat", "bins", "threads", "quantized", "kl_eps", NULL};
-    PyObject *w, *what, *dq_args = NULL;
+    PyObject *w, *what, *dq_args = NULL, *bins_o, *threads_o;
     int dtype, bins, threads;
+    long long bins_ll, threads_ll;
     adpq_matrix m;
     adpq_qmatrix q;
     adpq_config cfg;
     adpq_matrix cm;
     char err[ADPQ_ERRLEN] = {0};
     double kl_eps = 1e-10;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiOii|Od:error_stats", kwlist, &w, &dtype, &what, &bins, &threads,
-                                     &dq_args, &kl_eps))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiOOO|Od:error_stats", kwlist, &w, &dtype, &what, &bins_o,
+                                     &threads_o, &dq_args, &kl_eps))
         return NULL;
+    /* bins: histograms of int64 per task; at most 2^20 bins keeps them bounded */
+    if (pyarg_int(bins_o, "bins", 1, 1 << 20, &bins_ll) || pyarg_int(threads_o, "threads", 1, INT_MAX, &threads_ll))
+        return NULL;
+    bins = (int)bins_ll;
+    threads = (int)threads_ll;
     if (dq_args == Py_None) dq_args = NULL;
     if (dq_args && !PyDict_Check(dq_args)) {
         PyErr_SetString(PyExc_TypeError, "quantized must be a dict of dequantize's keyword arguments, or None");
@@ -206,10 +209,6 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args, PyObject *kwargs
         return NULL;
     }
     if (pyarg_matrix(w, dtype, &m)) return NULL;
-    if (bins < 1 || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "bins and threads must be >= 1");
-        return NULL;
-    }
     void *hat = NULL;
     if (what == Py_None) { /* w_hat: the dequantization of dq_args, row by row */
         if (!dq_args) {

@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 /* A config is a dict with exactly the fields of adpq_config (adpq.h) but `route`, which is a keyword
@@ -34,30 +35,72 @@ static const config_field CONFIG_FIELDS[] = {
 };
 #define N_CONFIG_FIELDS ((Py_ssize_t)(sizeof(CONFIG_FIELDS) / sizeof(CONFIG_FIELDS[0])))
 
+/* An integer argument: a Python int or a NumPy integer (not a bool), in [lo, hi]; TypeError or
+ * ValueError naming it otherwise (never OverflowError). */
+int pyarg_int(PyObject *v, const char *name, long long lo, long long hi, long long *out) {
+    if (PyBool_Check(v) || PyArray_IsScalar(v, Bool) || !(PyLong_Check(v) || PyArray_IsScalar(v, Integer))) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %s", name, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(v);
+    if (!i) return -1;
+    int overflow = 0;
+    const long long x = PyLong_AsLongLongAndOverflow(i, &overflow);
+    if (x == -1 && PyErr_Occurred()) {
+        Py_DECREF(i);
+        return -1;
+    }
+    if (overflow) { /* (not the value: it may have thousands of digits) */
+        PyErr_Format(PyExc_ValueError, "%s is out of range [%lld, %lld] (beyond 64 bits)", name, lo, hi);
+        Py_DECREF(i);
+        return -1;
+    }
+    if (x < lo || x > hi) {
+        if (lo == 0 && hi == 1)
+            PyErr_Format(PyExc_ValueError, "%s = %lld is out of range (0 or 1)", name, x);
+        else
+            PyErr_Format(PyExc_ValueError, "%s = %lld is out of range [%lld, %lld]", name, x, lo, hi);
+        Py_DECREF(i);
+        return -1;
+    }
+    Py_DECREF(i);
+    *out = x;
+    return 0;
+}
+
 static int config_field_value(const config_field *f, PyObject *v, adpq_config *cfg) {
     char *dst = (char *)cfg + f->offset;
+    char name[64];
+    snprintf(name, sizeof(name), "config['%s']", f->name);
     if (f->kind == 'd') {
-        if (PyBool_Check(v) || !(PyFloat_Check(v) || PyLong_Check(v))) {
-            PyErr_Format(PyExc_TypeError, "config['%s'] must be a float, got %s", f->name, Py_TYPE(v)->tp_name);
+        if (PyBool_Check(v) || PyArray_IsScalar(v, Bool) ||
+            !(PyFloat_Check(v) || PyLong_Check(v) || PyArray_IsScalar(v, Floating) || PyArray_IsScalar(v, Integer))) {
+            PyErr_Format(PyExc_TypeError, "%s must be a float, got %s", name, Py_TYPE(v)->tp_name);
             return -1;
         }
-        const double x = PyFloat_AsDouble(v);
-        if (x == -1.0 && PyErr_Occurred()) return -1;
+        PyObject *fl = PyNumber_Float(v);
+        if (!fl) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "%s is out of range of a float", name);
+            }
+            return -1;
+        }
+        const double x = PyFloat_AS_DOUBLE(fl);
+        Py_DECREF(fl);
         memcpy(dst, &x, sizeof(x));
         return 0;
     }
-    if (!PyLong_Check(v) || (PyBool_Check(v) && f->kind != 'f')) {
-        PyErr_Format(PyExc_TypeError, "config['%s'] must be an int%s, got %s", f->name, f->kind == 'f' ? " (0 or 1)" : "",
-                     Py_TYPE(v)->tp_name);
-        return -1;
+    if (f->kind == 'f' && (PyBool_Check(v) || PyArray_IsScalar(v, Bool))) {
+        const int y = PyObject_IsTrue(v);
+        if (y < 0) return -1;
+        memcpy(dst, &y, sizeof(y));
+        return 0;
     }
-    int overflow = 0;
-    const long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (x == -1 && PyErr_Occurred()) return -1;
-    if (overflow || (f->kind != 'L' && (x < INT_MIN || x > INT_MAX)) || (f->kind == 'f' && x != 0 && x != 1)) {
-        PyErr_Format(PyExc_ValueError, "config['%s'] = %R is out of range%s", f->name, v, f->kind == 'f' ? " (0 or 1)" : "");
-        return -1;
-    }
+    long long x;
+    const long long lo = f->kind == 'f' ? 0 : f->kind == 'L' ? LLONG_MIN : INT_MIN;
+    const long long hi = f->kind == 'f' ? 1 : f->kind == 'L' ? LLONG_MAX : INT_MAX;
+    if (pyarg_int(v, name, lo, hi, &x)) return -1;
     if (f->kind == 'L') {
         const int64_t y = (int64_t)x;
         memcpy(dst, &y, sizeof(y));

@@ -17,6 +17,9 @@
 int pyarg_import_numpy(void);
 /* the C core's status as a Python exception (MemoryError or ValueError with err); returns NULL */
 PyObject *pyarg_raise_status(adpq_status st, const char *err);
+/* an int argument (Python or NumPy integer, not a bool) in [lo, hi] into *out; TypeError/ValueError
+ * naming it otherwise */
+int pyarg_int(PyObject *v, const char *name, long long lo, long long hi, long long *out);
 /* a config dict with exactly adpq_config's fields (route aside) into cfg; route AUTO */
 int pyarg_config(PyObject *obj, adpq_config *cfg);
 /* "auto" (or NULL), "one_pass", "two_pass" into cfg->route */

@@ -246,6 +246,8 @@ int adpq_process_row(qctx *c, int64_t r, scratch *s, chunk_out *co, const uint32
     const int qmode = adpq_qmode(cfg);
     const int check = c->mode != MODE_TENSOR; /* (tensor scope: the threshold pass has checked) */
     const float *w = w_row ? w_row : adpq_load_span(c, r, 0, cols, s->rowf);
+    /* outlier_mask: NaN/Inf refused as quantize refuses them (tensor scope: the threshold pass has) */
+    if (c->mask_out && check && !K->minmax_groups(w, cols, g, 1, NULL, s->gmn, s->gmx)) return ADPQ_ERR_NONFINITE;
     const int64_t n_row = adpq_row_outliers(c, r, w, s, vals, cols_of, n);
     if (c->mask_out) {
         uint8_t *dst = c->mask_out + r * cols;
