@@ -63,7 +63,7 @@ def as_weight_matrix(w: Any, name: str = "w") -> Tuple[np.ndarray, str, Tuple[in
     rows_ok = w2.shape[0] == 1 or (w2.strides[0] > 0 and w2.strides[0] % item == 0
                                    and w2.strides[0] >= w2.shape[1] * item)
     if not (w2.shape[1] == 1 or w2.strides[1] == item) or not rows_ok or not w2.flags.aligned:
-        w2 = np.ascontiguousarray(w2)
+        w2 = np.array(w2, order="C", copy=True)  # (a new array: aligned, which ascontiguousarray is not always)
     if dname != "float32":
         w2 = w2.view(np.uint16)
     return w2, dname, shape

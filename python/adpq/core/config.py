@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from . import dtypes
 
 BITS = (2, 3, 4, 8)
@@ -27,11 +29,19 @@ _FORMAT_CODE = {"group": 0, "fp16": 1}
 
 
 def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 
 def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+# The C core's integer types (csrc/adpq.h): group_size is an int64_t, bits and threads are ints.
+INT_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+# Threads beyond this many per core only cost memory (per-thread scratch): more are capped to it.
+THREADS_PER_CORE_CAP = 8
+MIN_THREADS_CAP = 64
 
 
 def default_threads() -> int:
@@ -40,6 +50,58 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _short(x: Any) -> str:
+    """repr(x), shortened: a hostile value (an int of a thousand digits) makes a one-line message."""
+    r = repr(x)
+    return r if len(r) <= 40 else f"{r[:20]}...{r[-8:]} ({len(r)} characters)"
+
+
+def check_int(x: Any, name: str, lo: int, hi: int, what: str = "an int") -> int:
+    """x (a Python or NumPy integer, not a bool) as a Python int in [lo, hi]; TypeError/ValueError
+    naming `name` otherwise, before any C call or allocation."""
+    if not _is_int(x):
+        raise TypeError(f"{name} must be {what}, got {type(x).__name__} {_short(x)}")
+    v = int(x)
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {_short(v)}")
+    return v
+
+
+def check_real(x: Any, name: str) -> float:
+    """x (a Python or NumPy real, not a bool) as a Python float; TypeError, or ValueError if it does
+    not fit a float (a huge int)."""
+    if not _is_real(x):
+        raise TypeError(f"{name} must be a number, got {type(x).__name__} {_short(x)}")
+    try:
+        return float(x)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name} = {_short(x)} is out of range of a float") from None
+
+
+def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
+    """None, or a thread count in [1, INT_MAX] as a Python int (NumPy integers accepted)."""
+    if threads is None:
+        return None
+    return check_int(threads, name, 1, INT_MAX, "an int or None")
+
+
+def useful_threads(threads: Optional[int] = None) -> int:
+    """The thread count handed to the C core: `threads` (None: every core) capped at
+    THREADS_PER_CORE_CAP threads per core (at least MIN_THREADS_CAP): more only cost per-thread
+    scratch memory. (The C core caps it again at the work available.)"""
+    t = check_threads(threads)
+    cores = default_threads()
+    if t is None:
+        return cores
+    return min(t, max(MIN_THREADS_CAP, THREADS_PER_CORE_CAP * cores))
+
+
+def _choice(v: Any, name: str, choices: tuple) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {_short(v)}")
+    return str(v)
 
 
 @dataclass(frozen=True)
@@ -84,45 +146,53 @@ class QuantConfig:
     column_scaling: str = "auto"
 
     def __post_init__(self) -> None:
+        # NumPy scalars are taken where Python ints/floats/bools are, and stored as Python values
+        # (the config goes to JSON and to the C core); values too large for C are refused here.
+        def put(name: str, v: Any) -> None:
+            object.__setattr__(self, name, v)
+
         if not _is_int(self.bits):
             raise TypeError(f"bits must be an int, got {type(self.bits).__name__}")
+        put("bits", int(self.bits))
         if self.bits not in BITS:
-            raise ValueError(f"bits must be one of {BITS}, got {self.bits}")
+            raise ValueError(f"bits must be one of {BITS}, got {_short(self.bits)}")
         if not _is_int(self.group_size):
             raise TypeError(f"group_size must be an int, got {type(self.group_size).__name__}")
+        put("group_size", int(self.group_size))
         if self.group_size != -1 and self.group_size < MIN_GROUP_SIZE:
             raise ValueError(f"group_size must be -1 (one group per row) or >= {MIN_GROUP_SIZE}, "
-                             f"got {self.group_size}")
-        if not _is_real(self.outlier_ratio):
-            raise TypeError(f"outlier_ratio must be a number, got {type(self.outlier_ratio).__name__}")
-        if not (0.0 <= float(self.outlier_ratio) <= MAX_OUTLIER_RATIO):
-            raise ValueError(f"outlier_ratio must be in [0, {MAX_OUTLIER_RATIO}], got {self.outlier_ratio}")
-        if self.outlier_scope not in SCOPES:
-            raise ValueError(f"outlier_scope must be one of {SCOPES}, got {self.outlier_scope!r}")
-        if not _is_real(self.gamma):
-            raise TypeError(f"gamma must be a number, got {type(self.gamma).__name__}")
+                             f"got {_short(self.group_size)}")
+        if self.group_size > INT64_MAX:
+            raise ValueError(f"group_size must be at most {INT64_MAX} (a 64-bit integer), got {_short(self.group_size)}")
+        put("outlier_ratio", check_real(self.outlier_ratio, "outlier_ratio"))
+        if not (0.0 <= self.outlier_ratio <= MAX_OUTLIER_RATIO):
+            raise ValueError(f"outlier_ratio must be in [0, {MAX_OUTLIER_RATIO}], got {_short(self.outlier_ratio)}")
+        put("outlier_scope", _choice(self.outlier_scope, "outlier_scope", SCOPES))
+        put("gamma", check_real(self.gamma, "gamma"))
         if not (math.isfinite(self.gamma) and self.gamma > 0):
-            raise ValueError(f"gamma must be > 0 and finite, got {self.gamma}")
+            raise ValueError(f"gamma must be > 0 and finite, got {_short(self.gamma)}")
         if self.lam is not None:
             if not _is_real(self.lam):
                 raise TypeError(f"lam must be a number or None, got {type(self.lam).__name__}")
+            put("lam", check_real(self.lam, "lam"))
             if not (math.isfinite(self.lam) and self.lam >= 0):
-                raise ValueError(f"lam must be >= 0 and finite, got {self.lam}")
-        if not isinstance(self.symmetric, (bool,)) and not (_is_int(self.symmetric) and self.symmetric in (0, 1)):
-            raise TypeError(f"symmetric must be a bool, got {self.symmetric!r}")
-        if self.outlier_format not in OUTLIER_FORMATS:
-            raise ValueError(f"outlier_format must be one of {OUTLIER_FORMATS}, got {self.outlier_format!r}")
-        if self.scale_dtype not in SCALE_DTYPES:
-            raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES}, got {self.scale_dtype!r}")
-        if self.zero_point not in ZERO_POINTS:
-            raise ValueError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
-        if self.column_scaling not in COLUMN_SCALINGS:
-            raise ValueError(f"column_scaling must be one of {COLUMN_SCALINGS}, got {self.column_scaling!r}")
+                raise ValueError(f"lam must be >= 0 and finite, got {_short(self.lam)}")
+        if isinstance(self.symmetric, (bool, np.bool_)) or (_is_int(self.symmetric) and self.symmetric in (0, 1)):
+            put("symmetric", bool(self.symmetric))
+        else:
+            raise TypeError(f"symmetric must be a bool, got {_short(self.symmetric)}")
+        put("outlier_format", _choice(self.outlier_format, "outlier_format", OUTLIER_FORMATS))
+        put("scale_dtype", _choice(self.scale_dtype, "scale_dtype", SCALE_DTYPES))
+        put("zero_point", _choice(self.zero_point, "zero_point", ZERO_POINTS))
+        put("column_scaling", _choice(self.column_scaling, "column_scaling", COLUMN_SCALINGS))
         if self.threads is not None:
             if not _is_int(self.threads):
                 raise TypeError(f"threads must be an int or None, got {type(self.threads).__name__}")
+            put("threads", int(self.threads))
             if self.threads < 1:
-                raise ValueError(f"threads must be >= 1, got {self.threads}")
+                raise ValueError(f"threads must be >= 1, got {_short(self.threads)}")
+            if self.threads > INT_MAX:
+                raise ValueError(f"threads must be at most {INT_MAX}, got {_short(self.threads)}")
 
     def replace(self, **changes: Any) -> "QuantConfig":
         return dataclasses.replace(self, **changes)
@@ -133,10 +203,12 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a QuantConfig is read from a dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown QuantConfig field(s): {sorted(unknown)}")
+            raise ValueError(f"unknown QuantConfig field(s): {_short(sorted(map(repr, unknown)))}")
         return cls(**dict(d))
 
     def resolved(self, rows: int) -> "QuantConfig":
@@ -150,7 +222,7 @@ class QuantConfig:
     def core_config(self, threads: Optional[int] = None) -> dict:
         """The config as the C core takes it: a dict with exactly the fields of adpq_config in
         csrc/adpq.h (its `route` aside, a keyword of _core.quantize; see adpq/_core.pyi)."""
-        t = threads if threads is not None else (self.threads or default_threads())
+        t = useful_threads(threads if threads is not None else self.threads)
         return {
             "bits": int(self.bits),
             "group_size": int(self.group_size),

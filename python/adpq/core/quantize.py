@@ -9,7 +9,7 @@ import numpy as np
 from .. import _core
 from . import dtypes, thresholds
 from .arrays import as_weight_matrix, to_float32
-from .config import QuantConfig, default_threads
+from .config import QuantConfig, useful_threads
 from .layout import layout_of
 from .quantized import QuantizedTensor
 
@@ -99,7 +99,7 @@ def _column_scaling(w2: np.ndarray, dname: str, cfg: QuantConfig):
     """(column scales, the float32 factors the C core multiplies columns by), or (None, None)."""
     if cfg.column_scaling == "none":
         return None, None
-    bits, mul = _core.column_scales(w2, dtypes.C_CODE[dname], cfg.threads or default_threads())
+    bits, mul = _core.column_scales(w2, dtypes.C_CODE[dname], useful_threads(cfg.threads))
     return bits.view(dtypes.NUMPY["bfloat16"]), mul  # (reference.columns' scales and multipliers, in C)
 
 
