@@ -139,7 +139,7 @@ def _load_tokenizer(tokenizer):
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(tokenizer))
+        return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)  # (never the network)
     return tokenizer
 
 
@@ -167,12 +167,16 @@ def _tokenizer_name(tok) -> str:
 # Model
 
 
-def _load_model(path: Path, device: str, dtype, loader: Optional[Callable], dequantize: bool = False,
-                lm_head_bits: Optional[int] = None):
+def _check_model_folder(path: Path) -> None:
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+
+
+def _load_model(path: Path, device: str, dtype, loader: Optional[Callable], dequantize: bool = False,
+                lm_head_bits: Optional[int] = None):
+    _check_model_folder(path)
     if loader is not None:
         model = loader(str(path))
     elif is_adpq_folder(str(path)):
@@ -180,7 +184,7 @@ def _load_model(path: Path, device: str, dtype, loader: Optional[Callable], dequ
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     model = model.to(device=device, dtype=dtype)
     return model
 
@@ -244,6 +248,7 @@ def perplexity(
     if isinstance(model_or_dir, (str, os.PathLike)):
         path = Path(model_or_dir).expanduser()
         model_name = str(path)
+        _check_model_folder(path)  # (before the tokenizer: a missing folder fails at once)
         tok = _load_tokenizer(tokenizer if tokenizer is not None else path)
         model = _load_model(path, device=str(dev), dtype=tdtype or torch.float32, loader=loader,
                              dequantize=dequantize, lm_head_bits=lm_head_bits)

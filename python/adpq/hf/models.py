@@ -213,7 +213,8 @@ def _load_with_transformers(gguf: Path, dtype):
     from transformers import AutoModelForCausalLM
 
     # Load in float32 (the dequantized values exactly), cast afterwards.
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                 local_files_only=True)
     # Newer transformers can keep GGUF weights packed (GgufLinear) when a matmul kernel is
     # installed; such a model would not save as a plain float checkpoint.
     packed = sorted({type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()})
@@ -236,7 +237,7 @@ def _load_with_gguf_package(gguf: Path, dtype):
     from gguf.quants import dequantize
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     if config.model_type != "llama":
@@ -296,7 +297,7 @@ def _load_with_gguf_package(gguf: Path, dtype):
 def _load_tokenizer(gguf: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
 
 
 def prepare(
@@ -442,8 +443,8 @@ def generate_sample(model_dir, prompt: str = "The capital of France is", max_new
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
     model.eval()
     if chat and getattr(tok, "chat_template", None):
         enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
