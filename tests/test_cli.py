@@ -103,3 +103,117 @@ def test_models_list_and_help():
         assert opt in r.stdout
     r = run_cli()
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------- hostile input (issue 16)
+
+import errno  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from adpq import cli  # noqa: E402
+from _ckpt_util import adpq_env  # noqa: E402
+
+
+def _main_error(capsys, *argv):
+    """adpq.cli.main in this process: exit status 2 and one `adpq: error:` line, no traceback."""
+    rc = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2, (rc, err)
+    assert err.startswith("adpq: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert len(err) < 500, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def small_src(tmp_path_factory):
+    return make_llama(tmp_path_factory.mktemp("cli_hostile") / "src")
+
+
+@pytest.mark.parametrize("opt,value", [
+    ("--group-size", 2**63), ("--group-size", 2**64), ("--group-size", -(2**63)), ("--group-size", 10**30),
+    ("--threads", 2**31), ("--threads", 2**63), ("--threads", 0), ("--threads", -1),
+    ("--bits", 10**20), ("--bits", -3), ("--outlier-ratio", "1e400"), ("--outlier-ratio", "nan"),
+    ("--gamma", "inf"), ("--gamma", "-1e400"), ("--lam", "nan"), ("--lam", "1e999"),
+    ("--max-shard-size", "1e400GB"), ("--max-shard-size", "99999999999999999999999TB"),
+    ("--max-shard-size", "-1"), ("--max-shard-size", "GB"),
+], ids=lambda v: str(v)[:20])
+def test_hostile_numbers_on_the_command_line(capsys, small_src, tmp_path, opt, value):
+    _main_error(capsys, "quantize", small_src, tmp_path / "q", f"{opt}={value}", "--no-progress")
+    assert not os.path.exists(tmp_path / "q" / "config.json")
+
+
+@pytest.mark.parametrize("argv", [
+    ["inspect", "/nonexistent/adpq/folder"],
+    ["dequantize", "/nonexistent/adpq/folder", "/tmp/adpq-never-written"],
+    ["quantize", "/nonexistent/adpq/folder", "/tmp/adpq-never-written"],
+    ["eval", "/nonexistent/adpq/folder"],
+    ["eval", "/"],
+], ids=lambda a: " ".join(a)[:30])
+def test_missing_folders_fail_at_once(capsys, argv):
+    t0 = time.perf_counter()
+    err = _main_error(capsys, *argv)
+    assert time.perf_counter() - t0 < 5, err  # (eval: no tokenizer, no model hub retries)
+    assert not os.path.exists("/tmp/adpq-never-written")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EIO],
+                         ids=lambda c: errno.errorcode[c])
+def test_os_errors_are_one_line_saying_what_and_where(capsys, monkeypatch, small_src, tmp_path, code):
+    dst = tmp_path / "q"
+
+    def boom(*a, **k):
+        raise OSError(code, os.strerror(code), str(dst / "model-part-00001.safetensors"))
+
+    from adpq.io import safetensors as st
+    monkeypatch.setattr(st.ShardWriter, "add", boom)
+    err = _main_error(capsys, "quantize", small_src, dst, "--group-size", GROUP, "--no-progress")
+    assert str(dst) in err and errno.errorcode[code] in err, err
+    assert not [n for n in os.listdir(dst) if n.endswith(".tmp")]
+    assert not os.path.exists(dst / "config.json")
+
+
+def test_raw_os_errors_from_anywhere_are_one_line(capsys, monkeypatch, tmp_path):
+    def boom(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/some/where/file.json")
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", boom)
+    err = _main_error(capsys, "inspect", tmp_path)
+    assert "/some/where/file.json" in err and "Permission denied" in err and "EACCES" in err
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path):
+    def bug(args):
+        raise KeyError("oops")
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", bug)
+    rc = cli.main(["inspect", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "KeyError" in err and "--debug" in err, err
+    for flag in ("--debug", "--traceback"):
+        with pytest.raises(KeyError):
+            cli.main([flag, "inspect", str(tmp_path)])
+    monkeypatch.setitem(cli.COMMANDS, "inspect", lambda a: (_ for _ in ()).throw(ValueError("bad")))
+    with pytest.raises(ValueError):
+        cli.main(["--debug", "inspect", str(tmp_path)])
+
+
+def test_the_command_is_offline(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _main_error(capsys, "eval", tmp_path / "nope")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert "--debug" in cli._build_parser().format_help()
+
+
+def test_eval_of_a_missing_folder_in_a_subprocess_is_fast_and_one_line(tmp_path):
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "adpq", "eval", str(tmp_path / "nope")], capture_output=True, text=True,
+                       env=adpq_env(), timeout=120)
+    _user_error(r, "no such folder", str(tmp_path / "nope"))
+    assert time.perf_counter() - t0 < 30
+    r = subprocess.run([sys.executable, "-m", "adpq", "--debug", "eval", str(tmp_path / "nope")], capture_output=True,
+                       text=True, env=adpq_env(), timeout=120)
+    assert r.returncode != 0 and "Traceback" in r.stderr
