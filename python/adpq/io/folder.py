@@ -7,14 +7,13 @@ INCOMPLETE_MARKER (the run's JSON manifest) until its last file is in place.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from ..core import dtypes
-from .safetensors import SafetensorsFile, TensorInfo, read_tensor
+from .safetensors import SafetensorsFile, TensorInfo, read_json_file
 
 # 2: adds the optional per-tensor array "column_scales" (column_scaling); 3: a quantized tensor's
 # codes are stored under its own name (docs/FORMAT.md)
@@ -39,6 +38,18 @@ class CheckpointError(ValueError):
     """A user-facing error about a checkpoint folder (message is meant for the command line)."""
 
 
+def check_format_version(v: Any, where: str) -> int:
+    """The format_version of an adpq quantization_config: an int (not a bool or a string) in
+    1..FORMAT_VERSION; anything else is a CheckpointError naming `where`."""
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise CheckpointError(f"{where}: invalid adpq format_version {str(v)[:50]!r} (an integer from 1 to "
+                              f"{FORMAT_VERSION})")
+    if v > FORMAT_VERSION:
+        raise CheckpointError(f"{where}: adpq format version {v} is newer than this adpq supports "
+                              f"({FORMAT_VERSION}); upgrade adpq")
+    return v
+
+
 def check_complete(path: str) -> None:
     """CheckpointError if path is an adpq output that an interrupted run left unfinished."""
     if os.path.exists(os.path.join(path, INCOMPLETE_MARKER)):
@@ -54,15 +65,51 @@ def adpq_quantization_config(config: Any) -> Optional[dict]:
 
 
 def read_config(path: str) -> Optional[dict]:
-    """config.json of a folder, or None when there is none; CheckpointError when it cannot be read."""
+    """config.json of a folder (a JSON object), or None when there is none; CheckpointError when it
+    cannot be read, is not a regular file inside the folder, or is not a JSON object."""
     cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
+    if not os.path.lexists(cfg_path):
         return None
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: cannot read: {e}") from None
+    check_inside(path, "config.json")
+    # (repeated keys: the last wins, as transformers reads it)
+    cfg = read_json_file(cfg_path, CheckpointError, unique=False)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: not a JSON object (got {type(cfg).__name__}); "
+                              "a Hugging Face config.json is an object")
+    return cfg
+
+
+def _hub_repo_root(real_folder: str) -> Optional[str]:
+    """The repository folder of a Hugging Face hub cache snapshot (.../models--ORG--NAME/snapshots/REV),
+    whose files are symlinks into the repository's blobs/ folder; None for any other folder."""
+    snapshots, _rev = os.path.split(real_folder)
+    repo, leaf = os.path.split(snapshots)
+    if leaf == "snapshots" and os.path.basename(repo).startswith(("models--", "datasets--")):
+        return repo
+    return None
+
+
+def check_inside(folder: str, name: str) -> str:
+    """The path of file `name` of a model folder, refused (CheckpointError) unless it stays inside it.
+
+    `name` must be a plain file name (no path separator, not absolute, not '.'/'..', no NUL), and the
+    file's real path (symlinks resolved with os.path.realpath) must lie in the folder's real path; a
+    symlink out of the folder is refused, except, for a Hugging Face hub cache snapshot
+    (.../models--*/snapshots/REV), into that repository's blobs/ folder, where the hub keeps them."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "\0" in name or "/" in name
+            or "\\" in name or os.sep in name or (os.altsep and os.altsep in name) or os.path.isabs(name)):
+        raise CheckpointError(f"{folder}: file name {str(name)[:200]!r} is not a plain file name of the folder; "
+                              "adpq reads nothing outside the model folder")
+    p = os.path.join(folder, name)
+    real_folder = os.path.realpath(folder)
+    real = os.path.realpath(p)
+    allowed = [real_folder]
+    root = _hub_repo_root(real_folder)
+    if root is not None:
+        allowed.append(os.path.join(root, "blobs"))
+    if not any(real.startswith(a.rstrip(os.sep) + os.sep) for a in allowed):
+        raise CheckpointError(f"{p}: resolves to {real}, outside the model folder; adpq reads nothing outside it")
+    return p
 
 
 def is_adpq_folder(path: str) -> bool:
@@ -106,15 +153,18 @@ class SourceCheckpoint:
         index_path = os.path.join(self.path, INDEX_NAME)
         files: List[str]
         weight_map: Optional[Dict[str, str]] = None
-        if os.path.exists(index_path):
-            try:
-                with open(index_path, encoding="utf-8") as f:
-                    weight_map = json.load(f)["weight_map"]
-                assert isinstance(weight_map, dict)
-            except Exception as e:
-                raise CheckpointError(f"{index_path}: invalid index file ({e})") from None
+        if os.path.lexists(index_path):
+            check_inside(self.path, INDEX_NAME)
+            index = read_json_file(index_path, CheckpointError)
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index_path}: invalid index file (needs a \"weight_map\" object of "
+                                      "tensor name -> file name)")
             files = sorted(set(weight_map.values()))
             for fn in files:
+                check_inside(self.path, fn)
+                if not fn.endswith(".safetensors"):
+                    raise CheckpointError(f"{index_path}: lists {fn!r}, not a .safetensors file")
                 if not os.path.exists(os.path.join(self.path, fn)):
                     raise CheckpointError(f"{index_path}: lists {fn}, which is missing")
         else:
@@ -126,8 +176,9 @@ class SourceCheckpoint:
         self.files: Dict[str, SafetensorsFile] = {}
         self.tensors: Dict[str, TensorInfo] = {}
         self.data_start: Dict[str, int] = {}
+        self._file_of: Dict[str, SafetensorsFile] = {}
         for fn in files:
-            sf = SafetensorsFile(os.path.join(self.path, fn))
+            sf = SafetensorsFile(check_inside(self.path, fn))
             self.files[fn] = sf
             for name in sf.names():
                 if weight_map is not None and weight_map.get(name) != fn:
@@ -137,6 +188,7 @@ class SourceCheckpoint:
                     raise CheckpointError(f"{self.path}: tensor {name!r} appears in two files")
                 self.tensors[name] = sf.tensors[name]
                 self.data_start[name] = sf.data_start
+                self._file_of[name] = sf
         if weight_map is not None:
             missing = [n for n, fn in weight_map.items() if n not in self.tensors]
             if missing:
@@ -145,8 +197,14 @@ class SourceCheckpoint:
     def names(self) -> List[str]:
         return list(self.tensors)
 
-    def get(self, name: str) -> np.ndarray:
-        return read_tensor(self.tensors[name], self.data_start[name])
+    def get(self, name: str, copy: bool = False) -> np.ndarray:
+        """The tensor as a private array, read-only unless copy=True (SafetensorsFile.get: pread, never
+        a mapping)."""
+        return self._file_of[name].get(name, copy=copy)
+
+    def close(self) -> None:
+        for sf in self.files.values():
+            sf.close()
 
     def fingerprint(self) -> List[list]:
         out = []

@@ -1,8 +1,10 @@
 """A small, validating safetensors reader and a streaming shard writer.
 
 adpq reads checkpoints itself (no `safetensors` or `torch` needed to quantize): the header is parsed
-and checked, and each tensor is memory-mapped on its own, one at a time, so that peak memory stays
-near the largest tensor and the mapped pages are released when the tensor is dropped.
+and checked (the checks every reader of adpq shares: SafetensorsFile), and each tensor is read on its
+own with pread into a private array, one at a time, so that peak memory stays near the largest tensor
+and a file cut short underneath is an error, not SIGBUS. open_regular, read_json_file and parse_json
+are the same guards for the other files of a model folder (no FIFO, no deep or duplicate-key JSON).
 
 File layout (https://github.com/huggingface/safetensors): 8 bytes little-endian u64 N, N bytes of
 UTF-8 JSON header {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}},
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import struct
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import ml_dtypes
 import numpy as np
 
-from .. import _core
 from ..core import dtypes
 
 __all__ = [
@@ -29,6 +32,9 @@ __all__ = [
     "TensorInfo",
     "SafetensorsFile",
     "ShardWriter",
+    "open_regular",
+    "parse_json",
+    "read_json_file",
     "write_safetensors",
 ]
 
@@ -99,100 +105,295 @@ def _is_uint(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+# ------------------------------------------------------------------ opening files of a model folder
+# Files adpq reads come from strangers: a FIFO, socket or device named like a model file must not block
+# open() or read() forever, and JSON must not be able to exhaust the stack.
+
+MAX_JSON_BYTES = 100 * 1024 * 1024  # config.json, index files (the reference header limit)
+MAX_JSON_DEPTH = 64                # a safetensors header needs 3 levels; deeper JSON is refused
+MAX_DIMS = 32                      # (NumPy 1.x's limit; safetensors files in practice have <= 5)
+_INTP_MAX = 2**63 - 1
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str, error=None) -> int:
+    """A read-only file descriptor of `path`, which must be a regular file: anything else (a FIFO, a
+    socket, a device, a directory) raises `error` (default SafetensorsError) before open() can block.
+    (The file is opened with O_NONBLOCK and checked again with fstat, so a swap between the stat and
+    the open cannot block either.)"""
+    error = error or SafetensorsError
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: is {_not_regular(st.st_mode)}, not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise error(f"{path}: cannot open: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: is {_not_regular(st.st_mode)}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def pread_exact(fd: int, buf, offset: int) -> int:
+    """Fills the writable buffer `buf` with the file's bytes from `offset` (os.preadv: no mapping, so a
+    file cut short underneath gives a short count, never SIGBUS). Returns the bytes read (fewer than
+    len(buf) only at the end of the file)."""
+    mv = memoryview(buf).cast("B")
+    done, n = 0, len(mv)
+    while done < n:
+        got = os.preadv(fd, [mv[done:done + (1 << 30)]], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return done
+
+
+class DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_pairs(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise DuplicateKeyError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def json_depth(raw: bytes) -> int:
+    """The nesting depth of the JSON text `raw` (objects and arrays), without parsing it: brackets
+    outside strings, counted with NumPy (a header of megabytes takes milliseconds)."""
+    b = np.frombuffer(_STRING.sub(b'""', raw), dtype=np.uint8)
+    step = (b == ord("{")).astype(np.int8) + (b == ord("[")) - (b == ord("}")) - (b == ord("]"))
+    return int(np.cumsum(step, dtype=np.int64).max(initial=0))
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes, where: str, error=None, unique: bool = True):
+    """JSON text -> Python object, as strictly as serde_json (safetensors' reader) reads it: UTF-8, no
+    NaN/Infinity, nesting at most MAX_JSON_DEPTH levels (deeper input would exhaust the parser's stack)
+    and, with `unique`, no object with a repeated key. Anything else raises `error` (a ValueError)
+    naming `where`."""
+    error = error or SafetensorsError
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{where}: invalid UTF-8 at byte {e.start}") from None
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise error(f"{where}: JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH} accepted)")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs if unique else None,
+                          parse_constant=_no_constant)
+    except DuplicateKeyError as e:
+        raise error(f"{where}: invalid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # (JSONDecodeError; an integer of > 4300 digits)
+        raise error(f"{where}: invalid JSON: {e}") from None
+
+
+def read_json_file(path: str, error=None, unique: bool = True):
+    """A small JSON file of a model folder (config.json, an index): a regular file of at most
+    MAX_JSON_BYTES, parsed by parse_json. Errors raise `error` naming the file."""
+    error = error or SafetensorsError
+    fd = open_regular(path, error)
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_JSON_BYTES:
+            raise error(f"{path}: {size} bytes; a JSON file of a model folder is at most {MAX_JSON_BYTES}")
+        buf = bytearray(size + 1)
+        try:
+            got = pread_exact(fd, buf, 0)
+        except OSError as e:
+            raise error(f"{path}: cannot read: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+    if got > size:
+        raise error(f"{path}: changed while it was read")
+    return parse_json(bytes(buf[:got]), path, error, unique)
+
+
+def _check_entries(path: str, header: dict, data_len: int) -> Dict[str, "TensorInfo"]:
+    """The header's tensors, validated as safetensors' reader does, and stricter where noted."""
+    tensors: Dict[str, TensorInfo] = {}
+    for name, e in header.items():
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
+            raise SafetensorsError(f"{where}: corrupt header entry (needs dtype, shape, data_offsets): {str(e)[:200]}")
+        dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
+        if not isinstance(dt, str) or dt not in DTYPES:
+            raise SafetensorsError(f"{where}: unsupported dtype {dt!r} (supported: {', '.join(DTYPES)})")
+        if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+            raise SafetensorsError(f"{where}: corrupt shape {str(shape)[:200]} (a list of integers >= 0)")
+        if len(shape) > MAX_DIMS:
+            raise SafetensorsError(f"{where}: {len(shape)} dimensions (at most {MAX_DIMS} supported)")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(_is_uint(o) for o in offs) or offs[0] > offs[1]:
+            raise SafetensorsError(f"{where}: corrupt data_offsets {str(offs)[:200]} (needs [begin, end], "
+                                   "0 <= begin <= end)")
+        numel, nonzero = 1, 1
+        for d in shape:
+            numel *= d
+            nonzero *= max(d, 1)
+        if nonzero * DTYPES[dt].itemsize > _INTP_MAX:
+            raise SafetensorsError(f"{where}: shape {shape} overflows a 64-bit size")
+        nbytes = numel * DTYPES[dt].itemsize
+        if nbytes != offs[1] - offs[0]:
+            raise SafetensorsError(
+                f"{where}: size mismatch: shape {shape} x {dt} is {nbytes} bytes "
+                f"but data_offsets span {offs[1] - offs[0]}")
+        if offs[1] > data_len:
+            raise SafetensorsError(
+                f"{where}: truncated file: data ends at byte {8 + offs[1]} after the header "
+                f"but the file has {data_len} bytes of data")
+        tensors[name] = TensorInfo(name, dt, tuple(shape), offs[0], offs[1], path)
+    # safetensors' rule: sorted by offset, the tensors tile the data area exactly (no overlap, no gap,
+    # nothing after the last one)
+    pos, prev = 0, None
+    for t in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+        if t.begin != pos:
+            what = (f"overlaps tensor {prev!r}" if t.begin < pos
+                    else f"leaves a gap of {t.begin - pos} bytes after {'tensor ' + repr(prev) if prev else 'the header'}")
+            raise SafetensorsError(f"{path}: tensor {t.name!r}: data_offsets [{t.begin}, {t.end}] {what}")
+        pos, prev = t.end, t.name
+    if pos != data_len:
+        raise SafetensorsError(f"{path}: {data_len - pos} bytes after the last tensor's data (the header does not "
+                               "cover the file: corrupt, or data appended)")
+    return tensors
+
+
 class SafetensorsFile:
     """Parses and validates the header of one .safetensors file; tensors are read on demand.
 
-    Every check names the file and the tensor: header length, JSON, entry fields, known dtype,
-    byte size == prod(shape) * itemsize, offsets inside the file.
+    The checks (safetensors' own reader is the reference, docs/FORMAT.md "Inputs"): a regular file;
+    header length <= 100 MB and inside the file; UTF-8 JSON object, nesting <= 64 levels, no repeated
+    key; __metadata__ absent, null or str -> str; each entry a known dtype, a shape of integers >= 0
+    whose size fits 64 bits, data_offsets [begin, end] with end - begin == numel * itemsize; the
+    tensors tile the data area exactly (no overlap, no gap, nothing after). Every failure is a
+    SafetensorsError naming the file and the tensor.
+
+    The file stays open (close() or garbage collection closes it) and tensors are read with pread
+    into private arrays: a file cut short or rewritten underneath gives an error, never SIGBUS.
     """
 
     def __init__(self, path: str):
         self.path = os.fspath(path)
+        self._fd = -1
+        fd = open_regular(self.path)
         try:
-            self.file_size = os.path.getsize(self.path)
-            with open(self.path, "rb") as f:
-                head = f.read(8)
-                if len(head) < 8:
-                    raise SafetensorsError(f"{self.path}: not a safetensors file (only {len(head)} bytes)")
-                (n,) = struct.unpack("<Q", head)
-                if n == 0 or n > MAX_HEADER_BYTES or 8 + n > self.file_size:
-                    raise SafetensorsError(
-                        f"{self.path}: corrupt or truncated safetensors file (header length {n}, "
-                        f"file size {self.file_size})")
-                raw = f.read(n)
+            st = os.fstat(fd)
+            self.file_size = st.st_size
+            head = bytearray(8)
+            got = pread_exact(fd, head, 0)
+            if got < 8:
+                raise SafetensorsError(f"{self.path}: not a safetensors file (only {got} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n < 2 or n > MAX_HEADER_BYTES or 8 + n > self.file_size:
+                raise SafetensorsError(
+                    f"{self.path}: corrupt or truncated safetensors file (header length {n}, "
+                    f"file size {self.file_size})")
+            raw = bytearray(n)
+            if pread_exact(fd, raw, 8) != n:
+                raise SafetensorsError(f"{self.path}: truncated while its header was read")
         except OSError as e:
-            raise SafetensorsError(f"{self.path}: cannot read: {e}") from e
+            os.close(fd)
+            raise SafetensorsError(f"{self.path}: cannot read: {e.strerror or e}") from e
+        except BaseException:
+            os.close(fd)
+            raise
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SafetensorsError(f"{self.path}: corrupt safetensors header (invalid JSON: {e})") from None
+            self._parse(raw, n)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _parse(self, raw: bytearray, n: int) -> None:
+        header = parse_json(bytes(raw), f"{self.path}: corrupt safetensors header")
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: corrupt safetensors header (not a JSON object)")
         self.data_start = 8 + n
-        data_len = self.file_size - self.data_start
-        meta = header.pop("__metadata__", None) or {}
-        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        meta = header.pop("__metadata__", None)
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise SafetensorsError(f"{self.path}: corrupt safetensors header (__metadata__ must map str to str)")
         self.metadata: Dict[str, str] = meta
-        self.tensors: Dict[str, TensorInfo] = {}
-        for name, e in header.items():
-            where = f"{self.path}: tensor {name!r}"
-            if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
-                raise SafetensorsError(f"{where}: corrupt header entry {e!r}")
-            dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
-            if dt not in DTYPES:
-                raise SafetensorsError(
-                    f"{where}: unsupported dtype {dt!r} (supported: {', '.join(DTYPES)})")
-            if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-                raise SafetensorsError(f"{where}: corrupt shape {shape!r}")
-            if (not isinstance(offs, list) or len(offs) != 2 or not all(_is_uint(o) for o in offs)
-                    or offs[0] > offs[1]):
-                raise SafetensorsError(f"{where}: corrupt data_offsets {offs!r}")
-            numel = 1
-            for d in shape:
-                numel *= d
-            if numel * DTYPES[dt].itemsize != offs[1] - offs[0]:
-                raise SafetensorsError(
-                    f"{where}: size mismatch: shape {shape} x {dt} is {numel * DTYPES[dt].itemsize} bytes "
-                    f"but data_offsets span {offs[1] - offs[0]}")
-            if offs[1] > data_len:
-                raise SafetensorsError(
-                    f"{where}: truncated file: data ends at byte {self.data_start + offs[1]} "
-                    f"but the file has {self.file_size} bytes")
-            self.tensors[name] = TensorInfo(name, dt, tuple(shape), offs[0], offs[1], self.path)
+        self.tensors: Dict[str, TensorInfo] = _check_entries(self.path, header, self.file_size - self.data_start)
+
+    def close(self) -> None:
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def names(self) -> List[str]:
         """Tensor names in file order (by data offset)."""
         return sorted(self.tensors, key=lambda k: (self.tensors[k].begin, k))
 
     def get(self, name: str, copy: bool = False) -> np.ndarray:
-        """The tensor as a read-only memory-mapped array (or a private copy with copy=True).
+        """The tensor as a private array read from the file (read-only unless copy=True)."""
+        info = self.tensors[name]
+        if self._fd < 0:
+            raise SafetensorsError(f"{self.path}: tensor {name!r}: the file is closed")
+        return _read(self._fd, info, self.data_start, self.file_size, copy)
 
-        The mapping covers this tensor only and is released when the array is garbage collected.
-        """
-        return read_tensor(self.tensors[name], self.data_start, copy=copy)
+
+def _read(fd: int, info: TensorInfo, data_start: int, file_size: int, copy: bool) -> np.ndarray:
+    dt = info.np_dtype
+    if info.nbytes == 0:
+        out = np.zeros(info.shape, dtype=dt)
+    else:
+        where = f"{info.path}: tensor {info.name!r}"
+        try:
+            size = os.fstat(fd).st_size
+            if size != file_size:
+                raise SafetensorsError(f"{where}: the file changed size since its header was read "
+                                       f"({file_size} -> {size} bytes)")
+            out = np.empty(info.shape, dtype=dt)
+            got = pread_exact(fd, out.reshape(-1).view(np.uint8), data_start + info.begin)
+        except OSError as e:
+            raise SafetensorsError(f"{where}: cannot read: {e.strerror or e}") from e
+        if got != info.nbytes:
+            raise SafetensorsError(f"{where}: truncated read ({got} of {info.nbytes} bytes): the file was cut "
+                                   "short since its header was read")
+    if not copy:
+        out.flags.writeable = False
+    return out
 
 
 def read_tensor(info: TensorInfo, data_start: int, copy: bool = False) -> np.ndarray:
-    dt = info.np_dtype
-    if info.nbytes == 0:
-        return np.zeros(info.shape, dtype=dt)
-    off = data_start + info.begin
-    if copy:
-        out = np.empty(info.shape, dtype=dt)
-        with open(info.path, "rb") as f:
-            f.seek(off)
-            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
-        if got != info.nbytes:
-            raise SafetensorsError(f"{info.path}: tensor {info.name!r}: truncated read ({got} of {info.nbytes} bytes)")
-        return out
-    # mapped (and unmapped when the array is freed) by the C core without the GIL: the mmap module and
-    # np.memmap hold it, and a pipeline of threads then waits on every unmap's TLB shootdown
+    """One tensor of a file whose header was validated (opens info.path; SafetensorsFile.get reads
+    through the descriptor it holds)."""
+    fd = open_regular(info.path)
     try:
-        raw = _core.map_range(info.path, off, info.nbytes)
-    except (OSError, ValueError) as e:
-        raise SafetensorsError(f"{info.path}: tensor {info.name!r}: cannot map: {e}") from e
-    return raw.view(dt).reshape(info.shape)
+        return _read(fd, info, data_start, os.fstat(fd).st_size, copy)
+    finally:
+        os.close(fd)
 
 
 def _header_bytes(entries: Dict[str, dict], metadata: Optional[Dict[str, str]]) -> bytes:
@@ -264,7 +465,7 @@ class ShardWriter:
         dt = dtype_name(a.dtype)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        a = np.ascontiguousarray(a)
+        a = np.ascontiguousarray(a).reshape(a.shape)  # (ascontiguousarray makes a 0-d array 1-d)
         n = a.nbytes
         if n:
             self._f.write(memoryview(a.reshape(-1).view(np.uint8)))
