@@ -95,6 +95,7 @@ class QuantizedTensor:
                 raise ValueError("a symmetric quantizer stores no 'zeros'")
         else:
             self._expect("zeros", sdt, lay.num_groups)
+        self._check_finite(("scales", "zeros"))
         counts = self._arrays.get("outlier_counts")
         if counts is None:
             extra = [k for k in OUTLIER_ARRAYS if k in self._arrays]
@@ -105,6 +106,7 @@ class QuantizedTensor:
         self._expect("outlier_counts", lay.count_dtype, lay.num_groups)
         self.num_outliers, self.num_outlier_groups = self._outlier_totals()
         self._expect("outlier_indices", np.dtype(np.uint8), (self.num_outliers * lay.index_bits + 7) // 8)
+        self._check_outlier_positions()
         if cfg.outlier_format == "group":
             self._expect("outlier_scales", sdt, self.num_outlier_groups)
             self._expect("outlier_zeros", sdt, self.num_outlier_groups, required=not cfg.symmetric)
@@ -117,6 +119,41 @@ class QuantizedTensor:
             for k in ("outlier_scales", "outlier_zeros"):
                 if k in self._arrays:
                     raise ValueError(f"outlier_format 'fp16' stores no {k!r}")
+        self._check_finite(("outlier_scales", "outlier_zeros", "outlier_values"))
+
+    def _check_finite(self, names) -> None:
+        """Stored floats must be finite: a NaN or Inf scale, zero-point or outlier value (a corrupt
+        file; quantize never writes one) would dequantize to non-finite weights."""
+        for k in names:
+            a = self._arrays.get(k)
+            if a is not None and a.size and not np.isfinite(a.astype(np.float32, copy=False)).all():
+                bad = int(np.flatnonzero(~np.isfinite(a.reshape(-1).astype(np.float32)))[0])
+                raise ValueError(f"array {k!r} holds a non-finite value ({a.reshape(-1)[bad]} at index {bad}); "
+                                 "stored scales, zero-points and outlier values must be finite")
+
+    def _check_outlier_positions(self) -> None:
+        """Each group's outlier count fits the group (the last group of a row may be shorter), and its
+        positions are in range and strictly ascending (what outlier_mask and the C core rely on)."""
+        lay = self.layout
+        counts = self._arrays["outlier_counts"].reshape(-1).astype(np.int64)
+        glen = np.full(lay.groups_per_row, lay.group_size, dtype=np.int64)
+        glen[-1] = lay.cols - (lay.groups_per_row - 1) * lay.group_size
+        glen = np.tile(glen, lay.rows)
+        over = np.flatnonzero(counts > glen)
+        if over.size:
+            k = int(over[0])
+            raise ValueError(f"outlier_counts[{k}] = {counts[k]} exceeds its group's {glen[k]} weights")
+        n = self.num_outliers
+        if not n:
+            return
+        pos = unpack_bits(self._arrays["outlier_indices"], n, lay.index_bits).astype(np.int64)
+        group = np.repeat(np.arange(lay.num_groups, dtype=np.int64), counts)
+        bad = pos >= glen[group]
+        bad[1:] |= (group[1:] == group[:-1]) & (pos[1:] <= pos[:-1])
+        if bad.any():
+            o = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"outlier_indices: outlier {o} (group {group[o]}, position {pos[o]}) is out of its "
+                             "group's range or not ascending within it")
 
     def _outlier_totals(self) -> Tuple[int, int]:
         """(outliers, groups holding one), from outlier_counts."""

@@ -25,7 +25,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..core.config import QuantConfig
 from ..io.checkpoint import select_tensors
-from ..io.folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError
+from ..io.folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError, check_format_version
 from ..io.safetensors import TensorInfo
 from ..runtime.linear import ACTIVATIONS, AdpqLinear
 from .save import save_adpq
@@ -46,10 +46,8 @@ class AdpqConfig(QuantizationConfigMixin):
 
     def __init__(self, include=(), exclude=(), activations: str = "float32", **kwargs: Any):
         self.quant_method = QUANT_METHOD
-        self.format_version = int(kwargs.pop("format_version", FORMAT_VERSION))
-        if self.format_version > FORMAT_VERSION:
-            raise ValueError(f"adpq format version {self.format_version} is newer than this adpq supports "
-                             f"({FORMAT_VERSION}); upgrade adpq")
+        self.format_version = check_format_version(kwargs.pop("format_version", FORMAT_VERSION),
+                                                   "adpq quantization_config")
         kwargs.pop("quant_method", None)
         unknown = sorted(set(kwargs) - set(_QUANT_FIELDS))
         if unknown:

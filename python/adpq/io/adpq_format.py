@@ -3,7 +3,6 @@ HF folder. The format is specified in docs/FORMAT.md; writing it is adpq.io.chec
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -11,15 +10,64 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..core.config import QuantConfig
+from ..core import dtypes
+from ..core.layout import ARRAY_NAMES
 from ..core.quantized import QuantizedTensor
 from .folder import (FORMAT_VERSION, CheckpointError, SourceCheckpoint, adpq_quantization_config, array_entry,
-                     output_dtype, set_config_dtype)
+                     check_format_version, output_dtype, set_config_dtype)
 from .output import OutputRun, parse_size
 from .progress import Progress
 from .report import CheckpointReport, TensorReport, jsonable, per_layer_type, report_from_dict
-from .safetensors import dtype_name, is_float_dtype
+from .safetensors import dtype_name, is_float_dtype, parse_json
 
 __all__ = ["AdpqCheckpoint", "dequantize_checkpoint", "inspect_checkpoint"]
+
+
+# Largest matrix a quantized tensor's metadata may describe (2^48 weights; its codes must also be in
+# the file, which bounds it further).
+MAX_NUMEL = 2**48
+
+
+def _check_meta(path: str, name: str, text: str):
+    """A shard's "adpq:NAME" metadata (docs/FORMAT.md), validated: (the dict, its QuantConfig). Every
+    defect is a CheckpointError naming the file and the tensor."""
+    where = f"{path}: quantized tensor {name!r}"
+    m = parse_json(text.encode("utf-8", "surrogatepass"), f"{where}: corrupt metadata", CheckpointError)
+    if not isinstance(m, dict):
+        raise CheckpointError(f"{where}: corrupt metadata (not a JSON object)")
+    missing = [k for k in ("shape", "dtype", "arrays", "config") if k not in m]
+    if missing:
+        raise CheckpointError(f"{where}: corrupt metadata (missing {', '.join(missing)})")
+    shape = m["shape"]
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+        raise CheckpointError(f"{where}: corrupt metadata (shape {str(shape)[:100]} is not [rows, cols] of "
+                              "integers >= 1)")
+    if shape[0] * shape[1] > MAX_NUMEL:
+        raise CheckpointError(f"{where}: corrupt metadata (shape {shape} is larger than {MAX_NUMEL} weights)")
+    if not isinstance(m["dtype"], str) or m["dtype"] not in dtypes.FLOAT_DTYPES:
+        raise CheckpointError(f"{where}: corrupt metadata (dtype {str(m['dtype'])[:50]!r} is not one of "
+                              f"{', '.join(dtypes.FLOAT_DTYPES)})")
+    arrays = m["arrays"]
+    if (not isinstance(arrays, list) or not all(isinstance(a, str) and a in ARRAY_NAMES for a in arrays)
+            or len(set(arrays)) != len(arrays) or not {"codes", "scales"} <= set(arrays)):
+        raise CheckpointError(f"{where}: corrupt metadata (arrays {str(arrays)[:200]} is not a list of distinct "
+                              f"names from {', '.join(ARRAY_NAMES)} with codes and scales)")
+    n_out = m.get("num_outliers")
+    if n_out is not None and (not isinstance(n_out, int) or isinstance(n_out, bool) or n_out < 0
+                              or n_out > shape[0] * shape[1]
+                              or (n_out > 0 and "outlier_counts" not in arrays)):
+        raise CheckpointError(f"{where}: corrupt metadata (num_outliers {str(n_out)[:50]} does not fit shape "
+                              f"{shape} and arrays {arrays})")
+    if not isinstance(m["config"], dict):
+        raise CheckpointError(f"{where}: corrupt metadata (config is not a JSON object)")
+    try:
+        # format 1 predates column scaling: its configs have no such field and used none. threads:
+        # how the writer ran, nothing to do with reading (and not to be trusted from a file)
+        cfg = QuantConfig.from_dict({"column_scaling": "none", **m["config"], "threads": None})
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{where}: corrupt metadata (invalid config: {e})") from None
+    return m, cfg
 
 
 class AdpqCheckpoint:
@@ -32,26 +80,35 @@ class AdpqCheckpoint:
         if qc is None:
             raise CheckpointError(f"{self.path}: not an adpq-format folder (config.json has no "
                                   "quantization_config with quant_method 'adpq')")
-        if int(qc.get("format_version", 0)) > FORMAT_VERSION:
-            raise CheckpointError(f"{self.path}: adpq format version {qc.get('format_version')} is newer than "
-                                  f"this adpq supports ({FORMAT_VERSION}); upgrade adpq")
         self.quantization_config = qc
-        self.format_version = int(qc.get("format_version", 1))
+        self.format_version = check_format_version(qc.get("format_version", 1), f"{self.path}/config.json")
         self.qmeta: Dict[str, dict] = {}
+        self._configs: Dict[str, QuantConfig] = {}
         for sf in self.src.files.values():
             for k, v in sf.metadata.items():
                 if k.startswith("adpq:"):
-                    try:
-                        self.qmeta[k[5:]] = json.loads(v)
-                    except ValueError:
-                        raise CheckpointError(f"{sf.path}: corrupt metadata for {k[5:]!r}") from None
+                    name = k[5:]
+                    if name in self.qmeta:
+                        raise CheckpointError(f"{sf.path}: quantized tensor {name!r} is described twice")
+                    self.qmeta[name], self._configs[name] = _check_meta(sf.path, name, v)
         self._owned = set()
         for name, m in self.qmeta.items():
+            where = f"{self.path}: quantized tensor {name!r}"
             for a in m["arrays"]:
                 e = self.entry(name, a)
                 if e not in self.src.tensors:
-                    raise CheckpointError(f"{self.path}: quantized tensor {name!r} lacks its array {e!r}")
+                    raise CheckpointError(f"{where} lacks its array {e!r}")
+                if e in self._owned:
+                    raise CheckpointError(f"{where}: its array {e!r} belongs to another quantized tensor")
                 self._owned.add(e)
+            if self.format_version < 3 and name in self.src.tensors:
+                raise CheckpointError(f"{where} is also stored as a kept tensor")
+            rows, cols = m["shape"]
+            codes = self.src.tensors[self.entry(name, "codes")]
+            need = (rows * cols * self._configs[name].bits + 7) // 8
+            if codes.dtype != "U8" or codes.nbytes != need:
+                raise CheckpointError(f"{where}: its codes are {codes.numel} x {codes.dtype}, but shape {m['shape']} "
+                                      f"at {self._configs[name].bits} bits needs {need} x U8")
 
     def entry(self, name: str, array: str) -> str:
         """The safetensors entry holding one array of quantized tensor `name`."""
@@ -75,13 +132,15 @@ class AdpqCheckpoint:
 
     def quantized_tensor(self, name: str):
         m = self.qmeta[name]
-        arrays = {a: np.array(self.src.get(self.entry(name, a))) for a in m["arrays"]}
+        arrays = {a: self.src.get(self.entry(name, a), copy=True) for a in m["arrays"]}
         try:
-            # format 1 predates column scaling: its configs have no such field and used none
-            cfg = QuantConfig.from_dict({"column_scaling": "none", **m["config"]})
-            return QuantizedTensor.from_arrays(arrays, tuple(m["shape"]), cfg, dtype=m["dtype"])
-        except (ValueError, TypeError, KeyError) as e:
+            qt = QuantizedTensor.from_arrays(arrays, tuple(m["shape"]), self._configs[name], dtype=m["dtype"])
+        except (ValueError, TypeError) as e:
             raise CheckpointError(f"{self.path}: quantized tensor {name!r} is corrupt: {e}") from None
+        if m.get("num_outliers") is not None and m["num_outliers"] != qt.num_outliers:
+            raise CheckpointError(f"{self.path}: quantized tensor {name!r} is corrupt: its metadata says "
+                                  f"{m['num_outliers']} outliers, its outlier_counts {qt.num_outliers}")
+        return qt
 
     def stored_bytes(self, name: str) -> int:
         if name in self.qmeta:
