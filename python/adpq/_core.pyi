@@ -110,6 +110,9 @@ class MatmulPlan:
     rows: int  # out_features
     cols: int  # in_features
 
+    def mode_used(self, n: int, mode: int) -> int:
+        """The mode a matmul call with n activation rows and `mode` runs in (int8 falls back to 0)."""
+
 
 def matmul_plan(arrays: Mapping[ArrayName, Optional[np.ndarray]], rows: int, cols: int, config: Config,
                 num_outliers: int, num_outlier_groups: int, col_mul: Optional[np.ndarray] = None) -> MatmulPlan:
@@ -124,16 +127,19 @@ def matmul(plan: MatmulPlan, x: np.ndarray, out: Optional[np.ndarray] = None, mo
            threads: int = 1) -> np.ndarray:
     """out[i, r] = sum_j x[i, j] * w_hat[r, j] (adpq_matmul): x @ w_hat.T without materialising w_hat.
 
-    x: a 2-D float32 array with plan.cols columns, rows contiguous (any positive row stride, e.g. a
-        slice; a single row any stride), aligned.
-    out: None (a new (n, plan.rows) float32 array) or a C-contiguous writeable float32 array of shape
-        (n, plan.rows) not overlapping x; it is returned.
+    x: a 2-D float32 array, or uint16 holding bfloat16 bits (converted in C), with plan.cols columns,
+        rows contiguous (any positive row stride, e.g. a slice; a single row any stride), aligned.
+    out: None (a new (n, plan.rows) float32 array) or a C-contiguous writeable float32 array, or uint16
+        for bfloat16 bits (each output rounded to nearest even), of shape (n, plan.rows) not
+        overlapping x; it is returned.
     mode: 0 float32 arithmetic (each output row within ~1e-6 relative of the float64 product);
-        1 the activations quantized to int8 per block of 32 columns (ggml's q8_0).
+        1 the activations quantized to int8 per block of 32 columns (ggml's q8_0; ~0.5% relative
+        error per row), where plan.mode_used(n, 1) == 1 (n < 16, cols % 8 == 0, group_size % 32 == 0
+        or per-row groups); otherwise float32.
     threads: >= 1; fewer are used for small products. Arguments by position or keyword (called per
         layer per token: no dict is built). The GIL is released. NaN/Inf in x propagate to out.
 
-    Raises TypeError (plan not a MatmulPlan, x or out not float32 arrays, a missing/unknown argument),
+    Raises TypeError (plan not a MatmulPlan, x or out not float32/uint16 arrays, a missing/unknown argument),
     ValueError (x's columns or strides, out's shape, overlap, mode, threads), MemoryError.
     """
 
