@@ -486,6 +486,18 @@ def test_symlink_escaping_the_folder_is_refused(base, tmp_path, fname):
     assert fname in str(e)
 
 
+def test_copied_files_escaping_the_folder_are_refused(base, tmp_path):
+    """The files copied beside the weights (tokenizer, chat template) are read from the folder only: a
+    symlink to a file elsewhere is refused, and nothing complete is left."""
+    src = clone(base, "src2", tmp_path, "m")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the model's")
+    os.symlink(secret, os.path.join(src, "tokenizer.json"))
+    e = quantize_into(src, str(tmp_path / "out"))
+    assert e is not None and "outside the model folder" in str(e)
+    assert not os.path.exists(tmp_path / "out" / "tokenizer.json")
+
+
 def test_symlinks_inside_the_folder_and_the_hub_cache_layout_are_read(base, tmp_path):
     """A symlink within the folder is fine, and so is the Hugging Face hub cache, whose snapshot files
     are symlinks into the repository's blobs/ folder."""

@@ -18,7 +18,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .folder import FORMAT_VERSION, INCOMPLETE_MARKER, INDEX_NAME, SINGLE_NAME, CheckpointError, SourceCheckpoint
+from .folder import (FORMAT_VERSION, INCOMPLETE_MARKER, INDEX_NAME, SINGLE_NAME, CheckpointError, SourceCheckpoint,
+                     check_inside)
 from .safetensors import ShardWriter
 
 # Files never copied from the source folder (weights in other formats, our own bookkeeping).
@@ -385,7 +386,7 @@ class OutputRun:
                 p = os.path.join(src.path, fn)
                 if fn in _SKIP_NAMES or fn.endswith(_SKIP_SUFFIXES) or not os.path.isfile(p):
                     continue
-                _atomic_copy(p, os.path.join(self.dst, fn))
+                _atomic_copy(check_inside(src.path, fn), os.path.join(self.dst, fn))  # (a symlink out: refused)
         if config_json is not None:
             atomic_write_text(os.path.join(self.dst, "config.json"), json.dumps(config_json, indent=2) + "\n")
         os.unlink(os.path.join(self.dst, INCOMPLETE_MARKER))  # last: the folder is now complete
