@@ -279,3 +279,13 @@ def test_bfloat16_through_the_core_matches_torch_conversion():
                 want = m(x.float()).to(torch.bfloat16)
             assert y.dtype == torch.bfloat16 and y.shape == (2, n, 48)
             assert torch.equal(y.view(torch.uint16), want.view(torch.uint16))
+
+
+def test_quantized_tensor_that_is_not_a_linear_layer_is_refused_clearly(tmp_path):
+    src = make_llama(tmp_path / "src", tied=False, dtype="float32")
+    quantize_checkpoint(src, tmp_path / "q", adpq.QuantConfig(bits=4, group_size=32),
+                        include=["*proj.weight", "model.embed_tokens.weight"], progress=False)
+    with pytest.raises(adpq.CheckpointError, match="not the weight of a linear layer"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    d = adpq.load(tmp_path / "q", dequantize=True)  # the way out the message names
+    assert d.model.embed_tokens.weight.shape == (128, 96)
