@@ -80,9 +80,9 @@ class GenerationStats:
         mb = 1 / 2**20
         return (f"{self.new_tokens} tokens; prefill {self.prompt_tokens} tokens at {self.prefill_tokens_per_s:.1f} "
                 f"tokens/s, decode {self.decode_tokens_per_s:.1f} tokens/s ({self.threads} threads); "
-                f"load {self.load_seconds:.2f} s, resident {self.rss_after_load * mb:.0f} MiB "
-                f"(model {(self.rss_after_load - self.rss_before_load) * mb:.0f} MiB, peak during load "
-                f"{self.peak_rss_during_load * mb:.0f} MiB)")
+                f"load {self.load_seconds:.2f} s, resident {self.rss_after_load * mb:.0f} MiB, of which the model "
+                f"{(self.rss_after_load - self.rss_before_load) * mb:.0f} MiB (its peak during load "
+                f"{(self.peak_rss_during_load - self.rss_before_load) * mb:.0f} MiB)")
 
 
 class _TimedStreamer:
