@@ -27,6 +27,7 @@ enum {
     MM_PANEL = 12,     /* weight rows per panel: 4 tiles of 3 */
     MM_KBLOCK = 512,   /* columns of a panel dequantized at a time */
     MM_ROW_TASKS = 8,  /* row route: tasks per thread (balance) */
+    MM_Q8_ROWS = 4,    /* int8 route, one activation row: weight rows per pass of mm_q8_rows */
 };
 /* multiply-adds below which one thread does it all (waking the pool costs more) */
 #define MM_MIN_PARALLEL ((int64_t)1 << 19)
@@ -127,9 +128,10 @@ done:
 /* ------------------------------------------------------------------ a call */
 
 typedef struct {
-    float *s, *nzs;  /* the row's groups: scale and -z * s (int8 route: -z * s + bias * s) */
+    float *s, *nzs;  /* the groups of a row (int8 route, one activation row: MM_Q8_ROWS rows): scale and
+                        -z * s (int8 route: -z * s + bias * s) */
     uint8_t *q;      /* unpacked codes: a row (row route) or a column block (panel route), + 8; int8
-                        route: a copy of a row's codes whose blocks' reads would leave the stream, + 40 */
+                        route: copies (MM_Q8_ROWS of cols + 40) of rows whose blocks' reads would leave the stream */
     float *panel;    /* MM_PANEL x MM_KBLOCK dequantized weights */
     float *acc;      /* MM_XBLOCK x MM_PANEL sums */
 } mm_scratch;
@@ -174,17 +176,18 @@ static inline int row_packed(const mm_ctx *c, int64_t r) {
     return c->packed && r * cols / 8 * bits + (cols / 8 - 1) * bits + 4 <= p->lay.code_bytes;
 }
 
-/* s[k] and nzs[k] = -(z * s) (+ bias * s when bias != 0) of row r's groups: group_sz's values,
- * converted a row at a time by the kernel set (the scale dtype's conversions are exact) */
-static void row_params(const mm_ctx *c, int64_t r, float *s, float *nzs, float bias) {
+/* s[k] and nzs[k] = -(z * s) (+ bias * s when bias != 0) of the groups of rows r..r+nr-1 (k < nr * G):
+ * group_sz's values, converted nr rows at a time by the kernel set (the scale dtype's conversions
+ * are exact) */
+static void row_params(const mm_ctx *c, int64_t r, int64_t nr, float *s, float *nzs, float bias) {
     const adpq_matmul_plan *p = c->p;
-    const int64_t G = p->lay.groups_per_row;
+    const int64_t g0 = r * p->lay.groups_per_row, G = p->lay.groups_per_row * nr; /* first group, count */
     const int sb = p->lay.scale_bytes, sd = p->cfg.scale_dtype, sym = p->cfg.symmetric;
-    const char *sc = (const char *)p->q.scales + r * G * sb, *zc = sym ? NULL : (const char *)p->q.zeros + r * G * sb;
+    const char *sc = (const char *)p->q.scales + g0 * sb, *zc = sym ? NULL : (const char *)p->q.zeros + g0 * sb;
     if ((uintptr_t)sc % (uintptr_t)sb || (zc && (uintptr_t)zc % (uintptr_t)sb)) { /* unaligned arrays */
         for (int64_t k = 0; k < G; k++) {
             float z;
-            group_sz(p, r * G + k, s + k, &z);
+            group_sz(p, g0 + k, s + k, &z);
             nzs[k] = -(z * s[k]);
             if (bias != 0.0f) nzs[k] += bias * s[k];
         }
@@ -214,7 +217,7 @@ static int rows_task(void *vc, int64_t t, int worker) {
     const int bits = p->cfg.bits;
     const int64_t r0 = t * c->rows_per_task, r1 = rows - r0 < c->rows_per_task ? rows : r0 + c->rows_per_task;
     for (int64_t r = r0; r < r1; r++) {
-        row_params(c, r, w->s, w->nzs, 0.0f);
+        row_params(c, r, 1, w->s, w->nzs, 0.0f);
         const int64_t off = r * cols / 8 * bits;
         const int packed = row_packed(c, r);
         if (!packed) adpq_unpack_codes(p->q.codes, r * cols, cols, bits, w->q);
@@ -242,8 +245,37 @@ static int q8_task(void *vc, int64_t t, int worker) {
     const float bias = bits == 8 ? 128.0f : 0.0f;
     const int64_t r0 = t * c->rows_per_task, r1 = rows - r0 < c->rows_per_task ? rows : r0 + c->rows_per_task;
     const int64_t row_bytes = cols / 8 * bits, reach = nb * 4 * bits + 4; /* the kernel's reads */
+    if (c->n == 1) { /* MM_Q8_ROWS weight rows per pass */
+        const float *xz = c->xzs;
+        for (int64_t r = r0; r < r1; r += MM_Q8_ROWS) {
+            const int nr = r1 - r < MM_Q8_ROWS ? (int)(r1 - r) : MM_Q8_ROWS;
+            row_params(c, r, nr, w->s, w->nzs, bias);
+            const uint8_t *cp[MM_Q8_ROWS];
+            for (int j = 0; j < nr; j++) {
+                cp[j] = p->q.codes + (r + j) * row_bytes;
+                if ((r + j) * row_bytes + reach > p->lay.code_bytes) { /* the last rows: padded copies */
+                    uint8_t *dst = w->q + (size_t)j * (size_t)(cols + 40);
+                    memcpy(dst, cp[j], (size_t)row_bytes);
+                    memset(dst + row_bytes, 0, (size_t)(reach - row_bytes));
+                    cp[j] = dst;
+                }
+            }
+            float out[MM_Q8_ROWS];
+            c->K->mm_q8_rows(cp, nr, bits, cols, c->bpg, w->s, G, c->xq, c->xd, out);
+            for (int j = 0; j < nr; j++) {
+                const float *nzs = w->nzs + j * G;
+                float zp[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* 4 chains */
+                int64_t k = 0;
+                for (; k + 4 <= G; k += 4)
+                    for (int l = 0; l < 4; l++) zp[l] += nzs[k + l] * xz[k + l];
+                for (; k < G; k++) zp[k % 4] += nzs[k] * xz[k];
+                put_y(c, 0, r + j, out[j] + ((zp[0] + zp[1]) + (zp[2] + zp[3])) + correction(p, r + j, c->x));
+            }
+        }
+        return 0;
+    }
     for (int64_t r = r0; r < r1; r++) {
-        row_params(c, r, w->s, w->nzs, bias);
+        row_params(c, r, 1, w->s, w->nzs, bias);
         const uint8_t *codes = p->q.codes + r * row_bytes;
         if (r * row_bytes + reach > p->lay.code_bytes) { /* the last rows: a padded copy */
             memcpy(w->q, codes, (size_t)row_bytes);
@@ -337,9 +369,9 @@ static mm_scratch *alloc_scratch(int nw, const adpq_matmul_plan *p, int panel, i
             w->acc = (float *)malloc(sizeof(float) * MM_PANEL * (size_t)nb);
             ok = w->q && w->panel && w->acc;
         } else {
-            w->s = (float *)malloc(sizeof(float) * G);
-            w->nzs = (float *)malloc(sizeof(float) * G);
-            w->q = (uint8_t *)malloc((size_t)p->q.cols + 40);
+            w->s = (float *)malloc(sizeof(float) * G * MM_Q8_ROWS);
+            w->nzs = (float *)malloc(sizeof(float) * G * MM_Q8_ROWS);
+            w->q = (uint8_t *)malloc(((size_t)p->q.cols + 40) * MM_Q8_ROWS);
             ok = w->s && w->nzs && w->q;
         }
         if (!ok) {
@@ -411,7 +443,7 @@ adpq_status adpq_matmul_k(const adpq_kernels *K, const adpq_matmul_plan *plan, c
         ntasks = (rows + MM_PANEL - 1) / MM_PANEL;
     } else {
         c.rows_per_task = (rows + (int64_t)threads * MM_ROW_TASKS - 1) / ((int64_t)threads * MM_ROW_TASKS);
-        if (c.rows_per_task < 4) c.rows_per_task = 4;
+        c.rows_per_task = (c.rows_per_task + 3) / 4 * 4; /* whole passes of MM_Q8_ROWS */
         ntasks = (rows + c.rows_per_task - 1) / c.rows_per_task;
     }
     /* (rows * cols fits: adpq_layout_of checked the code bytes) */

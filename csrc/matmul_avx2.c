@@ -190,8 +190,9 @@ AVX2 void adpq_mm_tile_avx2(const float *x, int64_t xs, const float *w, int64_t 
  * pairs stay within int16, exact). */
 AVX2 static INLINE __m256i q8_decode(const uint8_t *p, const int bits) {
     if (bits == 4) {
-        const __m128i b = _mm_loadu_si128((const __m128i *)p);
-        return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+        /* the 16 bytes in both lanes, the high lane shifted by 4: low nibbles, then high nibbles */
+        const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+        return _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F));
     }
     if (bits == 2) {
         int64_t w;
@@ -215,14 +216,18 @@ AVX2 static INLINE __m256i q8_decode(const uint8_t *p, const int bits) {
 }
 
 /* 8 int32 partial dots of codes (decoded) against 32 int8 activations */
-AVX2 static INLINE __m256 q8_dot(__m256i q, const int8_t *x, const int bits) {
-    const __m256i xv = _mm256_loadu_si256((const __m256i *)x), ones = _mm256_set1_epi16(1);
+AVX2 static INLINE __m256 q8_dotv(__m256i q, __m256i xv, const int bits) {
+    const __m256i ones = _mm256_set1_epi16(1);
     __m256i p16;
     if (bits == 8)
         p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
     else
         p16 = _mm256_maddubs_epi16(q, xv);
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+}
+
+AVX2 static INLINE __m256 q8_dot(__m256i q, const int8_t *x, const int bits) {
+    return q8_dotv(q, _mm256_loadu_si256((const __m256i *)x), bits);
 }
 
 /* per block: acc += dot * (d_b * s_k), two chains (pairs of blocks, swapped at each group's end) */
@@ -272,6 +277,55 @@ AVX2 void adpq_mm_q8_avx2(const uint8_t *codes, int bits, int64_t cols, int64_t 
     case 3: Q8_NX(3) break;
     case 4: Q8_NX(4) break;
     default: Q8_NX(8) break;
+    }
+}
+
+/* mm_q8_rows: per block, the activations and d_b loaded once for the nr rows; per row one chain
+ * ga += dot * d_b in the group, then acc += ga * s_k (nr rows: nr chains of about 9 instructions per
+ * block each, enough to hide the FMA latency); the nr sums reduced together at the end */
+AVX2 static INLINE void q8_rows_body(const uint8_t *const *codes, const int nr, const int bits, int64_t cols,
+                                     int64_t bpg, const float *s, int64_t G, const int8_t *xq, const float *xd,
+                                     float *out) {
+    const int64_t nb = (cols + 31) / 32, step = 4 * bits;
+    const uint8_t *cp[4];
+    __m256 acc[4], ga[4];
+    for (int r = 0; r < 4; r++) {
+        cp[r] = codes[r < nr ? r : 0];
+        acc[r] = _mm256_setzero_ps();
+    }
+    for (int64_t k = 0, b = 0; b < nb; k++) {
+        const int64_t b1 = nb - b < bpg ? nb : b + bpg;
+        for (int r = 0; r < nr; r++) ga[r] = _mm256_setzero_ps();
+        for (; b < b1; b++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
+            const __m256 dv = _mm256_broadcast_ss(xd + b);
+            for (int r = 0; r < nr; r++)
+                ga[r] = _mm256_fmadd_ps(q8_dotv(q8_decode(cp[r] + b * step, bits), xv, bits), dv, ga[r]);
+        }
+        for (int r = 0; r < nr; r++) acc[r] = _mm256_fmadd_ps(ga[r], _mm256_broadcast_ss(s + r * G + k), acc[r]);
+    }
+    /* lanes of row r: ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), whatever the other rows */
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    float o[4];
+    _mm_storeu_ps(o, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    for (int r = 0; r < nr; r++) out[r] = o[r];
+}
+
+#define Q8R_NR(B)                                                                                                      \
+    switch (nr) {                                                                                                      \
+    case 1: q8_rows_body(codes, 1, B, cols, bpg, s, G, xq, xd, out); break;                                            \
+    case 2: q8_rows_body(codes, 2, B, cols, bpg, s, G, xq, xd, out); break;                                            \
+    case 3: q8_rows_body(codes, 3, B, cols, bpg, s, G, xq, xd, out); break;                                            \
+    default: q8_rows_body(codes, 4, B, cols, bpg, s, G, xq, xd, out); break;                                           \
+    }
+
+AVX2 void adpq_mm_q8_rows_avx2(const uint8_t *const *codes, int nr, int bits, int64_t cols, int64_t bpg, const float *s,
+                               int64_t G, const int8_t *xq, const float *xd, float *out) {
+    switch (bits) {
+    case 2: Q8R_NR(2) break;
+    case 3: Q8R_NR(3) break;
+    case 4: Q8R_NR(4) break;
+    default: Q8R_NR(8) break;
     }
 }
 

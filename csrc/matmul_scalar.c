@@ -112,3 +112,30 @@ void adpq_q8_quantize_scalar(const float *x, int64_t cols, int bits, int8_t *xq,
         xsum[b] = sum;
     }
 }
+
+/* mm_q8's dots, then per row and group: ga += dot * d_b, acc += ga * s_k */
+void adpq_mm_q8_rows_scalar(const uint8_t *const *codes, int nr, int bits, int64_t cols, int64_t bpg, const float *s,
+                            int64_t G, const int8_t *xq, const float *xd, float *out) {
+    const int64_t nb = (cols + 31) / 32;
+    const int bias = bits == 8 ? 128 : 0;
+    uint8_t q[32];
+    for (int r = 0; r < nr; r++) {
+        float acc = 0.0f;
+        for (int64_t k = 0, b = 0; b < nb; k++) {
+            const int64_t b1 = nb - b < bpg ? nb : b + bpg;
+            float ga = 0.0f;
+            for (; b < b1; b++) {
+                const int len = cols - 32 * b < 32 ? (int)(cols - 32 * b) : 32;
+                adpq_unpack_codes(codes[r], 32 * b, len, bits, q);
+                int32_t dot = 0;
+                for (int p = 0; p < 32; p++) {
+                    const int j = adpq_q8_pos(bits, p);
+                    if (j < len) dot += ((int32_t)q[j] - bias) * xq[32 * b + p];
+                }
+                ga += (float)dot * xd[b];
+            }
+            acc += ga * s[r * G + k];
+        }
+        out[r] = acc;
+    }
+}

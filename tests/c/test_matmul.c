@@ -3,7 +3,8 @@
  * size (ragged last groups, cols not a multiple of 8) x quantizer kind x outlier format x scale
  * dtype x column factors, for 1, 3 and 70 activation rows, strided x and y, 1 and 3 threads; NaN
  * propagated; bad arguments rejected. The int8 mode against a double product of the same int8
- * arithmetic (and loosely the exact one); bfloat16 in and out against float32 then rounding. */
+ * arithmetic (and loosely the exact one), n = 1..15 (1: passes of several weight rows), the same
+ * bits for 1 and 3 threads; bfloat16 in and out against float32 then rounding. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,7 +261,8 @@ static void test_matmul_int8(int have_v) {
         for (int gi = 0; gi < 5; gi++)
             for (int qmode = 0; qmode < 2; qmode++)
                 for (int fmt = 0; fmt < 2; fmt++, t++) {
-                    const int64_t cols = t % 2 ? 200 : 256, rows = 29; /* 200: a ragged last block */
+                    /* 200: a ragged last block; 29 and 30 rows: passes of 4 weight rows and a partial one */
+                    const int64_t cols = t % 2 ? 200 : 256, rows = (t / 4) % 2 ? 29 : 30;
                     mcase c;
                     char label[128];
                     snprintf(label, sizeof(label), "int8 bits=%d g=%lld sym=%d fmt=%d cols=%lld colmul=%d", BITS[bi],
@@ -286,9 +288,10 @@ static void test_matmul_int8(int have_v) {
                     for (int64_t k = 0; k < rows * cols; k++) delta[k] -= dense[k];
                     const int applies = adpq_matmul_mode_used(&plan, 1, ADPQ_MATMUL_INT8) == ADPQ_MATMUL_INT8;
                     CHECK(applies == (GS[gi] != 24), "%s: int8 route applies %d", label, applies);
-                    for (int64_t n = 1; n <= 15; n += 7) { /* 1, 8, 15 */
+                    for (int64_t n = 1; n <= 15; n++) { /* 1: the multi-row kernel (29 rows: 7 passes of 4, 1) */
                         const int64_t xs = cols + 3, ys = rows + 2;
                         float *x = malloc(sizeof(float) * (size_t)(n * xs)), *y = malloc(sizeof(float) * (size_t)(n * ys));
+                        float *y1 = malloc(sizeof(float) * (size_t)(n * ys));
                         double *ref = malloc(sizeof(double) * (size_t)(n * rows)), *ex = malloc(sizeof(double) * (size_t)(n * rows));
                         for (int64_t k = 0; k < n * xs; k++) x[k] = normal();
                         if (n > 1) memset(x + xs, 0, sizeof(float) * 40); /* all-zero blocks */
@@ -303,12 +306,20 @@ static void test_matmul_int8(int have_v) {
                                     CHECK(e <= 1e-5, "%s n=%lld %s threads=%d: error %.3g vs the int8 reference", label,
                                           (long long)n, ks ? "avx2" : "scalar", threads, e);
                                 }
+                                if (threads == 1)
+                                    memcpy(y1, y, sizeof(float) * (size_t)(n * ys));
+                                else
+                                    for (int64_t i = 0; i < n; i++)
+                                        CHECK(!memcmp(y1 + i * ys, y + i * ys, sizeof(float) * (size_t)rows),
+                                              "%s n=%lld %s: threads 3 != threads 1 (row %lld)", label, (long long)n,
+                                              ks ? "avx2" : "scalar", (long long)i);
                                 const double e2 = row_err_vs(ex, y, n, rows, ys);
                                 CHECK(e2 <= (applies ? 0.03 : 1e-5), "%s n=%lld: error %.3g vs the exact product", label,
                                       (long long)n, e2);
                             }
                         free(x);
                         free(y);
+                        free(y1);
                         free(ref);
                         free(ex);
                     }
@@ -318,6 +329,58 @@ static void test_matmul_int8(int have_v) {
                     adpq_matmul_release(&plan);
                     free_case(&c);
                 }
+    adpq_set_kernels("auto");
+    end();
+}
+
+/* the int8 route on matrices large enough for several threads (2051 rows: tasks of whole passes of 4
+ * rows and a last partial pass): the same bits for 1 and 3 threads, the kernel sets within float
+ * rounding of each other, loosely the exact product */
+static void test_matmul_int8_threads(int have_v) {
+    begin("matmul int8: threads 1 and 3 the same, kernel sets agree (2051 rows)");
+    static const int BITS[] = {2, 3, 4, 8};
+    for (int bi = 0; bi < 4; bi++) {
+        const int64_t rows = 2051, cols = 264; /* 264: a ragged last block and group */
+        mcase c;
+        char label[96];
+        snprintf(label, sizeof(label), "int8 threads bits=%d fmt=%d", BITS[bi], bi % 2);
+        if (make_case(&c, rows, cols, BITS[bi], 64, bi == 2, bi % 2, bi % 3, bi != 1)) {
+            free_case(&c);
+            continue;
+        }
+        char err[ADPQ_ERRLEN] = {0};
+        adpq_matmul_plan plan;
+        CHECK(adpq_matmul_prepare(&c.q, &c.cfg, c.col_mul, &plan, err) == ADPQ_OK, "%s: %s", label, err);
+        for (int64_t n = 1; n <= 5; n += 4) {
+            float *x = malloc(sizeof(float) * (size_t)(n * cols));
+            float *y[4];
+            for (int k = 0; k < 4; k++) y[k] = malloc(sizeof(float) * (size_t)(n * rows));
+            for (int64_t k = 0; k < n * cols; k++) x[k] = normal();
+            for (int ks = 0; ks < 1 + have_v; ks++)
+                for (int th = 0; th < 2; th++) {
+                    adpq_set_kernels(ks ? "avx2" : "scalar");
+                    CHECK(adpq_matmul(&plan, x, n, cols, y[2 * ks + th], rows, ADPQ_MATMUL_INT8, th ? 3 : 1, err) ==
+                              ADPQ_OK,
+                          "%s: %s", label, err);
+                }
+            for (int ks = 0; ks < 1 + have_v; ks++)
+                CHECK(!memcmp(y[2 * ks], y[2 * ks + 1], sizeof(float) * (size_t)(n * rows)),
+                      "%s n=%lld %s: threads 3 != threads 1", label, (long long)n, ks ? "avx2" : "scalar");
+            if (have_v) {
+                double *ref = malloc(sizeof(double) * (size_t)(n * rows));
+                for (int64_t k = 0; k < n * rows; k++) ref[k] = y[0][k];
+                const double e = row_err_vs(ref, y[2], n, rows, rows);
+                CHECK(e <= 1e-6, "%s n=%lld: avx2 vs scalar %.3g", label, (long long)n, e);
+                free(ref);
+            }
+            const double e2 = max_row_err(&c, x, n, cols, y[0], rows);
+            CHECK(e2 <= 0.03, "%s n=%lld: error %.3g vs the exact product", label, (long long)n, e2);
+            free(x);
+            for (int k = 0; k < 4; k++) free(y[k]);
+        }
+        adpq_matmul_release(&plan);
+        free_case(&c);
+    }
     adpq_set_kernels("auto");
     end();
 }
@@ -362,5 +425,6 @@ void test_matmul(int have_v) {
     test_matmul_grid(have_v);
     test_matmul_large_and_nan(have_v);
     test_matmul_int8(have_v);
+    test_matmul_int8_threads(have_v);
     test_matmul_bf16();
 }
