@@ -161,12 +161,37 @@ static inline void put_y(const mm_ctx *c, int64_t i, int64_t r, float v) {
         ((float *)c->y)[i * c->ys + r] = v;
 }
 
-/* sum of delta * x' over row r's outliers */
+/* sum of a[k] * b[k], k < n, in 4 chains held in registers (the zero-point terms of a row) */
+static inline float dot4(const float *a, const float *b, int64_t n) {
+    float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        c0 += a[k] * b[k];
+        c1 += a[k + 1] * b[k + 1];
+        c2 += a[k + 2] * b[k + 2];
+        c3 += a[k + 3] * b[k + 3];
+    }
+    for (; k < n; k++) c0 += a[k] * b[k];
+    return (c0 + c1) + (c2 + c3);
+}
+
+/* sum of delta * x' over row r's outliers, in 4 chains (a row has tens of them: one chain would wait
+ * on the add's latency) */
 static inline float correction(const adpq_matmul_plan *p, int64_t r, const float *xrow) {
-    float c = 0.0f;
-    if (p->row_ptr)
-        for (int64_t o = p->row_ptr[r]; o < p->row_ptr[r + 1]; o++) c += p->corr_delta[o] * xrow[p->corr_col[o]];
-    return c;
+    if (!p->row_ptr) return 0.0f;
+    const int64_t o1 = p->row_ptr[r + 1];
+    const int32_t *col = p->corr_col;
+    const float *dl = p->corr_delta;
+    float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
+    int64_t o = p->row_ptr[r];
+    for (; o + 4 <= o1; o += 4) {
+        c0 += dl[o] * xrow[col[o]];
+        c1 += dl[o + 1] * xrow[col[o + 1]];
+        c2 += dl[o + 2] * xrow[col[o + 2]];
+        c3 += dl[o + 3] * xrow[col[o + 3]];
+    }
+    for (; o < o1; o++) c0 += dl[o] * xrow[col[o]];
+    return (c0 + c1) + (c2 + c3);
 }
 
 /* 4-byte reads at each block of row r stay in the stream (all rows but perhaps the last one) */
@@ -263,13 +288,7 @@ static int q8_task(void *vc, int64_t t, int worker) {
             float out[MM_Q8_ROWS];
             c->K->mm_q8_rows(cp, nr, bits, cols, c->bpg, w->s, G, c->xq, c->xd, out);
             for (int j = 0; j < nr; j++) {
-                const float *nzs = w->nzs + j * G;
-                float zp[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* 4 chains */
-                int64_t k = 0;
-                for (; k + 4 <= G; k += 4)
-                    for (int l = 0; l < 4; l++) zp[l] += nzs[k + l] * xz[k + l];
-                for (; k < G; k++) zp[k % 4] += nzs[k] * xz[k];
-                put_y(c, 0, r + j, out[j] + ((zp[0] + zp[1]) + (zp[2] + zp[3])) + correction(p, r + j, c->x));
+                put_y(c, 0, r + j, out[j] + dot4(w->nzs + j * G, xz, G) + correction(p, r + j, c->x));
             }
         }
         return 0;
@@ -287,13 +306,7 @@ static int q8_task(void *vc, int64_t t, int worker) {
             float out[4];
             c->K->mm_q8(codes, bits, cols, c->bpg, w->s, c->xq + i0 * nb * 32, c->xd + i0 * nb, nb, nx, out);
             for (int i = 0; i < nx; i++) {
-                const float *xz = c->xzs + (i0 + i) * G;
-                float zp[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, zt = 0.0f; /* 8 chains */
-                int64_t k = 0;
-                for (; k + 8 <= G; k += 8)
-                    for (int l = 0; l < 8; l++) zp[l] += w->nzs[k + l] * xz[k + l];
-                for (; k < G; k++) zp[k % 8] += w->nzs[k] * xz[k];
-                for (int l = 0; l < 8; l++) zt += zp[l];
+                const float zt = dot4(w->nzs, c->xzs + (i0 + i) * G, G);
                 put_y(c, i0 + i, r, out[i] + zt + correction(p, r, c->x + (i0 + i) * c->xs));
             }
         }
