@@ -148,9 +148,12 @@ typedef struct {
     /* int8 activations, one activation row (xq, xd: its nb blocks) against nr (1..4) weight rows: row r's
      * codes at codes[r] (read as mm_q8 reads them), its group scales at s + r * G. out[r] = sum_k s_k *
      * (sum_{b in k} xd[b] * dot_b), in float32 per group (mm_q8's dots; the order of the float sums
-     * differs). Each row's arithmetic is the same whatever nr and the other rows are. */
+     * differs). Each row's arithmetic is the same whatever nr and the other rows are. A hint: the AVX2
+     * kernel prefetches pf + b * pfs at block b, up to pfs bytes from there (pfs = 0: pf alone; the
+     * caller keeps pf + nb * pfs inside the stream: the next pass's rows) */
     void (*mm_q8_rows)(const uint8_t *const *codes, int nr, int bits, int64_t cols, int64_t bpg, const float *s,
-                       int64_t G, const int8_t *xq, const float *xd, float *out);
+                       int64_t G, const int8_t *xq, const float *xd, const uint8_t *pf, int64_t pfs,
+                       float *out);
     /* one activation row x[0..cols) quantized for mm_q8, per block b of 32 columns (the last one zero
      * padded): d = amax / 127 (amax = max |x|, float32), q = rint(x * (1 / d)) (0 when d = 0) clamped to
      * [-127, 127], stored at xq + 32b in adpq_q8_pos(bits) order; xd[b] = d, xsum[b] = sum of the q.
@@ -186,7 +189,8 @@ static inline int adpq_q8_pos(int bits, int p) {
     void adpq_mm_q8_##SET(const uint8_t *codes, int bits, int64_t cols, int64_t bpg, const float *s,                   \
                           const int8_t *xq, const float *xd, int64_t xbs, int nx, float *out);                  \
     void adpq_mm_q8_rows_##SET(const uint8_t *const *codes, int nr, int bits, int64_t cols, int64_t bpg,              \
-                               const float *s, int64_t G, const int8_t *xq, const float *xd, float *out);             \
+                               const float *s, int64_t G, const int8_t *xq, const float *xd, const uint8_t *pf,       \
+                               int64_t pfs, float *out);             \
     void adpq_q8_quantize_##SET(const float *x, int64_t cols, int bits, int8_t *xq, float *xd, int32_t *xsum);
 ADPQ_MM_KERNELS(scalar)
 #if defined(__x86_64__) || defined(__i386__)

@@ -286,7 +286,11 @@ static int q8_task(void *vc, int64_t t, int worker) {
                 }
             }
             float out[MM_Q8_ROWS];
-            c->K->mm_q8_rows(cp, nr, bits, cols, c->bpg, w->s, G, c->xq, c->xd, out);
+            /* the next pass's rows (MM_Q8_ROWS * row_bytes <= nb * pfs bytes): prefetched block by block */
+            const int64_t pfs = MM_Q8_ROWS * 4 * bits;
+            const int ahead = (r + nr) * row_bytes + nb * pfs <= p->lay.code_bytes;
+            const uint8_t *pf = ahead ? p->q.codes + (r + nr) * row_bytes : cp[0];
+            c->K->mm_q8_rows(cp, nr, bits, cols, c->bpg, w->s, G, c->xq, c->xd, pf, ahead ? pfs : 0, out);
             for (int j = 0; j < nr; j++) {
                 put_y(c, 0, r + j, out[j] + dot4(w->nzs + j * G, xz, G) + correction(p, r + j, c->x));
             }

@@ -115,7 +115,9 @@ void adpq_q8_quantize_scalar(const float *x, int64_t cols, int bits, int8_t *xq,
 
 /* mm_q8's dots, then per row and group: ga += dot * d_b, acc += ga * s_k */
 void adpq_mm_q8_rows_scalar(const uint8_t *const *codes, int nr, int bits, int64_t cols, int64_t bpg, const float *s,
-                            int64_t G, const int8_t *xq, const float *xd, float *out) {
+                            int64_t G, const int8_t *xq, const float *xd, const uint8_t *pf, int64_t pfs, float *out) {
+    (void)pf; /* a hint for the vector kernel */
+    (void)pfs;
     const int64_t nb = (cols + 31) / 32;
     const int bias = bits == 8 ? 128 : 0;
     uint8_t q[32];
