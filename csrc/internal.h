@@ -154,6 +154,9 @@ typedef struct {
     void (*mm_q8_rows)(const uint8_t *const *codes, int nr, int bits, int64_t cols, int64_t bpg, const float *s,
                        int64_t G, const int8_t *xq, const float *xd, const uint8_t *pf, int64_t pfs,
                        float *out);
+    /* sum of delta[o] * x[col[o]], o < n: a row's outlier correction (the AVX2 kernel gathers 8 at a
+     * time; the sets agree to float rounding) */
+    float (*mm_corr)(const int32_t *col, const float *delta, int64_t n, const float *x);
     /* one activation row x[0..cols) quantized for mm_q8, per block b of 32 columns (the last one zero
      * padded): d = amax / 127 (amax = max |x|, float32), q = rint(x * (1 / d)) (0 when d = 0) clamped to
      * [-127, 127], stored at xq + 32b in adpq_q8_pos(bits) order; xd[b] = d, xsum[b] = sum of the q.
@@ -191,6 +194,7 @@ static inline int adpq_q8_pos(int bits, int p) {
     void adpq_mm_q8_rows_##SET(const uint8_t *const *codes, int nr, int bits, int64_t cols, int64_t bpg,              \
                                const float *s, int64_t G, const int8_t *xq, const float *xd, const uint8_t *pf,       \
                                int64_t pfs, float *out);             \
+    float adpq_mm_corr_##SET(const int32_t *col, const float *delta, int64_t n, const float *x);                     \
     void adpq_q8_quantize_##SET(const float *x, int64_t cols, int bits, int8_t *xq, float *xd, int32_t *xsum);
 ADPQ_MM_KERNELS(scalar)
 #if defined(__x86_64__) || defined(__i386__)

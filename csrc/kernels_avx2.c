@@ -578,6 +578,7 @@ const adpq_kernels adpq_kernels_avx2 = {
     .mm_tile = adpq_mm_tile_avx2,
     .mm_q8 = adpq_mm_q8_avx2,
     .mm_q8_rows = adpq_mm_q8_rows_avx2,
+    .mm_corr = adpq_mm_corr_avx2,
     .q8_quantize = adpq_q8_quantize_avx2,
 };
 

@@ -164,5 +164,6 @@ const adpq_kernels adpq_kernels_scalar = {
     .mm_tile = adpq_mm_tile_scalar,
     .mm_q8 = adpq_mm_q8_scalar,
     .mm_q8_rows = adpq_mm_q8_rows_scalar,
+    .mm_corr = adpq_mm_corr_scalar,
     .q8_quantize = adpq_q8_quantize_scalar,
 };

@@ -175,23 +175,12 @@ static inline float dot4(const float *a, const float *b, int64_t n) {
     return (c0 + c1) + (c2 + c3);
 }
 
-/* sum of delta * x' over row r's outliers, in 4 chains (a row has tens of them: one chain would wait
- * on the add's latency) */
-static inline float correction(const adpq_matmul_plan *p, int64_t r, const float *xrow) {
+/* sum of delta * x' over row r's outliers */
+static inline float correction(const mm_ctx *c, int64_t r, const float *xrow) {
+    const adpq_matmul_plan *p = c->p;
     if (!p->row_ptr) return 0.0f;
-    const int64_t o1 = p->row_ptr[r + 1];
-    const int32_t *col = p->corr_col;
-    const float *dl = p->corr_delta;
-    float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
-    int64_t o = p->row_ptr[r];
-    for (; o + 4 <= o1; o += 4) {
-        c0 += dl[o] * xrow[col[o]];
-        c1 += dl[o + 1] * xrow[col[o + 1]];
-        c2 += dl[o + 2] * xrow[col[o + 2]];
-        c3 += dl[o + 3] * xrow[col[o + 3]];
-    }
-    for (; o < o1; o++) c0 += dl[o] * xrow[col[o]];
-    return (c0 + c1) + (c2 + c3);
+    const int64_t o = p->row_ptr[r];
+    return c->K->mm_corr(p->corr_col + o, p->corr_delta + o, p->row_ptr[r + 1] - o, xrow);
 }
 
 /* 4-byte reads at each block of row r stay in the stream (all rows but perhaps the last one) */
@@ -254,7 +243,7 @@ static int rows_task(void *vc, int64_t t, int worker) {
                 c->K->mm_packed(p->q.codes + off, bits, cols, g, w->s, w->nzs, x, c->xs, nx, out);
             else
                 c->K->mm_bytes(w->q, cols, g, w->s, w->nzs, x, c->xs, nx, out);
-            for (int i = 0; i < nx; i++) put_y(c, i0 + i, r, out[i] + correction(p, r, x + i * c->xs));
+            for (int i = 0; i < nx; i++) put_y(c, i0 + i, r, out[i] + correction(c, r, x + i * c->xs));
         }
     }
     return 0;
@@ -292,7 +281,7 @@ static int q8_task(void *vc, int64_t t, int worker) {
             const uint8_t *pf = ahead ? p->q.codes + (r + nr) * row_bytes : cp[0];
             c->K->mm_q8_rows(cp, nr, bits, cols, c->bpg, w->s, G, c->xq, c->xd, pf, ahead ? pfs : 0, out);
             for (int j = 0; j < nr; j++) {
-                put_y(c, 0, r + j, out[j] + dot4(w->nzs + j * G, xz, G) + correction(p, r + j, c->x));
+                put_y(c, 0, r + j, out[j] + dot4(w->nzs + j * G, xz, G) + correction(c, r + j, c->x));
             }
         }
         return 0;
@@ -311,7 +300,7 @@ static int q8_task(void *vc, int64_t t, int worker) {
             c->K->mm_q8(codes, bits, cols, c->bpg, w->s, c->xq + i0 * nb * 32, c->xd + i0 * nb, nb, nx, out);
             for (int i = 0; i < nx; i++) {
                 const float zt = dot4(w->nzs, c->xzs + (i0 + i) * G, G);
-                put_y(c, i0 + i, r, out[i] + zt + correction(p, r, c->x + (i0 + i) * c->xs));
+                put_y(c, i0 + i, r, out[i] + zt + correction(c, r, c->x + (i0 + i) * c->xs));
             }
         }
     }
@@ -356,7 +345,7 @@ static int panel_task(void *vc, int64_t t, int worker) {
     }
     for (int64_t i = 0; i < n; i++)
         for (int j = 0; j < np; j++)
-            put_y(c, i, r0 + j, w->acc[i * MM_PANEL + j] + correction(p, r0 + j, c->x + i * c->xs));
+            put_y(c, i, r0 + j, w->acc[i * MM_PANEL + j] + correction(c, r0 + j, c->x + i * c->xs));
     return 0;
 }
 

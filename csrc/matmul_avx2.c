@@ -333,6 +333,24 @@ AVX2 void adpq_mm_q8_rows_avx2(const uint8_t *const *codes, int nr, int bits, in
     }
 }
 
+/* 8 outliers per gather, 16 per step */
+AVX2 float adpq_mm_corr_avx2(const int32_t *col, const float *delta, int64_t n, const float *x) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t o = 0;
+    for (; o + 16 <= n; o += 16) {
+        const __m256i c0 = _mm256_loadu_si256((const __m256i *)(col + o)), c1 = _mm256_loadu_si256((const __m256i *)(col + o + 8));
+        a0 = _mm256_fmadd_ps(_mm256_i32gather_ps(x, c0, 4), _mm256_loadu_ps(delta + o), a0);
+        a1 = _mm256_fmadd_ps(_mm256_i32gather_ps(x, c1, 4), _mm256_loadu_ps(delta + o + 8), a1);
+    }
+    float t0 = 0.0f, t1 = 0.0f; /* the last n % 16 (a gather of few lanes costs more than loads) */
+    for (; o + 2 <= n; o += 2) {
+        t0 += delta[o] * x[col[o]];
+        t1 += delta[o + 1] * x[col[o + 1]];
+    }
+    if (o < n) t0 += delta[o] * x[col[o]];
+    return (n >= 16 ? hsum8(_mm256_add_ps(a0, a1)) : 0.0f) + (t0 + t1);
+}
+
 /* the scalar kernel's quantization (matmul_scalar.c) in vectors: the same float32 operations
  * (cvtps rounds to nearest even as rint does), then the bytes put in adpq_q8_pos order by shuffles */
 AVX2 static INLINE __m256i q8_order(__m256i v, const int bits) {

@@ -141,3 +141,17 @@ void adpq_mm_q8_rows_scalar(const uint8_t *const *codes, int nr, int bits, int64
         out[r] = acc;
     }
 }
+
+/* 4 chains (a row has tens of outliers: one chain would wait on the add's latency) */
+float adpq_mm_corr_scalar(const int32_t *col, const float *delta, int64_t n, const float *x) {
+    float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
+    int64_t o = 0;
+    for (; o + 4 <= n; o += 4) {
+        c0 += delta[o] * x[col[o]];
+        c1 += delta[o + 1] * x[col[o + 1]];
+        c2 += delta[o + 2] * x[col[o + 2]];
+        c3 += delta[o + 3] * x[col[o + 3]];
+    }
+    for (; o < n; o++) c0 += delta[o] * x[col[o]];
+    return (c0 + c1) + (c2 + c3);
+}
