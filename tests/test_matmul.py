@@ -238,6 +238,25 @@ def test_int8_against_its_mirror(kernels, bits, group_size):
             assert _row_err(y, _ref(x, qt)) <= 0.03
 
 
+def test_int8_kernel_sets_and_threads_agree():
+    # > 2^21 weights: the int8 route runs on several threads; 2051 rows: passes of 4 weight rows
+    # (n = 1) and a partial last one; 1032 columns: a ragged last block
+    qt = _quantize(2051, 1032, bits=4, group_size=64, outlier_ratio=0.02)
+    for n in (1, 5):
+        x = _x(n, 1032, seed=n)
+        ys = []
+        for k in KERNELS:
+            _core.set_kernels(k)
+            try:
+                ys.append([adpq.matmul(x, qt, threads=t, activations="int8") for t in (1, 2, 3)])
+            finally:
+                _core.set_kernels("auto")
+        for y in ys:
+            assert np.array_equal(y[0], y[1]) and np.array_equal(y[0], y[2])
+            assert _row_err(y[0], matmul_int8(x, qt.arrays(), qt.shape, qt.config)) <= TOL
+        assert _row_err(ys[-1][0], ys[0][0].astype(np.float64)) <= TOL
+
+
 def test_int8_falls_back_to_float():
     qt = _quantize(20, 100, bits=4, group_size=24)  # groups not of whole blocks of 32, cols % 8 != 0
     x = _x(3, 100)
