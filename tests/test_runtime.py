@@ -289,3 +289,20 @@ def test_quantized_tensor_that_is_not_a_linear_layer_is_refused_clearly(tmp_path
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     d = adpq.load(tmp_path / "q", dequantize=True)  # the way out the message names
     assert d.model.embed_tokens.weight.shape == (128, 96)
+
+
+def test_float16_activations_run_the_kernel():
+    w = np.random.default_rng(3).standard_normal((40, 96)).astype(np.float32)
+    lin = AdpqLinear(adpq.quantize(w, bits=4, group_size=32))
+    x = torch.randn(3, 96)
+    calls = []
+    real = adpq.runtime.linear._core.matmul
+    adpq.runtime.linear._core.matmul = lambda *a: calls.append(1) or real(*a)
+    try:
+        with torch.no_grad():
+            y16 = lin(x.half())
+    finally:
+        adpq.runtime.linear._core.matmul = real
+    assert calls and y16.dtype == torch.float16
+    with torch.no_grad():
+        assert torch.equal(y16, lin(x.half().float()).half())

@@ -1,7 +1,7 @@
 """AdpqLinear: a linear layer that holds the stored arrays of its quantized weight, never a dense copy.
 
-On CPU with float32 or bfloat16 inputs the product runs in the C core straight on the packed format
-(adpq.matmul): bfloat16 activations pass as their bits and the C core converts them, and rounds the
+On CPU with float32, bfloat16 or float16 inputs the product runs in the C core straight on the
+packed format (adpq.matmul; float16 through float32 in torch): bfloat16 activations pass as their bits and the C core converts them, and rounds the
 result to bfloat16 (round to nearest even, as torch's .to(torch.bfloat16)). On other
 devices, under autograd, or with `use_kernel = False`, the weight is dequantized with torch
 operations for the call (adpq.runtime.torch_format) and multiplied by torch.
@@ -23,7 +23,7 @@ from . import torch_format
 
 __all__ = ["AdpqLinear", "to_numpy", "to_torch"]
 
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ACTIVATIONS = tuple(MODES)
 
 
@@ -153,6 +153,8 @@ class AdpqLinear(torch.nn.Module):
             w = torch.from_numpy(self.quantized_tensor().dequantize(threads=threads)).to(x.dtype)
             y = torch.nn.functional.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
             return y.reshape(*lead, self.out_features)
+        if x2.dtype == torch.float16:  # (the C core takes float32 or bfloat16 bits)
+            x2 = x2.to(torch.float32)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         key = self._arrays["codes"].data_ptr()
@@ -169,8 +171,8 @@ class AdpqLinear(torch.nn.Module):
         _core.matmul(self._plan, xn, out.numpy(), self._mode, threads)
         if self.bias is not None:
             out += self.bias
-        if bf16:
-            out = out.to(torch.bfloat16)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
         return out.view(*lead, self.out_features)
 
     @property
