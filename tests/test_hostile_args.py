@@ -11,8 +11,10 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import ml_dtypes
@@ -462,9 +464,7 @@ def test_file_system_faults_say_what_and_where_and_clean_up(src, clean, tmp_path
     _same_as_clean(dst, clean)
 
 
-def test_read_only_and_unwritable_destinations(src, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores permissions")
+def _unwritable_destinations(src, tmp_path):
     parent = tmp_path / "ro"
     parent.mkdir()
     os.chmod(parent, 0o555)
@@ -482,6 +482,40 @@ def test_read_only_and_unwritable_destinations(src, tmp_path):
         assert isinstance(e, OSError) and "permission denied" in str(e)
     finally:
         os.chmod(dst, 0o755)
+
+
+def test_read_only_and_unwritable_destinations(src, clean, tmp_path):
+    if os.geteuid() != 0:
+        _unwritable_destinations(src, tmp_path)
+        return
+    # root ignores permissions: a forked child drops to an unprivileged user (the modules it needs are
+    # loaded already, by `clean`) and works in a folder that user can enter
+    work = tempfile.mkdtemp(prefix="adpq-perm-", dir="/tmp")
+    try:
+        shutil.copytree(src, os.path.join(work, "src"))
+        os.mkdir(os.path.join(work, "child"))
+        for root, dirs, files in os.walk(work):
+            for n in dirs + files + ["."]:
+                os.chmod(os.path.join(root, n), 0o777 if n in dirs + ["."] else 0o644)
+        os.chmod(work, 0o777)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                import pathlib
+
+                _unwritable_destinations(os.path.join(work, "src"), pathlib.Path(work) / "child")
+                code = 0
+            except BaseException as e:  # noqa: BLE001
+                print(f"child: {e!r}", file=sys.stderr)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 _HOLD = """

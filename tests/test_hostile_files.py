@@ -579,7 +579,7 @@ def _meta_mutations():
     for k, v in [("bits", 5), ("bits", None), ("bits", "3"), ("group_size", 2**63), ("group_size", 0),
                  ("group_size", 32), ("outlier_ratio", float("nan")), ("gamma", -1), ("scale_dtype", "int8"),
                  ("outlier_format", "zip"), ("symmetric", False), ("unknown_field", 1), ("zero_point", None),
-                 ("column_scaling", "none"), ("threads", 10**7), ("threads", -1)]:
+                 ("column_scaling", "none")]:
         m[f"config.{k}={v!r}"] = (lambda k, v: lambda d: {**d, "config": {**d["config"], k: v}})(k, v)
     return m
 
@@ -601,12 +601,21 @@ def test_malformed_adpq_metadata_is_a_checkpoint_error(base, tmp_path, mid):
     q = clone(base, "q", tmp_path)
     _set_meta(q, META[mid])
     e = outcome(read_all_adpq, q)
-    if mid in ("config.threads=10000000", "config.threads=-1", "num_outliers=0") and e is None:
-        pytest.skip("threads are the writer's; not used for reading")  # (threads=-1 is refused; see below)
     assert isinstance(e, CheckpointError), (mid, e)
     assert QNAME in str(e) and "model.safetensors" in str(e) or "adpq" in str(e), str(e)
     outcome(inspect_checkpoint, q)
     assert dequantize_into(q, str(tmp_path / "deq")) is not None
+
+
+@pytest.mark.parametrize("threads", [10**7, -1, 0, "2", None])
+def test_a_files_threads_is_ignored_when_reading(base, tmp_path, threads):
+    """`threads` in a tensor's config is how the writer ran, not part of the format: any value reads
+    the same tensor (and never sizes a thread pool)."""
+    q = clone(base, "q", tmp_path)
+    ref = AdpqCheckpoint(q).quantized_tensor(QNAME).dequantize()
+    _set_meta(q, lambda d: {**d, "config": {**d["config"], "threads": threads}})
+    assert np.array_equal(AdpqCheckpoint(q).quantized_tensor(QNAME).dequantize(), ref)
+    assert outcome(read_all_adpq, q) is None  # every tensor of the folder reads
 
 
 @pytest.mark.parametrize("text", ["", "{", "null", "[]", "3", '"x"', "{\"shape\": NaN}", "[" * 10000 + "]" * 10000,

@@ -306,3 +306,10 @@ def test_float16_activations_run_the_kernel():
     assert calls and y16.dtype == torch.float16
     with torch.no_grad():
         assert torch.equal(y16, lin(x.half().float()).half())
+
+
+def test_quantize_at_load_refuses_a_tied_weight(tmp_path):
+    src = make_llama(tmp_path / "src", tied=True, dtype="float32")
+    with pytest.raises(adpq.CheckpointError, match="tied"):
+        transformers.AutoModelForCausalLM.from_pretrained(
+            src, quantization_config=adpq.AdpqConfig(bits=4, include=["lm_head.weight"]))

@@ -14,6 +14,7 @@ layers are quantized one by one (the selection of quantize_checkpoint: include/e
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import re
@@ -163,11 +164,10 @@ class AdpqHfQuantizer(HfQuantizer):
         linears = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         infos = [TensorInfo(name, _TORCH_DTYPE_NAME.get(m.weight.dtype, str(m.weight.dtype)), list(m.weight.shape),
                             0, 0, "") for name, m in linears.items()]
-        tied = {id(p) for n, p in model.named_parameters(remove_duplicate=False)
-                if not n.endswith(".weight") or n not in linears}
+        owners = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         for name in select_tensors(infos, qc.include, qc.exclude):
             linear = linears[name]
-            if id(linear.weight) in tied:
+            if owners[id(linear.weight)] > 1:
                 raise CheckpointError(f"{name!r} is shared with another module (tied weights); exclude it")
             _set_module(model, name[: -len(".weight")],
                         AdpqLinear.from_linear(linear, qc.quant_config, activations=qc.activations))
