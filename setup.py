@@ -30,9 +30,11 @@ sources = [
     "csrc/columns.c",
     "csrc/rows.c",
     "csrc/threshold.c",
+    "csrc/gptq.c",
     "csrc/api.c",
     "csrc/adpqmodule_args.c",
     "csrc/adpqmodule_matmul.c",
+    "csrc/adpqmodule_gptq.c",
     "csrc/adpqmodule.c",
 ]
 

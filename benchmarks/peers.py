@@ -31,16 +31,9 @@ Methods
   nf4   : PyPI `bitsandbytes` (CPU backend) quantize_4bit/dequantize_4bit, quant_type nf4, blocksize =
           group_size (64 is the HF default), double_quant True/False. Stored: every tensor of
           QuantState.as_dict(packed=True) (what transformers serializes) + the packed codes.
-  gptq  : faithful minimal reimplementation of GPTQ (Frantar et al. 2022, reference gptq.py
-          `fasterquant`), no maintained package runs here on CPU (see PEERS.md). Sequential over
-          decoder blocks, Hessians of all linears of a block from the block's inputs (inputs come from
-          the already-quantized previous blocks), percdamp 0.01, blocksize 128, asymmetric min-max
-          (range includes 0, as GPTQ's Quantizer), optional act_order / static_groups.
-          Stored: codes, fp16 scale per group, b-bit zero per group (GPTQ's packed qzeros), and an
-          int32 g_idx per input channel when act_order (without act_order g_idx = col // g is implied).
-          Calibration: random windows of wiki.valid.tokens (WikiText-2 *validation*, word-level
-          tokenized variant) detokenized (" @-@ " -> "-", " , " -> ", ", ...; <unk> left as the text
-          "<unk>"), tokenized with the model's tokenizer. Never wiki.test.raw (the eval set).
+  GPTQ is not here: it runs through adpq's own solver (adpq.calibrate + adpq.quantize(w, hessian=H),
+          docs/DESIGN.md 2.7; benchmarks/calibration.py), and benchmarks/gptq_speed.py keeps the torch
+          reimplementation of the reference `fasterquant` that the C solver is timed against.
 
 CLI: python benchmarks/peers.py SRC DST --method hqq --bits 3 --group-size 64 [--json out.json]
      (--group-size -1 = per-channel). Python: quantize_folder(src, dst, method, bits, group_size, **opts).
@@ -52,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -61,14 +53,13 @@ import time
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 
 PEER_VENV_SITE = Path(__file__).resolve().parents[1] / ".venv-peers" / "lib" / (
     f"python{sys.version_info.major}.{sys.version_info.minor}") / "site-packages"
 
 QUANT_RE = re.compile(r"(^|\.)(q|k|v|o|gate|up|down)_proj\.weight$")
-METHODS = ("hqq", "sinq", "nf4", "gptq")
+METHODS = ("hqq", "sinq", "nf4")
 FP16 = 2
 FP32 = 4
 
@@ -219,273 +210,6 @@ def quant_nf4(W: torch.Tensor, bits: int, group_size: int, *, double_quant: bool
 
 
 # -------------------------------------------------------------------------------------------- GPTQ
-class _GPTQQuantizer:
-    """GPTQ's asymmetric min-max quantizer (range widened to include 0, as the reference does)."""
-
-    def __init__(self, bits, sym=False):
-        self.maxq = 2 ** bits - 1
-        self.sym = sym
-
-    def find_params(self, x):
-        xmin = torch.minimum(x.min(1).values, torch.zeros(1))
-        xmax = torch.maximum(x.max(1).values, torch.zeros(1))
-        if self.sym:
-            xmax = torch.maximum(xmin.abs(), xmax)
-            xmin = torch.where(xmin < 0, -xmax, xmin)
-        both0 = (xmin == 0) & (xmax == 0)
-        xmin[both0], xmax[both0] = -1, 1
-        scale = (xmax - xmin) / self.maxq
-        # scales are stored in fp16 (packed GPTQ format): quantize with the stored value
-        self.scale = scale.half().float().unsqueeze(1)
-        if self.sym:
-            self.zero = torch.full_like(self.scale, (self.maxq + 1) / 2)
-        else:
-            self.zero = torch.round(-xmin.unsqueeze(1) / self.scale).clamp(0, self.maxq)
-
-    def quantize(self, x):
-        q = torch.clamp(torch.round(x / self.scale) + self.zero, 0, self.maxq)
-        return self.scale * (q - self.zero)
-
-
-def gptq_fasterquant(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, *,
-                     blocksize: int = 128, percdamp: float = 0.01, act_order: bool = False,
-                     static_groups: bool = False, sym: bool = False):
-    """GPTQ (reference gptq.py fasterquant), returns (W_hat fp32, n_groups_per_row)."""
-    W = W.clone().float()
-    H = H.clone()
-    rows, cols = W.shape
-    quantizer = _GPTQQuantizer(bits, sym)
-    if group_size in (-1, None, 0):
-        group_size = -1
-        quantizer.find_params(W)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    groups = []
-    if static_groups and group_size != -1:
-        for i in range(0, cols, group_size):
-            g = _GPTQQuantizer(bits, sym)
-            g.find_params(W[:, i:i + group_size])
-            groups.append(g)
-    perm = None
-    if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-        invperm = torch.argsort(perm)
-    Q = torch.zeros_like(W)
-    damp = percdamp * torch.mean(torch.diag(H))
-    H[torch.arange(cols), torch.arange(cols)] += damp
-    H = torch.linalg.cholesky(H)
-    H = torch.cholesky_inverse(H)
-    Hinv = torch.linalg.cholesky(H, upper=True)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if group_size != -1:
-                if not static_groups:
-                    if (i1 + i) % group_size == 0:
-                        quantizer.find_params(W[:, (i1 + i):(i1 + i + group_size)])
-                else:
-                    idx = i1 + i
-                    if act_order:
-                        idx = perm[idx]
-                    quantizer = groups[int(idx) // group_size]
-            q = quantizer.quantize(w.unsqueeze(1)).flatten()
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    if act_order:
-        Q = Q[:, invperm]
-    ng = 1 if group_size == -1 else math.ceil(cols / group_size)
-    return Q, ng
-
-
-def gptq_stored(shape, bits, n_groups_per_row, act_order, static_groups=False):
-    rows, cols = shape
-    s = {"codes": code_bytes(rows * cols, bits),
-         "scale": rows * n_groups_per_row * FP16,
-         "zero": code_bytes(rows * n_groups_per_row, bits)}
-    if act_order and not static_groups:
-        s["g_idx"] = cols * 4  # int32 per input channel
-    return s
-
-
-def detokenize_wikitext(text: str) -> str:
-    """Undo WikiText's word-level tokenization (the usual Megatron/lm-eval wikitext_detokenizer)."""
-    s = text.replace("s '", "s'")
-    s = re.sub(r"/' [0-9]/", r"/'[0-9]/", s)
-    s = s.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
-    s = s.replace(" : ", ": ").replace(" ; ", "; ").replace(" . ", ". ").replace(" ! ", "! ")
-    s = s.replace(" ? ", "? ").replace(" , ", ", ")
-    s = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", s)
-    s = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", s)
-    s = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", s)
-    s = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', s)
-    s = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", s)
-    s = s.replace("= = = =", "====").replace("= = =", "===").replace("= =", "==")
-    s = s.replace(" " + chr(176) + " ", chr(176)).replace(" \n", "\n").replace("\n ", "\n")
-    s = s.replace(" N ", " 1 ").replace(" 's", "'s")
-    return s
-
-
-# ../shared/assets beside the repository (see docs/DESIGN.md section 4)
-DEFAULT_CALIB = Path(__file__).resolve().parents[2] / "shared" / "assets" / "wikitext-2-v1" / "wiki.valid.tokens"
-
-
-def calibration_windows(tokenizer, n: int, seqlen: int, seed: int = 0,
-                        path: Path = DEFAULT_CALIB) -> torch.Tensor:
-    if "test" in Path(path).name:
-        raise ValueError("refusing to calibrate on a test split")
-    text = detokenize_wikitext(Path(path).read_text(encoding="utf-8"))
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seqlen - 1, (n,), generator=g)
-    return torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
-
-
-def gptq_model(src_dir, bits, group_size, *, nsamples=128, seqlen=2048, seed=0,
-               act_order=False, static_groups=False, percdamp=0.01, blocksize=128, sym=False,
-               calib_path=DEFAULT_CALIB, progress=True, **_):
-    """Sequential GPTQ over decoder blocks on CPU. Returns ({name: W_hat}, {name: stored}, info)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(src_dir)
-    model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=torch.float32)
-    model.eval()
-    model.config.use_cache = False
-    calib = calibration_windows(tok, nsamples, seqlen, seed, calib_path)
-    layers = model.model.layers
-    cache = {"inps": []}
-
-    class Catcher(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, hs, *args, **kw):
-            cache["inps"].append(hs.detach())
-            raise ValueError("caught")
-
-    layers[0] = Catcher(layers[0])
-    with torch.no_grad():
-        for j in range(nsamples):
-            try:
-                model(calib[j:j + 1])
-            except ValueError:
-                pass
-    layers[0] = layers[0].m
-    inps = cache["inps"]
-
-    # Each layer's own call arguments (mask, rotary embeddings): layers of one model can differ (Gemma 3:
-    # sliding-window layers get a local mask and rope theta 1e4, full-attention layers a causal mask and
-    # rope theta 1e6), so layer 0's are not reused for the others. Every calibration window has the same
-    # length, so one recording pass (calibration window 0, stopped at the last layer) serves all.
-    calls = [None] * len(layers)
-
-    class Recorder(torch.nn.Module):
-        def __init__(self, m, i):
-            super().__init__()
-            self.m, self.i = m, i
-            if hasattr(m, "attention_type"):  # read by some models' decoder loops
-                self.attention_type = m.attention_type
-
-        def forward(self, hs, *args, **kw):
-            calls[self.i] = (args, kw)
-            if self.i == len(layers) - 1:
-                raise ValueError("caught")
-            return self.m(hs, *args, **kw)
-
-    for i in range(len(layers)):
-        layers[i] = Recorder(layers[i], i)
-    with torch.no_grad():
-        try:
-            model(calib[0:1])
-        except ValueError:
-            pass
-    for i in range(len(layers)):
-        layers[i] = layers[i].m
-
-    def call_args(li):
-        args, kw = calls[li]
-        kw = dict(kw)
-        kw.pop("past_key_values", None)
-        kw.pop("past_key_value", None)
-        kw["use_cache"] = False
-        return args, kw
-
-    def run_block(layer, x, li):
-        args, kw = call_args(li)
-        out = layer(x, *args, **kw)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-    prefix = "model.layers"
-    results, stored = {}, {}
-    it = range(len(layers))
-    if progress:
-        try:
-            from tqdm import tqdm
-            it = tqdm(it, desc=f"gptq b{bits} g{group_size}", file=sys.stderr)
-        except ImportError:
-            pass
-    for li in it:
-        layer = layers[li]
-        lins = {n: m for n, m in layer.named_modules()
-                if isinstance(m, torch.nn.Linear) and QUANT_RE.search(n + ".weight")}
-        # linears fed by the same input share one Hessian (k,v with q; up with gate): same numbers as
-        # separate accumulation, computed once
-        share = {}
-        for n in lins:
-            for a, b in (("k_proj", "q_proj"), ("v_proj", "q_proj"), ("up_proj", "gate_proj")):
-                if n.endswith(a) and n[: -len(a)] + b in lins:
-                    share[n] = n[: -len(a)] + b
-        owners = [n for n in lins if n not in share]
-        Hs = {n: torch.zeros(lins[n].in_features, lins[n].in_features) for n in owners}
-        cnt = {n: 0 for n in owners}
-
-        def mk_hook(n):
-            def hook(mod, inp, out):
-                x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-                b = inp[0].shape[0] if inp[0].dim() == 3 else 1
-                Hs[n] *= cnt[n] / (cnt[n] + b)
-                cnt[n] += b
-                x = math.sqrt(2 / cnt[n]) * x
-                Hs[n] += x.t() @ x
-            return hook
-        hs = [lins[n].register_forward_hook(mk_hook(n)) for n in owners]
-        with torch.no_grad():
-            for x in inps:
-                run_block(layer, x, li)
-        for h in hs:
-            h.remove()
-        for n, m in lins.items():
-            Wq, ng = gptq_fasterquant(m.weight.data, Hs[share.get(n, n)], bits, group_size,
-                                      blocksize=blocksize,
-                                      percdamp=percdamp, act_order=act_order,
-                                      static_groups=static_groups, sym=sym)
-            m.weight.data = Wq.to(m.weight.dtype)
-            name = f"{prefix}.{li}.{n}.weight"
-            results[name] = Wq
-            stored[name] = gptq_stored(tuple(Wq.shape), bits, ng, act_order, static_groups)
-        del Hs
-        with torch.no_grad():
-            inps = [run_block(layer, x, li).detach() for x in inps]
-    info = {"calibration": f"{Path(calib_path).name} (WikiText-2 validation, word-level tokenized "
-                           f"variant, detokenized), {nsamples} random windows x {seqlen} tokens, "
-                           f"seed {seed}, model tokenizer",
-            "act_order": act_order, "static_groups": static_groups, "percdamp": percdamp,
-            "blocksize": blocksize, "sym": sym}
-    return results, stored, info
-
-
 # ----------------------------------------------------------------------------------------- folders
 def _copy_aux_files(src: Path, dst: Path):
     for p in src.iterdir():
@@ -498,8 +222,7 @@ def quantize_folder(src_dir, dst_dir, method: str, bits: int, group_size: int, *
     """Fake-quantize every selected tensor of `src_dir` with a peer method into `dst_dir`.
 
     Returns dict(bits_per_weight, seconds, per_tensor, method, bits, group_size, split, package, ...).
-    `seconds` is the quantization time (loading/writing excluded for tensor-wise methods; for GPTQ it
-    includes the calibration forward passes, which are part of the method).
+    `seconds` is the quantization time (loading and writing excluded).
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -517,13 +240,8 @@ def quantize_folder(src_dir, dst_dir, method: str, bits: int, group_size: int, *
     if not shards:
         raise FileNotFoundError(f"no *.safetensors in {src}")
 
-    per_tensor, extra = {}, {}
+    per_tensor = {}
     qsec = 0.0
-    gptq_res = gptq_st = None
-    if method == "gptq":
-        t0 = time.perf_counter()
-        gptq_res, gptq_st, extra = gptq_model(src, bits, group_size, progress=progress, **opts)
-        qsec = time.perf_counter() - t0
     fn = {"hqq": quant_hqq, "sinq": quant_sinq, "nf4": quant_nf4}.get(method)
     for shard in shards:
         out = {}
@@ -534,14 +252,11 @@ def quantize_folder(src_dir, dst_dir, method: str, bits: int, group_size: int, *
                 if not is_quantized_name(name, t.shape):
                     out[name] = t
                     continue
-                if method == "gptq":
-                    W_hat, st, info = gptq_res.pop(name), gptq_st[name], {}
-                else:
-                    t0 = time.perf_counter()
-                    r = fn(t, bits, group_size, **opts)
-                    qsec += time.perf_counter() - t0
-                    W_hat, st = r[0], r[1]
-                    info = r[2] if len(r) > 2 else {}
+                t0 = time.perf_counter()
+                r = fn(t, bits, group_size, **opts)
+                qsec += time.perf_counter() - t0
+                W_hat, st = r[0], r[1]
+                info = r[2] if len(r) > 2 else {}
                 W_hat = W_hat.to(t.dtype).contiguous()
                 assert W_hat.shape == t.shape and torch.isfinite(W_hat).all(), name
                 nb = sum(st.values())
@@ -553,8 +268,6 @@ def quantize_folder(src_dir, dst_dir, method: str, bits: int, group_size: int, *
                 out[name] = W_hat
         meta.setdefault("format", "pt")
         save_file(out, str(tmp / shard.name), metadata=meta)
-    if gptq_res:
-        raise RuntimeError(f"GPTQ quantized tensors not found in the checkpoint: {list(gptq_res)[:3]}")
     if not per_tensor:
         raise RuntimeError("no tensor matched the quantization selection")
     n = sum(v["n"] for v in per_tensor.values())
@@ -566,13 +279,12 @@ def quantize_folder(src_dir, dst_dir, method: str, bits: int, group_size: int, *
     result = {
         "method": method, "bits": bits, "group_size": group_size, "opts": opts,
         "package": {"hqq": f"hqq {_pkg_version('hqq')}", "sinq": f"sinq {_pkg_version('sinq')}",
-                    "nf4": f"bitsandbytes {_pkg_version('bitsandbytes')}",
-                    "gptq": "reimplementation (benchmarks/peers.py, GPTQ reference algorithm)"}[method],
+                    "nf4": f"bitsandbytes {_pkg_version('bitsandbytes')}"}[method],
         "bits_per_weight": 8 * total / n,
         "bits_split": {k: 8 * b / n for k, b in split.items()},
         "n_weights": n, "n_tensors": len(per_tensor),
         "seconds": qsec, "threads": torch.get_num_threads(),
-        "per_tensor": per_tensor, **({"gptq": extra} if extra else {}),
+        "per_tensor": per_tensor,
     }
     (tmp / "peer_quantization.json").write_text(json.dumps(
         {k: v for k, v in result.items() if k != "per_tensor"}, indent=1, default=str))
@@ -594,10 +306,6 @@ def main(argv=None):
     ap.add_argument("--no-double-quant", action="store_true", help="nf4: absmax in fp32")
     ap.add_argument("--meta-quant", action="store_true", help="hqq: 8-bit scale/zero (deprecated)")
     ap.add_argument("--sinq-aux", default="8bit", choices=["8bit", "fp16"])
-    ap.add_argument("--nsamples", type=int, default=128, help="gptq calibration windows")
-    ap.add_argument("--seqlen", type=int, default=2048, help="gptq calibration window length")
-    ap.add_argument("--act-order", action="store_true")
-    ap.add_argument("--static-groups", action="store_true")
     a = ap.parse_args(argv)
     opts = {}
     if a.method == "nf4":
@@ -606,9 +314,6 @@ def main(argv=None):
         opts["meta_quant"] = True
     if a.method == "sinq":
         opts["aux"] = a.sinq_aux
-    if a.method == "gptq":
-        opts.update(nsamples=a.nsamples, seqlen=a.seqlen, act_order=a.act_order,
-                    static_groups=a.static_groups)
     r = quantize_folder(a.src, a.dst, a.method, a.bits, a.group_size, threads=a.threads, **opts)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -195,7 +195,7 @@ class Model:
         """A folder benchmarks/peers.py already wrote for this config (GPTQ: GPTQ_NSAMPLES x
         GPTQ_SEQLEN calibration tokens), or None."""
         b, g, name = params["bits"], params["group_size"], Path(self.path).name
-        tag = {"gptq": f"{name}-gptq-b{b}-g{g}-n{GPTQ_NSAMPLES}x{GPTQ_SEQLEN}", "nf4": f"{name}-nf4-g{g}-dq",
+        tag = {"nf4": f"{name}-nf4-g{g}-dq",
                "gptq-llmc": f"{name}-llmcgptq-b{b}-g{g}-n{GPTQ_NSAMPLES}x{GPTQ_SEQLEN}"}.get(
             method, f"{name}-{method}-b{b}-g{g}")
         folder = Path(self.peer_dir) / tag
@@ -215,18 +215,24 @@ class Model:
         return info["bits_per_weight"], info["seconds"]
 
     def _gptq(self, params):
-        """GPTQ needs calibration forward passes (minutes per config on a small CPU)."""
-        from peers import gptq_model
+        """GPTQ from an RTN start through adpq's solver (the reference algorithm: asymmetric grids with
+        integer zero-points refit as the columns go, no act-order, damp 0.01, block 128), Hessians from
+        adpq.calibrate on GPTQ_NSAMPLES x GPTQ_SEQLEN tokens of WikiText-2 validation."""
+        import torch
+        import adpq
+        cfg = adpq.QuantConfig(bits=params["bits"], group_size=params["group_size"], outlier_ratio=0.0,
+                               column_scaling="none", symmetric=False, zero_point="integer")
+        g = adpq.GptqConfig(act_order=False, grids="refit")
         t0 = time.perf_counter()
-        res, stored, _ = gptq_model(Path(self.path), params["bits"], params["group_size"], nsamples=GPTQ_NSAMPLES,
-                                    seqlen=GPTQ_SEQLEN, progress=False)
-        seconds = time.perf_counter() - t0
+        cal = adpq.calibrate(self.path, None, samples=GPTQ_NSAMPLES, seqlen=GPTQ_SEQLEN, config=cfg, gptq=g,
+                             progress=False)
         total_bytes = total_n = 0
-        for name, w_hat in res.items():
-            self.params[name].data.copy_(w_hat.float())
-            total_bytes += sum(stored[name].values())
-            total_n += w_hat.numel()
-        return 8 * total_bytes / total_n, seconds, {}
+        for name, w in self.orig.items():
+            qt = adpq.quantize(w, config=cfg, hessian=cal.hessians[name], gptq=g)
+            self.params[name].data.copy_(torch.from_numpy(qt.dequantize()))
+            total_bytes += qt.nbytes
+            total_n += w.size
+        return 8 * total_bytes / total_n, time.perf_counter() - t0, {}
 
     def apply(self, method, params):
         """Quantize every selected weight; returns (bits_per_weight, seconds, per-tensor metrics)."""
@@ -235,7 +241,7 @@ class Model:
         total_bytes = total_n = 0
         seconds = 0.0
         per_tensor = {}
-        if method not in ("rtn", "adpq"):
+        if method not in ("rtn", "adpq", "gptq"):
             folder = self._peer_folder(method, params)
             if folder is not None:
                 return (*self._load_folder(folder), {})

@@ -41,7 +41,8 @@ typedef enum {
     ADPQ_ERR_ARG = 1,       /* a bad argument (size, option, inconsistent arrays) */
     ADPQ_ERR_NOMEM = 2,     /* an allocation failed */
     ADPQ_ERR_NONFINITE = 3, /* NaN or Inf in the input */
-    ADPQ_ERR_RANGE = 4      /* a value does not fit the storage dtype (e.g. a float16 scale) */
+    ADPQ_ERR_RANGE = 4,     /* a value does not fit the storage dtype (e.g. a float16 scale) */
+    ADPQ_ERR_NOTPD = 5      /* a matrix that must be positive definite is not (GPTQ's damped Hessian) */
 } adpq_status;
 
 typedef enum { ADPQ_F32 = 0, ADPQ_F16 = 1, ADPQ_BF16 = 2 } adpq_dtype;
@@ -216,6 +217,45 @@ adpq_status adpq_matmul_typed(const adpq_matmul_plan *plan, const void *x, int x
                               void *y, int y_dtype, int64_t y_stride, int mode, int threads, char *err);
 /* The mode a call of n activation rows with `mode` runs in (ADPQ_MATMUL_INT8 falls back to FLOAT). */
 int adpq_matmul_mode_used(const adpq_matmul_plan *plan, int64_t n, int mode);
+
+/* ------------------------------------------------------------ GPTQ
+ * Second-order error compensation (python/adpq/reference/gptq.py is the specification): the columns
+ * of a matrix are rounded one by one on given grids, each column's error spread over the columns not
+ * yet rounded through the inverse Hessian of the layer's inputs. */
+typedef struct {
+    int bits;               /* 2, 3, 4 or 8 */
+    int64_t group_size;     /* >= ADPQ_MIN_GROUP_SIZE, or -1 for one group per row (at least the
+                               row's length, whatever its size: the row) */
+    int symmetric;          /* the quantizer kind of refit grids (adpq_config's fields) */
+    int integer_zero;
+    int scale_dtype;        /* adpq_dtype: refit scales and zero-points are rounded to it */
+    double damp;            /* >= 0: H_jj += damp * mean(diag H) */
+    int64_t block_size;     /* >= 1: columns per lazy batch update */
+    int act_order;          /* 1: round the columns by descending diag(H) (stable), else in order */
+    int refit;              /* 1 (natural order only): a group's grids are recomputed from its current
+                               values when its first column is rounded */
+    int threads;            /* >= 1 */
+} adpq_gptq_config;
+
+/* The damped inverse factor: dead columns (H_jj = 0) get H_jj = 1, then H_jj += damp * mean(diag H);
+ * perm[0..n) = the rounding order (act_order: descending diag(H), ties by index; else 0..n-1); u
+ * (n x n float32, row-major) = the upper triangular U with U^T U = (H[perm][:, perm])^-1 and a positive
+ * diagonal, computed in float64 (below the diagonal: 0). h: n x n float64, row-major, finite and
+ * symmetric (of the permuted matrix, the lower triangle is read, as numpy's cholesky reads it).
+ * ADPQ_ERR_NOTPD when the damped matrix is not positive definite. */
+adpq_status adpq_gptq_inverse(const double *h, int64_t n, double damp, int act_order, int threads, float *u,
+                              int64_t *perm, char *err);
+/* GPTQ on w (rows x cols float32, row-major, finite) with the Hessian h (cols x cols, as above) and
+ * the outlier mask (rows x cols bytes, nonzero = outlier). Grids: rows x groups_per_row float32
+ * values, read and, with refit, updated in place: scales and zeros of the inliers (zeros =
+ * 2^(bits-1) for symmetric grids), and outlier_scales/outlier_zeros of the outliers, or both NULL
+ * for float16 outliers (each outlier then rounds to its float16 value; ADPQ_ERR_RANGE past 65504).
+ * Outputs: codes (ceil(rows * cols * bits / 8) bytes, the packed stream: an outlier's code on its
+ * own grid, or, float16, on the inlier grid) and values (rows x cols: the rounded matrix, outliers
+ * included), both in the original column order. */
+adpq_status adpq_gptq(const float *w, int64_t rows, int64_t cols, const double *h, const uint8_t *mask,
+                      const adpq_gptq_config *cfg, float *scales, float *zeros, float *outlier_scales,
+                      float *outlier_zeros, uint8_t *codes, float *values, char *err);
 
 /* Kernel selection: "scalar" (the reference), "avx2" (x86-64 with AVX2+F16C+FMA), or "auto".
  * Returns 0 on success, -1 if that kernel set is not available on this CPU. */

@@ -424,6 +424,10 @@ static PyObject *py_map_range(PyObject *self, PyObject *args, PyObject *kwargs) 
 #define KW(f) ((PyCFunction)(void (*)(void))(f))
 #define KWARGS (METH_VARARGS | METH_KEYWORDS)
 
+/* adpqmodule_gptq.c */
+PyObject *pygptq_inverse(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *pygptq(PyObject *self, PyObject *args, PyObject *kwargs);
+
 /* python/adpq/_core.pyi documents each function's arguments, result and exceptions in full. */
 static PyMethodDef methods[] = {
     {"map_range", KW(py_map_range), KWARGS,
@@ -453,6 +457,12 @@ static PyMethodDef methods[] = {
      "matmul(plan, x, out=None, mode=0, threads=1) -> out: out[i, r] = sum_j x[i, j] * w_hat[r, j] (x: 2-D "
      "float32, contiguous rows; out: None or a C-contiguous float32 (n, rows) array; mode 0 float32, 1 int8 "
      "activations)"},
+    {"gptq_inverse", KW(pygptq_inverse), KWARGS,
+     "gptq_inverse(h, damp, act_order, threads) -> (U float32 (n, n), perm int64 (n,)): the upper U with U^T U = "
+     "the damped, permuted h's inverse (h: float64 (n, n))"},
+    {"gptq", KW(pygptq), KWARGS,
+     "gptq(w, h, mask, scales, zeros, outlier_scales, outlier_zeros, *, bits, group_size, symmetric, integer_zero, "
+     "scale_dtype, damp, block_size, act_order, refit, threads) -> dict: codes (packed), values, the four grids"},
     {"kth_largest", KW(py_kth_largest), KWARGS, "kth_largest(keys, k) -> the k-th largest of uint32 keys (tests)"},
     {"set_kernels", KW(py_set_kernels), KWARGS,
      "set_kernels(name) -> the previous name; name 'scalar' | 'avx2' | 'auto': the kernel set each later call reads "

@@ -205,3 +205,24 @@ int adpq_matmul_mode_used(const adpq_matmul_plan *plan, int64_t n, int mode) {
     return mode == ADPQ_MATMUL_INT8 && plan && plan->q.codes && adpq_matmul_int8_applies(plan, n) ? ADPQ_MATMUL_INT8
                                                                                                   : ADPQ_MATMUL_FLOAT;
 }
+
+/* ------------------------------------------------------------ GPTQ */
+
+adpq_status adpq_gptq_inverse(const double *h, int64_t n, double damp, int act_order, int threads, float *u,
+                              int64_t *perm, char *err) {
+    return adpq_gptq_inverse_k(adpq_active_kernels(), h, n, damp, act_order, useful_threads(threads, n), u, n, perm,
+                               err);
+}
+
+adpq_status adpq_gptq(const float *w, int64_t rows, int64_t cols, const double *h, const uint8_t *mask,
+                      const adpq_gptq_config *cfg, float *scales, float *zeros, float *outlier_scales,
+                      float *outlier_zeros, uint8_t *codes, float *values, char *err) {
+    adpq_gptq_config capped;
+    if (cfg) {
+        capped = *cfg;
+        capped.threads = useful_threads(cfg->threads, rows > cols ? rows : cols);
+        cfg = &capped;
+    }
+    return adpq_gptq_k(adpq_active_kernels(), w, rows, cols, h, mask, cfg, scales, zeros, outlier_scales,
+                       outlier_zeros, codes, values, err);
+}

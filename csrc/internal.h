@@ -26,14 +26,19 @@
  *                     records of each row)                             -> layout, pack, quant, outliers, threads
  *   threshold.c       the tensor-scope threshold: sample, candidate pass, selection, one-pass
  *                     fix-up                                           -> rows, pack, outliers, layout
+ *   gptq.c            GPTQ: the damped inverse factor of the Hessian (float64) and the solver
+ *                                                                      -> layout, threads, pack, quant, halfcvt
  *   api.c             the public entry points that need a kernel set: each reads kernels.c's
- *                     default once and passes it down                  -> kernels, threshold, rows, dequant,
+ *                     default once and passes it down                  -> kernels, gptq, threshold, rows, dequant,
  *                                                                         matmul, metrics, columns, pack, layout
  *   adpqmodule_args.c the Python boundary's argument conversions (config dicts, arrays by name;
  *                     in the extension, not in the C library)          -> layout
  *   adpqmodule_matmul.c the wrapper's matmul: the plan type, matmul's fast arguments (not in the C
  *                     library)                                         -> adpqmodule_args, api
- *   adpqmodule.c      the CPython wrapper (not in the C library)       -> adpqmodule_matmul, adpqmodule_args, api, kernels,
+ *   adpqmodule_gptq.c the wrapper's gptq and gptq_inverse (not in the C library)
+ *                                                                      -> adpqmodule_args, api
+ *   adpqmodule.c      the CPython wrapper (not in the C library)       -> adpqmodule_gptq, adpqmodule_matmul,
+ *                                                                         adpqmodule_args, api, kernels,
  *                                                                         metrics, layout, outliers, halfcvt
  *
  * tests/test_c_core.py checks this order on the object files (nm): every file's calls resolve
@@ -162,6 +167,17 @@ typedef struct {
      * [-127, 127], stored at xq + 32b in adpq_q8_pos(bits) order; xd[b] = d, xsum[b] = sum of the q.
      * A block with a NaN or Inf gets d = NaN and q = 0 (so that it propagates). Both sets: the same bits. */
     void (*q8_quantize)(const float *x, int64_t cols, int bits, int8_t *xq, float *xd, int32_t *xsum);
+    /* GPTQ (gptq.c): c[i*cs + j] -= sum_{t<k} a[i*as + t] * b[t*bs + j] for i < m, j < n (k >= 1). Each
+     * sum starts at 0 and adds the products in t order, a multiply and an add per term (no FMA), then
+     * is subtracted once: every element has the same bits in both sets whatever m, n and the tiling
+     * (the solver's lazy batch update in float32; the factorization of the Hessian in float64). */
+    void (*gemm_sub)(float *c, int64_t cs, const float *a, int64_t as, const float *b, int64_t bs, int64_t m,
+                     int64_t n, int64_t k);
+    void (*gemm_sub_f64)(double *c, int64_t cs, const double *a, int64_t as, const double *b, int64_t bs, int64_t m,
+                         int64_t n, int64_t k);
+    /* GPTQ's update within a block: x[r*xs + j] -= e[r] * u[j] for r < nr, j < n (a multiply, then a
+     * subtraction) */
+    void (*axpy_rows)(float *x, int64_t xs, int nr, const float *e, const float *u, int64_t n);
 } adpq_kernels;
 
 /* The column (0..31, within its block of 32) of position p of a quantized activation block for
@@ -297,5 +313,12 @@ adpq_status adpq_error_stats_q_k(const adpq_kernels *K, const adpq_matrix *w, co
 adpq_status adpq_column_mean_abs_k(const adpq_kernels *K, const adpq_matrix *m, int threads, float *mean, char *err);
 adpq_status adpq_column_scales_k(const adpq_kernels *K, const adpq_matrix *m, int threads, uint16_t *scales, float *mul,
                                  char *err);
+/* gptq.c: the public functions of the same names (adpq.h) with the kernel set K (u: rows ldu >= n
+ * floats apart) */
+adpq_status adpq_gptq_inverse_k(const adpq_kernels *K, const double *h, int64_t n, double damp, int act_order,
+                                int threads, float *u, int64_t ldu, int64_t *perm, char *err);
+adpq_status adpq_gptq_k(const adpq_kernels *K, const float *w, int64_t rows, int64_t cols, const double *h,
+                        const uint8_t *mask, const adpq_gptq_config *cfg, float *scales, float *zeros,
+                        float *outlier_scales, float *outlier_zeros, uint8_t *codes, float *values, char *err);
 
 #endif /* ADPQ_INTERNAL_H */

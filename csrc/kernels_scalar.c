@@ -139,6 +139,36 @@ static void s_histogram(const float *x, int64_t n, double lo, double scale, int 
     }
 }
 
+/* GPTQ's c -= a @ b (internal.h): row by row, the sums of up to 64 columns side by side (each in t
+ * order from 0, so the loop over j vectorizes without changing a bit) */
+#define GEMM_SUB(NAME, T)                                                                                              \
+    static void NAME(T *c, int64_t cs, const T *a, int64_t as, const T *b, int64_t bs, int64_t m, int64_t n,           \
+                     int64_t k) {                                                                                      \
+        T acc[64];                                                                                                     \
+        for (int64_t j0 = 0; j0 < n; j0 += 64) {                                                                       \
+            const int64_t nj = n - j0 < 64 ? n - j0 : 64;                                                              \
+            for (int64_t i = 0; i < m; i++) {                                                                          \
+                for (int64_t j = 0; j < nj; j++) acc[j] = 0;                                                           \
+                for (int64_t t = 0; t < k; t++) {                                                                      \
+                    const T x = a[i * as + t], *br = b + t * bs + j0;                                                  \
+                    for (int64_t j = 0; j < nj; j++) acc[j] += x * br[j];                                              \
+                }                                                                                                      \
+                T *cr = c + i * cs + j0;                                                                               \
+                for (int64_t j = 0; j < nj; j++) cr[j] -= acc[j];                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+GEMM_SUB(s_gemm_sub, float)
+GEMM_SUB(s_gemm_sub_f64, double)
+
+static void s_axpy_rows(float *x, int64_t xs, int nr, const float *e, const float *u, int64_t n) {
+    for (int r = 0; r < nr; r++) {
+        float *xr = x + r * xs;
+        const float er = e[r];
+        for (int64_t j = 0; j < n; j++) xr[j] -= er * u[j];
+    }
+}
+
 const adpq_kernels adpq_kernels_scalar = {
     .name = "scalar",
     .mask_gt = s_mask_gt,
@@ -166,4 +196,7 @@ const adpq_kernels adpq_kernels_scalar = {
     .mm_q8_rows = adpq_mm_q8_rows_scalar,
     .mm_corr = adpq_mm_corr_scalar,
     .q8_quantize = adpq_q8_quantize_scalar,
+    .gemm_sub = s_gemm_sub,
+    .gemm_sub_f64 = s_gemm_sub_f64,
+    .axpy_rows = s_axpy_rows,
 };

@@ -144,6 +144,61 @@ def matmul(plan: MatmulPlan, x: np.ndarray, out: Optional[np.ndarray] = None, mo
     """
 
 
+def gptq_inverse(h: np.ndarray, damp: float, act_order: bool, threads: int) -> Tuple[np.ndarray, np.ndarray]:
+    """GPTQ's damped inverse factor (adpq_gptq_inverse; python/adpq/reference/gptq.py's
+    upper_inverse_factor and column_order), computed in float64.
+
+    h: a C-contiguous, aligned float64 (n, n) array, finite and symmetric (of the permuted matrix the
+        lower triangle is read, as numpy's cholesky reads it). Dead inputs (h[j, j] == 0) get 1, then
+        every diagonal entry damp * mean(diag) more (damp >= 0).
+    act_order: the rounding order is descending diag(h), ties by index (else 0..n-1).
+    threads: >= 1; the result is the same for any count.
+
+    Returns (U, perm): U float32 (n, n), upper triangular with a positive diagonal, U^T U = the
+    inverse of the damped h[perm][:, perm]; perm int64 (n,).
+
+    Raises TypeError (h not a float64 array, act_order/threads types), ValueError (h's shape or
+    layout, NaN/Inf in h, damp < 0 or not finite, threads < 1, "the Hessian is not positive definite
+    after damping"), MemoryError.
+    """
+
+
+def gptq(w: np.ndarray, h: np.ndarray, mask: np.ndarray, scales: np.ndarray, zeros: np.ndarray,
+         outlier_scales: Optional[np.ndarray], outlier_zeros: Optional[np.ndarray], *, bits: int,
+         group_size: int, symmetric: bool, integer_zero: bool, scale_dtype: int, damp: float, block_size: int,
+         act_order: bool, refit: bool, threads: int) -> Dict[str, Optional[np.ndarray]]:
+    """GPTQ from a start (adpq_gptq; python/adpq/reference/gptq.py's solve is the specification, which
+    it matches to float rounding: the lazy batch update sums in another order).
+
+    w: float32 (rows, cols), C-contiguous and aligned, finite; not modified.
+    h: float64 (cols, cols), as gptq_inverse takes it.
+    mask: bool or uint8 (rows, cols), nonzero = outlier.
+    scales, zeros: float32 (rows, groups_per_row) grid values of the inliers (zeros = 2^(bits-1) for
+        symmetric grids; scales finite with a finite inverse); groups_per_row = ceil(cols / g), g =
+        group_size (cols for -1 or a group longer than the row).
+    outlier_scales, outlier_zeros: the outliers' grids, the same shape (read where a group has
+        outliers), for outlier format "group"; both None for float16 outliers (each rounds to its
+        float16 value; ValueError past 65504).
+    bits: 2, 3, 4 or 8. group_size: -1, >= MIN_GROUP_SIZE, or >= cols (one group per row). symmetric, integer_zero, scale_dtype
+        (adpq.core.dtypes.C_CODE): the quantizer kind of refit grids. damp: as gptq_inverse.
+        block_size: >= 1 columns per lazy batch update. act_order: the columns in descending diag(h)
+        order. refit (natural order only; ignored with act_order): a group's grids are recomputed from
+        its current values when its first column is rounded (an outlier grid only where the row's
+        group has outliers). threads: >= 1; the result is the same for any count.
+
+    Returns {"codes": uint8 (ceil(rows * cols * bits / 8),), the packed stream (code i of the
+    row-major matrix at bits [i*b, i*b+b), little-endian; an outlier's code on its own grid, or for
+    float16 outliers on the inlier grid), "values": float32 (rows, cols), the rounded matrix (outliers
+    included; original column order), "scales", "zeros", "outlier_scales", "outlier_zeros": new
+    float32 (rows, groups_per_row) arrays, refit or copies (the last two None when given None)}.
+
+    Raises TypeError (an argument of the wrong type or dtype, a missing keyword), ValueError (shapes,
+    layout, values out of range, NaN/Inf in w or h, grids not finite, "the Hessian is not positive
+    definite after damping", a float16 outlier overflow, a refit grid that does not fit scale_dtype),
+    MemoryError.
+    """
+
+
 def error_stats(w: np.ndarray, dtype: int, w_hat: Optional[np.ndarray], bins: int, threads: int,
                 quantized: Optional[Mapping[str, object]] = None, kl_eps: float = 1e-10) -> Dict[str, object]:
     """The sums behind adpq.metrics (adpq_error_stats_of / adpq_error_stats_q).

@@ -26,8 +26,8 @@ import sys
 from typing import List, Optional
 
 from ._version import __version__
-from .core.config import (COLUMN_SCALINGS, MIN_GROUP_SIZE, OUTLIER_FORMATS, SCALE_DTYPES, SCOPES, ZERO_POINTS,
-                          QuantConfig)
+from .core.config import (COLUMN_SCALINGS, GPTQ_GRIDS, MIN_GROUP_SIZE, OUTLIER_FORMATS, SCALE_DTYPES, SCOPES,
+                          ZERO_POINTS, GptqConfig, QuantConfig)
 from .io.adpq_format import dequantize_checkpoint, inspect_checkpoint
 from .io.checkpoint import quantize_checkpoint
 from .io.folder import CheckpointError
@@ -88,6 +88,35 @@ def _add_quant_options(q: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help=h("threads", "threads for the quantizer core"))
 
 
+def _add_calibration_options(q: argparse.ArgumentParser) -> None:
+    """--calibration and the GPTQ options (adpq.calibrate, adpq.GptqConfig)."""
+    d = GptqConfig()
+    g = q.add_argument_group("calibration: AdpQ refined with GPTQ on a text (adpq.calibrate, adpq.GptqConfig)")
+    g.add_argument("--calibration", metavar="TEXT_FILE",
+                   help="refine with GPTQ, Hessians collected layer by layer on this UTF-8 text; 'wikitext': "
+                        "WikiText-2 validation (wiki.valid.tokens in shared/assets, detokenized)")
+    g.add_argument("--samples", type=int, default=128, help="calibration windows")
+    g.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window")
+    g.add_argument("--calibration-seed", type=int, default=0, help="seed of the windows' random starts")
+    g.add_argument("--gptq-damp", type=float, help=f"damping, a fraction of mean(diag H) (default: {d.damp})")
+    g.add_argument("--gptq-block-size", type=int, help=f"columns per lazy update (default: {d.block_size})")
+    g.add_argument("--gptq-act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"round columns by descending H_jj (default: {d.act_order})")
+    g.add_argument("--gptq-grids", choices=GPTQ_GRIDS, help=f"fixed: keep AdpQ's group grids; refit: recompute "
+                                                             f"them as GPTQ goes (default: {d.grids})")
+
+
+def _gptq_config(args):
+    over = {k: getattr(args, "gptq_" + k) for k in ("damp", "block_size", "act_order", "grids")
+            if getattr(args, "gptq_" + k, None) is not None}
+    if over and not args.calibration:
+        raise UserError("--gptq-* options need --calibration TEXT_FILE")
+    try:
+        return GptqConfig(**over)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"invalid GPTQ option: {e}") from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="adpq", description="Calibration-free 2/3/4-bit LLM weight quantization (AdpQ).",
                                  formatter_class=_HelpFormatter)
@@ -117,6 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-metrics", action="store_true", help="skip the per-tensor error metrics (faster)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.add_argument("--json", metavar="PATH", help="also write the full report as JSON to PATH ('-' = stdout)")
+    _add_calibration_options(q)
 
     i = sub.add_parser("inspect", help="show what is in an adpq-format folder", **fmt)
     i.add_argument("dir", metavar="DIR")
@@ -152,6 +182,9 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, help="torch and C kernel threads (default: torch's)")
     e.add_argument("--lm-head-bits", type=int, choices=[2, 3, 4, 8], default=None,
                    help="adpq folder: quantize the output projection at load (runtime only)")
+    e.add_argument("--text", metavar="FILE", help="the text (default: WikiText-2 raw test, wiki.test.raw)")
+    e.add_argument("--plain-text", action="store_true",
+                   help="read --text as it is (default: as WikiText rows, lines joined by blank lines)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
 
     g = sub.add_parser("generate", help="generate text with a packed adpq model (or an HF folder), timed", **fmt)
@@ -183,10 +216,23 @@ def _fmt_bits(x) -> str:
 
 def cmd_quantize(args) -> int:
     cfg = _quant_config(args)
+    gptq = _gptq_config(args)
+    cal = None
+    if args.calibration:
+        from .hf.calibrate import calibrate
+
+        text = None if args.calibration == "wikitext" else args.calibration
+        cal = calibrate(args.src, text, samples=args.samples, seqlen=args.seqlen, config=cfg, gptq=gptq,
+                        include=args.include, exclude=args.exclude, seed=args.calibration_seed,
+                        threads=cfg.threads, progress=not args.no_progress)
+        i = cal.info
+        print(f"calibration: {i['text']['file']}, {i['samples']} x {i['seqlen']} tokens, {i['tensors']} tensors; "
+              f"{i['seconds_forward']:.1f} s forward passes, {i['seconds_solve']:.1f} s quantizing with GPTQ",
+              file=sys.stderr)
     rep = quantize_checkpoint(args.src, args.dst, config=cfg, include=args.include, exclude=args.exclude,
                               format=args.format, progress=not args.no_progress, overwrite=args.overwrite,
                               resume=not args.no_resume, fake_dtype=args.dtype, max_shard_size=args.max_shard_size,
-                              compute_metrics=not args.no_metrics)
+                              compute_metrics=not args.no_metrics, calibration=cal)
     if args.json == "-":
         print(json.dumps(rep.to_dict(), indent=2))
     else:
@@ -273,6 +319,10 @@ def cmd_eval(args) -> int:
         kw["max_windows"] = args.max_windows
     if args.dtype is not None:
         kw["dtype"] = args.dtype
+    if args.text is not None:
+        kw["text_file"] = args.text
+    if args.plain_text:
+        kw["plain_text"] = True
     if args.threads is not None:
         _set_threads(args.threads)
     res = adpq_eval.perplexity(args.dir, dequantize=args.dequantize, lm_head_bits=args.lm_head_bits, **kw)

@@ -206,6 +206,7 @@ def perplexity(
     bos_each_window: bool = False,
     dequantize: bool = False,
     lm_head_bits: Optional[int] = None,
+    plain_text: bool = False,
 ) -> PerplexityResult:
     """WikiText-2 perplexity by the protocol in this module's docstring.
 
@@ -228,6 +229,8 @@ def perplexity(
             (AdpqLinear modules running the C kernel).
         lm_head_bits: an adpq folder's output projection quantized at load to this many bits
             (adpq.load(lm_head=...)), to measure what it costs.
+        plain_text: tokenize the file as it is (UTF-8) instead of as WikiText rows joined by blank
+            lines (for another text than WikiText: source code, a document).
     """
     import torch
 
@@ -273,7 +276,8 @@ def perplexity(
         used_dtype = tdtype or torch.float32
 
     # ---- tokens and windows
-    ids = tokenize_text(tok, wikitext_text(text_path), add_special_tokens=add_special_tokens)
+    text = text_path.read_text(encoding="utf-8") if plain_text else wikitext_text(text_path)
+    ids = tokenize_text(tok, text, add_special_tokens=add_special_tokens)
     n_avail = ids.numel() // ctx
     if n_avail == 0:
         raise ValueError(f"ctx={ctx} is larger than the text: {text_path} has only {ids.numel()} tokens")
@@ -343,6 +347,8 @@ def perplexity(
         add_special_tokens=add_special_tokens,
         bos_each_window=bos_each_window,
         model=model_name,
+        **({"protocol": "plain text: the file as it is, one tokenization, non-overlapping ctx windows"}
+           if plain_text else {}),
     )
 
 

@@ -11,6 +11,9 @@
  * - pack: code streams of 2/3/4/8 bits and index streams of 1..32 bits at odd offsets, against a
  *   bit-by-bit reference, and back.
  * - matmul (test_matmul.c): adpq_matmul against a double product of adpq_dequantize's matrix.
+ * - gptq: the kernels' products against their formula; adpq_gptq_inverse's U^T U = the damped,
+ *   permuted H^-1; adpq_gptq the same on both kernel sets and thread counts, values on their codes'
+ *   levels, and its errors (not positive definite, NaN/Inf, float16 overflow, bad arguments).
  * - quantize: adpq_quantize -> adpq_dequantize over bits x quantizer kind x outlier format x scope x
  *   scale dtype x group size on both kernel sets: identical arrays, each weight at its nearest
  *   level (clamped) of its group's stored quantizer, outliers the largest weights, the mask of
@@ -1017,6 +1020,214 @@ static void test_metrics_columns(int have_v) {
     end();
 }
 
+/* ------------------------------------------------------------------ GPTQ */
+
+/* gemm_sub and gemm_sub_f64: both sets against the formula (a sum from 0 in t order, then one
+ * subtraction), bit for bit, over shapes around the AVX2 tiles (4 rows x 3 vectors) and odd strides;
+ * axpy_rows likewise */
+static void test_kernels_gemm(const adpq_kernels *S, const adpq_kernels *V) {
+    static const int64_t MS[] = {0, 1, 3, 4, 5, 8, 9}, NS[] = {0, 1, 3, 4, 7, 8, 11, 12, 13, 16, 23, 24, 25, 36, 37, 50},
+                         KS[] = {1, 2, 7, 64, 129};
+    begin("kernels: gemm_sub, gemm_sub_f64, axpy_rows (GPTQ)");
+    for (int mi = 0; mi < 7; mi++)
+        for (int ni = 0; ni < 16; ni++)
+            for (int ki = 0; ki < 5; ki++)
+                for (int kind = 0; kind < 2; kind++) {
+                    const int64_t m = MS[mi], n = NS[ni], k = KS[ki];
+                    const int64_t as = k + below(3), bs = n + below(5), cs = n + below(5);
+                    const size_t na = (size_t)(m * as + 1), nb = (size_t)(k * bs + 1), nc = (size_t)(m * cs + 1);
+                    float *a = malloc(4 * na), *b = malloc(4 * nb), *c0 = malloc(4 * nc), *c1 = malloc(4 * nc),
+                          *c2 = malloc(4 * nc);
+                    double *ad = malloc(8 * na), *bd = malloc(8 * nb), *d0 = malloc(8 * nc), *d1 = malloc(8 * nc),
+                           *d2 = malloc(8 * nc);
+                    for (size_t i = 0; i < na; i++) {
+                        a[i] = kind ? (unif() < 0.3 ? 0.0f : unif() < 0.2 ? -0.0f : normal() * 1e3f) : normal();
+                        ad[i] = (double)a[i] * (1.0 + 1e-9 * normal());
+                    }
+                    for (size_t i = 0; i < nb; i++) {
+                        b[i] = kind ? (unif() < 0.3 ? -0.0f : normal() * 1e-3f) : normal();
+                        bd[i] = (double)b[i] * (1.0 + 1e-9 * normal());
+                    }
+                    for (size_t i = 0; i < nc; i++) {
+                        c0[i] = c1[i] = c2[i] = kind && unif() < 0.3 ? -0.0f : normal();
+                        d0[i] = d1[i] = d2[i] = (double)c0[i];
+                    }
+                    for (int64_t i = 0; i < m; i++)
+                        for (int64_t j = 0; j < n; j++) {
+                            float acc = 0.0f;
+                            double accd = 0.0;
+                            for (int64_t t = 0; t < k; t++) {
+                                acc += a[i * as + t] * b[t * bs + j];
+                                accd += ad[i * as + t] * bd[t * bs + j];
+                            }
+                            c0[i * cs + j] -= acc;
+                            d0[i * cs + j] -= accd;
+                        }
+                    S->gemm_sub(c1, cs, a, as, b, bs, m, n, k);
+                    V->gemm_sub(c2, cs, a, as, b, bs, m, n, k);
+                    S->gemm_sub_f64(d1, cs, ad, as, bd, bs, m, n, k);
+                    V->gemm_sub_f64(d2, cs, ad, as, bd, bs, m, n, k);
+                    int bad = 0;
+                    for (size_t i = 0; i < nc; i++)
+                        bad += f_bits(c0[i]) != f_bits(c1[i]) || f_bits(c0[i]) != f_bits(c2[i]) ||
+                               memcmp(&d0[i], &d1[i], 8) != 0 || memcmp(&d0[i], &d2[i], 8) != 0;
+                    CHECK(bad == 0, "m=%lld n=%lld k=%lld kind=%d: %d elements differ", (long long)m, (long long)n,
+                          (long long)k, kind, bad);
+                    free(a), free(b), free(c0), free(c1), free(c2), free(ad), free(bd), free(d0), free(d1), free(d2);
+                }
+    for (int nr = 1; nr <= 9; nr++) /* axpy_rows: x[r][j] -= e[r] * u[j] */
+        for (int ni = 0; ni < 16; ni++) {
+            const int64_t n = NS[ni] + 7 * ni, xs = n + below(4);
+            float e[9], u[160], x0[9 * 170], x1[9 * 170], x2[9 * 170];
+            for (int r = 0; r < nr; r++) e[r] = unif() < 0.2 ? -0.0f : normal() * 10.0f;
+            for (int64_t j = 0; j < n; j++) u[j] = unif() < 0.2 ? 0.0f : normal();
+            for (int64_t i = 0; i < nr * xs; i++) x0[i] = x1[i] = x2[i] = normal();
+            for (int r = 0; r < nr; r++)
+                for (int64_t j = 0; j < n; j++) x0[r * xs + j] -= e[r] * u[j];
+            S->axpy_rows(x1, xs, nr, e, u, n);
+            V->axpy_rows(x2, xs, nr, e, u, n);
+            int bad = 0;
+            for (int64_t i = 0; i < nr * xs; i++) bad += f_bits(x0[i]) != f_bits(x1[i]) || f_bits(x0[i]) != f_bits(x2[i]);
+            CHECK(bad == 0, "axpy_rows nr=%d n=%lld: %d differ", nr, (long long)n, bad);
+        }
+    end();
+}
+
+/* adpq_gptq_inverse / adpq_gptq through the API: U^T U = the damped, permuted H^-1, the outputs the
+ * same on both kernel sets and any thread count, each value its code on its grid, and the errors */
+static void test_gptq(int have_v) {
+    enum { R = 37, C = 53, G = 16, GPR = 4 };
+    begin("gptq: inverse factor, solver on both kernel sets, errors");
+    double *x = malloc(sizeof(double) * 3 * C * C), *h = calloc(C * C, sizeof(double));
+    for (int i = 0; i < 3 * C * C; i++) x[i] = normal() * ((i % C) % 9 == 0 ? 10.0 : 1.0);
+    for (int i = 0; i < 3 * C; i++)
+        for (int a = 0; a < C; a++)
+            for (int b = 0; b < C; b++) h[a * C + b] += x[i * C + a] * x[i * C + b] / (3.0 * C);
+    for (int j = 0; j < C; j++) h[5 * C + j] = h[j * C + 5] = 0.0; /* a dead input */
+    float *u = malloc(sizeof(float) * C * C), *u2 = malloc(sizeof(float) * C * C);
+    int64_t perm[C], perm2[C];
+    char err[ADPQ_ERRLEN] = {0};
+    for (int act = 0; act < 2; act++) {
+        CHECK(adpq_gptq_inverse(h, C, 0.01, act, 1, u, perm, err) == ADPQ_OK, "inverse: %s", err);
+        double mean = 0;
+        for (int j = 0; j < C; j++) mean += h[j * C + j] == 0 ? 1.0 : h[j * C + j];
+        mean /= C;
+        double worst = 0;
+        for (int i = 0; i < C; i++) {
+            CHECK(act || perm[i] == i, "natural order");
+            if (act && i) {
+                const double d0 = h[perm[i - 1] * C + perm[i - 1]], d1 = h[perm[i] * C + perm[i]];
+                CHECK(d0 > d1 || (d0 == d1 && perm[i - 1] < perm[i]), "act-order: descending, stable");
+            }
+            for (int j = 0; j < C; j++) { /* (U^T U Hp)[i][j] = delta_ij */
+                double v = 0;
+                for (int t = 0; t < C; t++) {
+                    double ut = 0;
+                    for (int s = 0; s <= t && s <= i; s++) ut += (double)u[s * C + i] * u[s * C + t];
+                    const int64_t pt = perm[t], pj = perm[j];
+                    double hv = h[pt * C + pj];
+                    if (pt == pj) hv = (hv == 0 ? 1.0 : hv) + 0.01 * mean;
+                    v += ut * hv;
+                }
+                worst = fmax(worst, fabs(v - (i == j)));
+                if (j < i) CHECK(u[i * C + j] == 0.0f, "upper triangular");
+            }
+        }
+        CHECK(worst < 1e-4, "U^T U Hp = I within %g (act %d)", worst, act);
+        for (int k = 0; k < 1 + have_v; k++) {
+            adpq_set_kernels(k ? "avx2" : "scalar");
+            CHECK(adpq_gptq_inverse(h, C, 0.01, act, 3, u2, perm2, err) == ADPQ_OK, "%s", err);
+            CHECK(!memcmp(u, u2, sizeof(float) * C * C) && !memcmp(perm, perm2, sizeof(perm)), "the same U");
+        }
+        adpq_set_kernels("auto");
+    }
+
+    float w[R * C], s0[R * GPR], z0[R * GPR], so0[R * GPR], zo0[R * GPR];
+    uint8_t mask[R * C];
+    for (int i = 0; i < R * C; i++) {
+        w[i] = normal();
+        mask[i] = unif() < 0.03;
+    }
+    for (int i = 0; i < R * GPR; i++) {
+        s0[i] = 0.25f + 0.1f * (float)unif();
+        z0[i] = (float)below(16);
+        so0[i] = 1.0f;
+        zo0[i] = 7.5f;
+    }
+    for (int c = 0; c < 8; c++) {
+        const int fp16 = c & 1;
+        adpq_gptq_config cfg = {4, G, 0, (c >> 1) & 1, ADPQ_F16, 0.01, 1 + 7 * (c >> 2), (c >> 1) & 1, c >> 2, 1};
+        uint8_t codes[2][(R * C * 4 + 7) / 8];
+        float vals[2][R * C], s[2][R * GPR], z[2][R * GPR], so[2][R * GPR], zo[2][R * GPR];
+        for (int v = 0; v < 2; v++) {
+            memcpy(s[v], s0, sizeof(s0)), memcpy(z[v], z0, sizeof(z0));
+            memcpy(so[v], so0, sizeof(so0)), memcpy(zo[v], zo0, sizeof(zo0));
+            adpq_set_kernels(v && have_v ? "avx2" : "scalar");
+            cfg.threads = v ? 3 : 1;
+            const adpq_status st = adpq_gptq(w, R, C, h, mask, &cfg, s[v], z[v], fp16 ? NULL : so[v],
+                                             fp16 ? NULL : zo[v], codes[v], vals[v], err);
+            CHECK(st == ADPQ_OK, "gptq case %d: %s", c, err);
+        }
+        adpq_set_kernels("auto");
+        CHECK(!memcmp(codes[0], codes[1], sizeof(codes[0])) && !memcmp(vals[0], vals[1], sizeof(vals[0])) &&
+                  !memcmp(s[0], s[1], sizeof(s[0])) && !memcmp(z[0], z[1], sizeof(z[0])),
+              "case %d: the same output on both sets, 1 and 3 threads", c);
+        uint8_t q[R * C];
+        adpq_unpack_codes(codes[0], 0, R * C, 4, q);
+        int bad = 0;
+        for (int i = 0; i < R * C; i++) {
+            const int gi = (i / C) * GPR + (i % C) / G, out = mask[i] && !fp16;
+            const float sv = out ? so[0][gi] : s[0][gi], zv = out ? zo[0][gi] : z[0][gi];
+            if (mask[i] && fp16)
+                bad += vals[0][i] != adpq_f16_to_f32(adpq_f32_to_f16(vals[0][i]));
+            else
+                bad += vals[0][i] != ((float)q[i] - zv) * sv;
+        }
+        CHECK(bad == 0, "case %d: %d values off their code's level", c, bad);
+    }
+
+    adpq_gptq_config cfg = {4, G, 0, 0, ADPQ_F16, 0.01, 8, 0, 0, 1};
+    uint8_t codes[(R * C * 4 + 7) / 8];
+    float vals[R * C], s[R * GPR], z[R * GPR];
+    memcpy(s, s0, sizeof(s0)), memcpy(z, z0, sizeof(z0));
+    double *bad_h = calloc(C * C, sizeof(double));
+    for (int j = 0; j < C; j++) bad_h[j * C + j] = j == 7 ? -3.0 : 1.0;
+    CHECK(adpq_gptq_inverse(bad_h, C, 0.01, 0, 1, u, perm, err) == ADPQ_ERR_NOTPD && strstr(err, "positive definite"),
+          "not positive definite: %s", err);
+    CHECK(adpq_gptq(w, R, C, bad_h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_NOTPD, "%s", err);
+    bad_h[7 * C + 7] = NAN;
+    CHECK(adpq_gptq_inverse(bad_h, C, 0.01, 0, 1, u, perm, err) == ADPQ_ERR_NONFINITE, "NaN in H");
+    CHECK(adpq_gptq_inverse(h, 0, 0.01, 0, 1, u, perm, err) == ADPQ_ERR_ARG, "n = 0");
+    CHECK(adpq_gptq_inverse(h, C, -1.0, 0, 1, u, perm, err) == ADPQ_ERR_ARG, "damp < 0");
+    CHECK(adpq_gptq_inverse(h, (int64_t)1 << 40, 0.01, 0, 1, u, perm, err) == ADPQ_ERR_ARG, "n too large");
+    cfg.block_size = 0;
+    CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG, "block_size 0");
+    cfg.block_size = 8;
+    cfg.bits = 5;
+    CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG, "bits 5");
+    cfg.bits = 4;
+    cfg.group_size = 4;
+    CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG, "group_size 4");
+    cfg.group_size = G;
+    CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, s, NULL, codes, vals, err) == ADPQ_ERR_ARG, "one outlier grid");
+    CHECK(adpq_gptq(w, INT64_MAX / 4, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG,
+          "rows * cols overflows");
+    s[3] = 0.0f;
+    CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG, "a zero scale");
+    s[3] = s0[3];
+    float big[R * C];
+    memcpy(big, w, sizeof(big));
+    for (int i = 0; i < R * C; i++)
+        if (mask[i]) big[i] = 70000.0f;
+    CHECK(adpq_gptq(big, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_RANGE &&
+              strstr(err, "float16"),
+          "a float16 outlier overflows: %s", err);
+    big[0] = INFINITY;
+    CHECK(adpq_gptq(big, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_NONFINITE, "Inf in w");
+    free(x), free(h), free(u), free(u2), free(bad_h);
+    end();
+}
+
 static int cmp_desc(const void *a, const void *b) {
     const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return x < y ? 1 : x > y ? -1 : 0;
@@ -1068,6 +1279,7 @@ int main(void) {
         test_kernels_elementwise(S, V);
         test_kernels_groups(S, V);
     }
+    test_kernels_gemm(S, V ? V : S);
     test_pack(S, V ? V : S);
     test_select();
     test_quantize_grid(V != NULL);
@@ -1075,6 +1287,7 @@ int main(void) {
     test_routes(V != NULL);
     test_metrics_columns(V != NULL);
     test_matmul(V != NULL);
+    test_gptq(V != NULL);
     adpq_set_kernels("auto");
     if (n_failed)
         printf("test_core: %lld of %lld checks FAILED in %d of %d groups\n", n_failed, n_checks, n_groups_failed, n_groups);

@@ -104,6 +104,16 @@ def _choice(v: Any, name: str, choices: tuple) -> str:
     return str(v)
 
 
+def _from_dict(cls, d: Mapping[str, Any]):
+    """A config dataclass from a dict of its fields (unknown names refused)."""
+    if not isinstance(d, Mapping):
+        raise TypeError(f"a {cls.__name__} is read from a dict, got {type(d).__name__}")
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {_short(sorted(map(repr, unknown)))}")
+    return cls(**dict(d))
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Parameters of the AdpQ quantizer (docs/DESIGN.md section 2).
@@ -203,13 +213,7 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantConfig":
-        if not isinstance(d, Mapping):
-            raise TypeError(f"a QuantConfig is read from a dict, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown QuantConfig field(s): {_short(sorted(map(repr, unknown)))}")
-        return cls(**dict(d))
+        return _from_dict(cls, d)
 
     def resolved(self, rows: int) -> "QuantConfig":
         """The config with column_scaling "auto" decided for a matrix of `rows` rows."""
@@ -237,3 +241,50 @@ class QuantConfig:
             "threads": int(t),
             "integer_zero": int(self.zero_point == "integer"),
         }
+
+
+GPTQ_GRIDS = ("fixed", "refit")
+MAX_GPTQ_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class GptqConfig:
+    """How adpq.quantize(w, hessian=H) refines AdpQ's result with GPTQ (docs/DESIGN.md 2.7).
+
+    damp        added to H's diagonal, as a fraction of its mean (>= 0; GPTQ's percdamp).
+    block_size  columns per lazy batch update (>= 1): speed only, the same result up to float
+                rounding.
+    act_order   round the columns in order of descending H_jj (the most active inputs first);
+                the group grids are then static (the start's), as GPTQ's static groups.
+    grids       "fixed": keep the start's group grids (AdpQ's, or RTN's with outlier_ratio=0) and
+                change the codes only; "refit": recompute each group's grid from its compensated
+                weights when its first column is reached (natural order only: with act_order the
+                grids stay fixed).
+    The outlier set and the column scales are always the start's; bits per weight never change.
+    """
+
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = True
+    grids: str = "fixed"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "damp", check_real(self.damp, "damp"))
+        if not (math.isfinite(self.damp) and 0.0 <= self.damp <= 1e6):
+            raise ValueError(f"damp must be in [0, 1e6], got {_short(self.damp)}")
+        object.__setattr__(self, "block_size", check_int(self.block_size, "block_size", 1, MAX_GPTQ_BLOCK))
+        if isinstance(self.act_order, (bool, np.bool_)) or (_is_int(self.act_order) and self.act_order in (0, 1)):
+            object.__setattr__(self, "act_order", bool(self.act_order))
+        else:
+            raise TypeError(f"act_order must be a bool, got {_short(self.act_order)}")
+        object.__setattr__(self, "grids", _choice(self.grids, "grids", GPTQ_GRIDS))
+
+    def replace(self, **changes: Any) -> "GptqConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GptqConfig":
+        return _from_dict(cls, d)

@@ -9,7 +9,8 @@ import numpy as np
 from .. import _core
 from . import dtypes, thresholds
 from .arrays import as_weight_matrix, to_float32
-from .config import QuantConfig, useful_threads
+from .config import GptqConfig, QuantConfig, useful_threads
+from .gptq import refine
 from .layout import layout_of
 from .quantized import QuantizedTensor
 
@@ -52,8 +53,9 @@ def quantize(w: Any, bits: int = _D["bits"], group_size: int = _D["group_size"],
              outlier_format: str = _D["outlier_format"], threads: Optional[int] = _D["threads"],
              scale_dtype: str = _D["scale_dtype"], zero_point: str = _D["zero_point"],
              column_scaling: str = _D["column_scaling"],
-             config: Optional[QuantConfig] = None, one_pass: str = "auto") -> QuantizedTensor:
-    """Quantizes a 1-D or 2-D float array with AdpQ.
+             config: Optional[QuantConfig] = None, one_pass: str = "auto", hessian: Any = None,
+             gptq: Optional[GptqConfig] = None) -> QuantizedTensor:
+    """Quantizes a 1-D or 2-D float array with AdpQ (and refines it with GPTQ when given a Hessian).
 
     w: a NumPy array or a CPU torch tensor of float32, float16 or bfloat16 (float64 is converted to
     float32), read in place where its layout allows.
@@ -63,17 +65,27 @@ def quantize(w: Any, bits: int = _D["bits"], group_size: int = _D["group_size"],
     for bit, only the speed differs. "auto": one pass over column-scaled matrices of at least 24 MiB
     (a sampled threshold, the few groups it got wrong quantized again), else two passes; "always":
     one pass whenever the matrix is large enough to be sampled; "never": two passes.
+    hessian: H = X^T X of the layer's calibration inputs X (in_features x in_features; any positive
+    multiple): AdpQ's result is then the start of GPTQ (docs/DESIGN.md 2.7), which keeps its outliers,
+    column scales and (gptq.grids="fixed") group grids and re-rounds the codes to lower the output
+    error ||(W - W_hat) X^T||; same arrays, same bits per weight. None: AdpQ alone.
+    gptq: the GPTQ options (GptqConfig; default GptqConfig()), only with a hessian.
     The C core runs multi-threaded with the GIL released.
     """
     cfg = _resolve_config(config, bits=bits, group_size=group_size, outlier_ratio=outlier_ratio,
                           outlier_scope=outlier_scope, gamma=gamma, lam=lam, symmetric=symmetric,
                           outlier_format=outlier_format, threads=threads, scale_dtype=scale_dtype,
                           zero_point=zero_point, column_scaling=column_scaling)
+    if hessian is None and gptq is not None:
+        raise ValueError("gptq options need a hessian (adpq.quantize(w, hessian=H, gptq=...))")
     raw, scales, cfg, dname, shape = _quantize_raw(w, cfg, one_pass)
     arrays = _typed_arrays(raw, cfg)
     if scales is not None:
         arrays["column_scales"] = scales
-    return QuantizedTensor._from_core(arrays, shape, cfg, dname)
+    qt = QuantizedTensor._from_core(arrays, shape, cfg, dname)
+    if hessian is not None:
+        qt = refine(w, qt, hessian, gptq)
+    return qt
 
 
 def _quantize_raw(w: Any, cfg: QuantConfig, one_pass: str = "auto"):

@@ -40,12 +40,15 @@ _TORCH_DTYPE_NAME = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16:
 class AdpqConfig(QuantizationConfigMixin):
     """The quantization_config of an adpq model: every adpq.QuantConfig field (same names, defaults
     and checks), the include/exclude patterns of quantize_checkpoint, and for the runtime the
-    activations mode of AdpqLinear (adpq.core.matmul.MODES; not stored in the model's files).
+    activations mode of AdpqLinear (adpq.core.matmul.MODES; not stored in the model's files), and
+    the record of a GPTQ calibration (`calibration`: what adpq.calibrate used; provenance only, kept
+    as it is read).
 
         AutoModelForCausalLM.from_pretrained(plain_dir, quantization_config=adpq.AdpqConfig(bits=3))
     """
 
-    def __init__(self, include=(), exclude=(), activations: str = "float32", **kwargs: Any):
+    def __init__(self, include=(), exclude=(), activations: str = "float32", calibration: Optional[dict] = None,
+                 **kwargs: Any):
         self.quant_method = QUANT_METHOD
         self.format_version = check_format_version(kwargs.pop("format_version", FORMAT_VERSION),
                                                    "adpq quantization_config")
@@ -53,7 +56,11 @@ class AdpqConfig(QuantizationConfigMixin):
         unknown = sorted(set(kwargs) - set(_QUANT_FIELDS))
         if unknown:
             raise TypeError(f"AdpqConfig got unknown argument(s) {unknown}; it takes {list(_QUANT_FIELDS)}, "
-                            "include, exclude and activations")
+                            "include, exclude, activations and calibration")
+        if calibration is not None and not isinstance(calibration, dict):
+            raise TypeError(f"calibration must be a dict (the record adpq.calibrate wrote), got "
+                            f"{type(calibration).__name__}")
+        self.calibration = calibration
         if self.format_version < 2:
             kwargs.setdefault("column_scaling", "none")  # format 1 predates column scaling
         self.quant_config = QuantConfig(**kwargs)
@@ -67,9 +74,12 @@ class AdpqConfig(QuantizationConfigMixin):
         """The config.json block of the adpq format (docs/FORMAT.md)."""
         from ..io.report import jsonable
 
-        return {"quant_method": QUANT_METHOD, "format_version": self.format_version,
-                **jsonable(self.quant_config.to_dict()), "include": list(self.include),
-                "exclude": list(self.exclude)}
+        d = {"quant_method": QUANT_METHOD, "format_version": self.format_version,
+             **jsonable(self.quant_config.to_dict()), "include": list(self.include),
+             "exclude": list(self.exclude)}
+        if self.calibration is not None:
+            d["calibration"] = jsonable(self.calibration)
+        return d
 
     def to_diff_dict(self) -> Dict[str, Any]:
         return self.to_dict()

@@ -88,7 +88,8 @@ def _patterns(p) -> List[str]:
 _REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(TensorReport))
 
 
-def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, compute_metrics, threads, info):
+def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, compute_metrics, threads,
+                    calibration, info):
     """One tensor (on a pipeline thread): (entries to write, shard metadata, its report, whose values
     are plain Python: it goes into the run's JSON manifest as it is)."""
     ts = time.perf_counter()
@@ -101,12 +102,14 @@ def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, 
                            8.0 * w.dtype.itemsize)
         rep.seconds = time.perf_counter() - ts
         return [(info.name, w)], meta, rep
-    try:
-        qt = quantize(w, config=run_cfg)  # (run_cfg: cfg with the pipeline's threads; same arrays)
+    hessian = calibration.hessians.get(info.name) if calibration is not None else None
+    try:  # (run_cfg: cfg with the pipeline's threads; same arrays)
+        qt = (quantize(w, config=run_cfg) if hessian is None else
+              quantize(w, config=run_cfg, hessian=hessian, gptq=calibration.gptq))
     except (ValueError, TypeError, MemoryError) as e:
         raise CheckpointError(f"tensor {info.name!r} ({os.path.basename(info.path)}): {e}") from e
     rep = TensorReport(info.name, info.shape, info.dtype, True, info.nbytes, 0, float(qt.bits_per_weight),
-                       jsonable(dict(qt.bits_breakdown())), int(qt.num_outliers))
+                       jsonable(dict(qt.bits_breakdown())), int(qt.num_outliers), gptq=hessian is not None)
     if format == "adpq":
         arrays = qt.arrays()
         entries = [(array_entry(info.name, k), a) for k, a in arrays.items()]
@@ -127,18 +130,38 @@ def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, 
     return entries, meta, rep
 
 
+def _check_calibration(calibration, cfg: QuantConfig) -> Optional[dict]:
+    """The calibration's record for quantization_config, after checking it fits this run."""
+    if calibration is None:
+        return None
+    for attr in ("hessians", "config", "gptq", "info", "fingerprint"):
+        if not hasattr(calibration, attr):
+            raise TypeError(f"calibration must be an adpq.calibrate(...) result, got {type(calibration).__name__}")
+    def core(c):
+        return {k: v for k, v in c.to_dict().items() if k != "threads"}
+    if core(calibration.config) != core(cfg):
+        raise CheckpointError("the calibration was run with another quantization config (its layers were "
+                              f"quantized with {core(calibration.config)}); calibrate with this config")
+    return jsonable({**calibration.info, "gptq": calibration.gptq.to_dict()})
+
+
 def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=None, format: str = "adpq",
                         progress: bool = True, overwrite: bool = False, resume: bool = True,
                         fake_dtype: Optional[str] = None, max_shard_size="2GB",
-                        compute_metrics: bool = True) -> CheckpointReport:
+                        compute_metrics: bool = True, calibration=None) -> CheckpointReport:
     """Quantize a Hugging Face safetensors folder into dst_dir, tensor by tensor (two workers on half
     the cores each, up to six tensors in flight, unless config.threads is set).
+
+    calibration: an adpq.calibrate(...) result for this folder and config: each tensor it holds a
+    Hessian for is refined with GPTQ (docs/DESIGN.md 2.7); the calibration is recorded in
+    quantization_config. config=None then takes the calibration's config.
 
     format="adpq": packed arrays (docs/FORMAT.md); format="fake": an ordinary HF folder holding the
     dequantized weights in the source dtype (or fake_dtype: float16/bfloat16/float32).
     A re-run into the same dst_dir with the same settings resumes an interrupted run.
     """
-    cfg = config if config is not None else QuantConfig()
+    cfg = config if config is not None else calibration.config if calibration is not None else QuantConfig()
+    cal_json = _check_calibration(calibration, cfg)
     if format not in ("adpq", "fake"):
         raise CheckpointError(f"unknown format {format!r} (use 'adpq' or 'fake')")
     out_dt = output_dtype(fake_dtype)
@@ -157,6 +180,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     job = {"kind": "quantize", "format": format, "config": job_cfg, "include": inc,
            "exclude": exc, "fake_dtype": fake_dtype, "source": src.fingerprint(),
            "format_version": FORMAT_VERSION, "max_shard_bytes": parse_size(max_shard_size)}
+    if calibration is not None:
+        job["calibration"] = calibration.fingerprint()
     est = header_estimate((i.name, i.name in selected) for i in infos)
     run = OutputRun(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"], header_estimate=est)
     todo = [i for i in infos if not run.is_done(i.name)]
@@ -173,7 +198,7 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     depth = 3 * workers
     per_tensor_threads = cfg.threads or max(1, cores // workers)
     work = functools.partial(_process_tensor, src, selected, cfg, cfg.replace(threads=per_tensor_threads),
-                             cfg_json_dict, format, out_dt, compute_metrics, per_tensor_threads)
+                             cfg_json_dict, format, out_dt, compute_metrics, per_tensor_threads, calibration)
     new_reports: Dict[str, TensorReport] = {}
     t0 = time.perf_counter()
     bytes_read = 0
@@ -207,11 +232,15 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
         if format == "adpq":
             cfg_json["quantization_config"] = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION,
                                                **jsonable(cfg.to_dict()), "include": inc, "exclude": exc}
+            if cal_json is not None:
+                cfg_json["quantization_config"]["calibration"] = cal_json
         else:
             if out_dt is not None:
                 set_config_dtype(cfg_json, str(out_dt))
             cfg_json["adpq_fake_quant"] = {"format_version": FORMAT_VERSION, **jsonable(cfg.to_dict()),
                                            "include": inc, "exclude": exc}
+            if cal_json is not None:
+                cfg_json["adpq_fake_quant"]["calibration"] = cal_json
         files = run.finish(src, cfg_json)
     except BaseException:
         run.abort()

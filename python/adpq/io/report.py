@@ -26,6 +26,7 @@ class TensorReport:
     metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     resumed: bool = False            # done by an earlier, interrupted run
+    gptq: bool = False               # refined with a calibration Hessian
 
     @property
     def numel(self) -> int:

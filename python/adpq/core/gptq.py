@@ -1,0 +1,133 @@
+"""GPTQ refinement of an AdpQ result with a Hessian of calibration inputs (docs/DESIGN.md 2.7).
+
+AdpQ supplies the start (its outlier set, column scales and group grids); the C solver
+(csrc/gptq.c, mirrored by adpq.reference.gptq) rounds the columns one by one and compensates each
+column's error on the columns not yet rounded. The result has the same arrays, in the same sizes,
+as the start: bits per weight do not change.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from .. import _core
+from . import dtypes
+from .arrays import as_array, as_weight_matrix, to_float32
+from .config import GptqConfig, QuantConfig, useful_threads
+from .layout import pack_bits
+from .quantized import QuantizedTensor
+
+F32 = np.float32
+# H is symmetric up to float rounding of its accumulation: asymmetry beyond this (relative to
+# max |H|) is a wrong matrix, not rounding.
+SYMMETRY_RTOL = 1e-4
+
+
+def check_hessian(h: Any, cols: int) -> np.ndarray:
+    """H (cols x cols) as float64, symmetrised; ValueError/TypeError naming what is wrong."""
+    a = as_array(h, "hessian")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)) or a.dtype == np.bool_:
+        raise TypeError(f"hessian must be a float array, got dtype {a.dtype}")
+    if a.ndim != 2 or a.shape != (cols, cols):
+        raise ValueError(f"hessian must have shape ({cols}, {cols}) (in_features x in_features of the "
+                         f"weight), got {a.shape}")
+    if a.dtype.itemsize == 2 and np.issubdtype(a.dtype, np.floating) or str(a.dtype) == "bfloat16":
+        a = a.astype(F32)
+    a = np.asarray(a, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError("hessian has non-finite values (NaN or inf)")
+    scale = float(np.abs(a).max())
+    if scale == 0.0:
+        raise ValueError("hessian is all zeros (the calibration saw no input)")
+    if float(np.abs(a - a.T).max()) > SYMMETRY_RTOL * scale:
+        raise ValueError("hessian is not symmetric (H = X^T X is)")
+    if (np.diag(a) < 0).any():
+        raise ValueError("hessian has a negative diagonal entry: it is not positive semi-definite")
+    return (a + a.T) * 0.5
+
+
+def _grid(arr: np.ndarray) -> np.ndarray:
+    """A stored scale/zero array (16-bit floats or float32) as float32 values."""
+    return np.asarray(arr).astype(F32)
+
+
+def _start_grids(qt: QuantizedTensor):
+    """(s, z, so, zo) float32 (rows, groups) of the start; so/zo None with fp16 outliers."""
+    cfg, lay = qt.config, qt.layout
+    a = qt.arrays()
+    shape = (lay.rows, lay.groups_per_row)
+    s = _grid(a["scales"]).reshape(shape)
+    z = np.full(shape, F32(1 << (cfg.bits - 1))) if cfg.symmetric else _grid(a["zeros"]).reshape(shape)
+    if cfg.outlier_format == "fp16":
+        return s, z, None, None
+    so = np.ones(shape, dtype=F32)
+    zo = np.full(shape, F32(1 << (cfg.bits - 1)) if cfg.symmetric else F32(0))
+    if qt.num_outliers:
+        has = a["outlier_counts"].reshape(shape) > 0
+        so[has] = _grid(a["outlier_scales"])
+        if not cfg.symmetric:
+            zo[has] = _grid(a["outlier_zeros"])
+    return s, z, so, zo
+
+
+def c_solver(w, h, mask, s, z, so, zo, **kw) -> Dict[str, np.ndarray]:
+    """_core.gptq with the reference's argument names (codes come back packed)."""
+    kw["scale_dtype"] = dtypes.C_CODE[kw["scale_dtype"]]
+    return _core.gptq(w, h, mask, s, z, so, zo, **kw)
+
+
+def refine(w: Any, start: QuantizedTensor, hessian: Any, gptq: Optional[GptqConfig] = None,
+           threads: Optional[int] = None, solver: Optional[Callable[..., Dict[str, np.ndarray]]] = None
+           ) -> QuantizedTensor:
+    """start (adpq.quantize(w, config)) refined by GPTQ with H = hessian: the same config, arrays and
+    sizes, new codes (and outlier values, and grids with grids="refit").
+
+    solver: the C core (default) or adpq.reference.gptq.solve (tests); both take the same arguments.
+    """
+    g = gptq if gptq is not None else GptqConfig()
+    if not isinstance(g, GptqConfig):
+        raise TypeError(f"gptq must be a GptqConfig, got {type(g).__name__}")
+    w2, dname, shape = as_weight_matrix(w)
+    if tuple(shape) != tuple(start.shape):
+        raise ValueError(f"the start was quantized from shape {start.shape}, not {shape}")
+    cfg: QuantConfig = start.config
+    lay = start.layout
+    h = check_hessian(hessian, lay.cols)
+    wf = np.array(to_float32(w2, dname), dtype=F32, copy=True)
+    arrays = dict(start.arrays())
+    cs = arrays.get("column_scales")
+    if cs is not None:
+        c = np.asarray(cs).astype(F32)
+        wf *= (F32(1) / c)[None, :]  # W' = W * m, m = 1/c in float32 (reference.columns)
+        c64 = c.astype(np.float64)
+        h = h * c64[:, None] * c64[None, :]  # the inputs W' sees: x * c
+    mask = np.ascontiguousarray(start.outlier_mask().reshape(lay.rows, lay.cols))
+    s, z, so, zo = _start_grids(start)
+    run = solver if solver is not None else c_solver
+    res = run(wf, h, mask, s, z, so, zo, bits=cfg.bits, group_size=lay.group_size, symmetric=cfg.symmetric,
+              integer_zero=cfg.zero_point == "integer", scale_dtype=cfg.scale_dtype, damp=g.damp,
+              block_size=g.block_size, act_order=g.act_order, refit=g.grids == "refit",
+              threads=useful_threads(threads if threads is not None else cfg.threads))
+    codes = res["codes"]
+    if codes.ndim == 2:  # (the reference returns one code per weight)
+        codes = pack_bits(codes.ravel(), cfg.bits)
+    arrays["codes"] = codes
+    sdt = dtypes.NUMPY[cfg.scale_dtype]
+    arrays["scales"] = res["scales"].astype(sdt).reshape(arrays["scales"].shape)
+    if not cfg.symmetric:
+        arrays["zeros"] = res["zeros"].astype(sdt).reshape(arrays["zeros"].shape)
+    if start.num_outliers:
+        if cfg.outlier_format == "fp16":
+            with np.errstate(over="ignore"):
+                vals = res["values"][mask].astype(np.float16)
+            if not np.isfinite(vals).all():
+                raise ValueError("an outlier exceeds the float16 range after error compensation; "
+                                 "use outlier_format='group'")
+            arrays["outlier_values"] = vals
+        else:
+            has = arrays["outlier_counts"].reshape(lay.rows, lay.groups_per_row) > 0
+            arrays["outlier_scales"] = res["outlier_scales"][has].astype(sdt)
+            if not cfg.symmetric:
+                arrays["outlier_zeros"] = res["outlier_zeros"][has].astype(sdt)
+    return QuantizedTensor(arrays, shape, cfg, dname)
