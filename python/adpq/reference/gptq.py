@@ -141,7 +141,7 @@ def solve(w: np.ndarray, h: np.ndarray, mask: np.ndarray, scales: np.ndarray, ze
 def proxy_loss(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray) -> float:
     """tr((W - W_hat) H (W - W_hat)^T) in float64: the output error GPTQ minimises, summed over rows."""
     d = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)
-    return float(np.einsum("ij,jk,ik->", d, np.asarray(h, np.float64), d))
+    return float(np.sum((d @ np.asarray(h, np.float64)) * d))
 
 
 __all__ = ["column_order", "upper_inverse_factor", "solve", "proxy_loss"]
