@@ -41,7 +41,38 @@ ROWS = [
     ("adpq b4 g128 r0.005", "adpq", ADPQ4, None),
     ("gptq b4 g64 (ours, RTN start)", "gptq", RTN4, {}),
     ("adpq->gptq b4 g128 r0.005", "adpq-gptq", ADPQ4, {}),
+    # data-free Hessian proxies (no calibration text)
+    ("adpq->gptq b3 g128 r0.005, proxy H = W^T W", "proxy-wtw", ADPQ3, {}),
+    ("adpq->gptq b3 g128 r0.005, proxy: random-token text", "proxy-random", ADPQ3, {}),
 ]
+
+
+def weight_gram_calibration(model_dir, cfg, g):
+    """A data-free Hessian per matrix from the weights alone: H = W^T W / rows (the matrix's own rows
+    as pseudo-activations)."""
+    import numpy as np
+    from adpq.hf.calibrate import Calibration
+    from adpq.io.checkpoint import select_tensors
+    from adpq.io.folder import SourceCheckpoint
+
+    src = SourceCheckpoint(model_dir)
+    hs = {}
+    for name in select_tensors(list(src.tensors.values())):
+        w = np.asarray(src.get(name)).astype(np.float32).astype(np.float64)
+        hs[name] = (w.T @ w / w.shape[0]).astype(np.float32)
+    return Calibration(hs, cfg, g, {"proxy": "W^T W / rows per matrix (weights only)", "tensors": len(hs)})
+
+
+def random_token_text(model_dir, path: Path, tokens: int = 300_000, seed: int = 0) -> Path:
+    """Pseudo text: uniformly random vocabulary tokens, decoded (no calibration data)."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    special = set(tok.all_special_ids)
+    ids = [int(i) for i in np.random.default_rng(seed).integers(0, len(tok), size=tokens) if int(i) not in special]
+    path.write_text(tok.decode(ids), encoding="utf-8")
+    return path
 
 
 def ood_text(path: Path, max_bytes: int) -> str:
@@ -67,8 +98,12 @@ def run_row(a, label, method, qfields, gfields, work: Path) -> dict:
     cal = None
     if gfields is not None:
         g = adpq.GptqConfig(**{**json.loads(a.gptq), **gfields})
-        cal = adpq.calibrate(a.model, a.calibration, samples=a.samples, seqlen=a.seqlen, config=cfg, gptq=g,
-                             threads=a.threads, progress=not a.quiet)
+        if method == "proxy-wtw":
+            cal = weight_gram_calibration(a.model, cfg, g)
+        else:
+            text = random_token_text(a.model, work / "random_tokens.txt") if method == "proxy-random" else a.calibration
+            cal = adpq.calibrate(a.model, text, samples=a.samples, seqlen=a.seqlen, config=cfg, gptq=g,
+                                 threads=a.threads, progress=not a.quiet)
         row["gptq"] = g.to_dict()
         row["calibration"] = {k: v for k, v in cal.info.items() if k != "gptq"}
     if dst.exists():
@@ -129,6 +164,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="';'-separated row labels (default: all)")
     ap.add_argument("--results", default=None)
     ap.add_argument("--work", default="/tmp/adpq-calibration-bench")
+    ap.add_argument("--proxies", action="store_true", help="also the data-free Hessian proxy rows")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
@@ -153,7 +189,8 @@ def main(argv=None) -> int:
                     "machine": f"{platform.node()} {os.cpu_count()} cores", "command": " ".join(sys.argv)}
     only = set(a.only.split(";")) if a.only else None
     done = {r["label"] for r in res["rows"]}
-    todo = [("baseline (bf16, Q4-derived)", None, None, None)] + ROWS
+    todo = [("baseline (bf16, Q4-derived)", None, None, None)] + [r for r in ROWS if not r[1].startswith("proxy")
+                                                                   or a.proxies]
     for label, method, q, g in todo:
         if label in done or (only is not None and label not in only):
             continue

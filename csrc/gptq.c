@@ -1,25 +1,37 @@
-/* gptq.c - GPTQ (python/adpq/reference/gptq.py is the specification): the damped inverse factor of
- * the Hessian and the solver that rounds a matrix column by column on given grids, spreading each
- * column's rounding error over the columns not yet rounded.
+/* gptq.c - GPTQ (python/adpq/reference/gptq.py is the specification): the damped Hessian's factor and
+ * the solver that rounds a matrix column by column on given grids, spreading each column's rounding
+ * error over the columns not yet rounded.
  *
- * The inverse factor, in float64: with J the reversal, J Hp J = M M^T (M lower, Cholesky) gives
- * Hp = R R^T with R = J M J upper, so U = R^-1 = J M^-1 J is the upper factor with U^T U = Hp^-1:
- * one Cholesky and one triangular inverse (~n^3/3 multiply-adds), in place, blocked so that nearly all
- * the work is the kernel set's gemm_sub_f64 (row-major, contiguous inner loops), threaded over rows or
- * columns of each product. The work matrices have padded row strides (padded_stride): with rows a
- * multiple of 4 KiB apart (n = 512, 1024, 1536, ...) the strips of the products' right operands would
- * all fall into one L1 set and the products run at half speed.
+ * The factor, in float64: with J the reversal, J Hp J = M M^T (M lower, Cholesky) gives Hp = R R^T with
+ * R = J M J upper. The reference's U (upper, U^T U = Hp^-1) is R^-1 = J M^-1 J: adpq_gptq_inverse returns
+ * it (one Cholesky and one triangular inverse, ~n^3/3 multiply-adds). The solver needs only R (one
+ * Cholesky, ~n^3/6): GPTQ's recurrence x_j = w_j - sum_{i<j} e_i U_ij, e_i = (x_i - q_i) / U_ii is, with
+ * e = (w - q) R, x_j = w_j - sum_{i<j} d_i L_ji where d = q - w and L_ji = R_ij / R_jj (L = the solver's
+ * float32 factor, unit lower). Both are blocked so that nearly all the work is the kernel set's
+ * gemm_sub_f64 (row-major, contiguous inner loops), threaded over rows or columns of each product. The
+ * work matrices have padded row strides (padded_stride): with rows a multiple of 4 KiB apart (n = 512,
+ * 1024, 1536, ...) the strips of the products' right operands would all fall into one L1 set and the
+ * products run at half speed.
  *
- * The solver: rows are independent given U, so each task takes a chunk of rows through every block
- * of columns with its own scratch (the chunk's permuted rows, the block's errors E, its codes). Per
- * row and block column: refit (natural order, a group's first column), round, e = (w - q) / U_ii,
- * the block's later columns -= e * U_i (axpy_rows; as the reference, bit for bit); after the block the
- * chunk's later columns -= E @ U[block, later] (gemm_sub: the reference's matmul in another summation
- * order, so codes on a rounding boundary may differ from it).
+ * The solver: rows are independent given L, so each task takes a chunk of rows through every block of
+ * columns with its own tiles: the chunk transposed (a column's rows contiguous, in the rounding order),
+ * so that a column is rounded for 8 rows at once (gptq_round) and spread over the later columns by
+ * vector updates (gptq_update). Per block, RW rows at a time (their part of the block stays in L1): in
+ * quads of Q columns, each column rounded and spread over the rest of its quad, then the quad over the
+ * block's later columns; after the block the chunk's later columns -= L[later, block] @ E (gemm_sub: the
+ * lazy batch update). The same final values as the reference's U form in another summation order, so
+ * codes on a rounding boundary may differ from it. Refit grids read the values the reference has
+ * mid-block (partly spread; refit_rows rebuilds them by a forward substitution with L).
  * A row's arithmetic never depends on the chunking: the output is the same for any thread count.
  * Codes go to the packed stream per chunk (chunks of 8k rows start at whole bytes). */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* madvise */
+#endif
 #include <math.h>
 #include <stdlib.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "internal.h"
 #include "quant.h"
@@ -63,12 +75,13 @@ static int column_order(const double *h, int64_t n, int act_order, int64_t *perm
 
 /* ------------------------------------------------------------------ the factorization */
 
-#define NB 64  /* the Cholesky's panel width and the inverse's row block */
+#define NB 64  /* the inverse's row block, and the Cholesky's panel width below n = 1024 (128 from there: a
+                * deeper trailing update, half the passes over the matrix; smaller n prefer 64) */
+#define NBMAX 128
 #define SB 12  /* their sub-blocks: the substitutions within one are vector loops, the rest products */
 #define RB 32  /* rows per task of the Cholesky's panel and trailing update */
 #define CB 72  /* columns per task of the inverse's off-diagonal product (6 tiles of 12) */
 #define KC 128 /* depth of one product call there (its strip of X stays in L1) */
-#define RG 8   /* rows the solver rounds side by side */
 
 /* A row stride >= n (elements of `size` bytes) of an odd number of 64-byte lines: the rows of a
  * product's operand then fall in different L1 sets (rows 4096 bytes apart all share one set: a
@@ -80,8 +93,19 @@ static int64_t padded_stride(int64_t n, int64_t size) {
     return lines * per;
 }
 
-/* 64-byte aligned (rows at whole lines); free() releases it */
-static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
+/* 64-byte aligned (rows at whole lines); free() releases it. From 4 MiB on: 2 MiB aligned and, on Linux,
+ * in transparent huge pages where the system offers them on request (madvise mode): a fresh n x n factor
+ * is otherwise one page fault and one zeroed page per 4 KiB (~10% of the factor's time at n = 2048). */
+static void *alloc64(size_t bytes) {
+    const size_t big = (size_t)4 << 20, huge = (size_t)2 << 20;
+    if (bytes < big) return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    const size_t len = (bytes + huge - 1) / huge * huge;
+    void *p = aligned_alloc(huge, len);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (p) (void)madvise(p, len, MADV_HUGEPAGE); /* (a hint: failure changes nothing) */
+#endif
+    return p;
+}
 
 typedef struct {
     const adpq_kernels *K;
@@ -135,12 +159,13 @@ static int chol_update_task(void *vctx, int64_t task, int worker) {
 }
 
 /* Lower Cholesky in place (reads and writes the lower triangle, leaves junk above it), right-looking
- * by panels of NB columns. scratch: NB * ld + NB * NB. Returns 0, or 1 + the column of a non-positive
+ * by panels of pw columns. scratch: NBMAX * ld + NBMAX * NBMAX. Returns 0, or 1 + the column of a non-positive
  * pivot. */
 static int64_t cholesky(const adpq_kernels *K, double *a, int64_t n, int64_t ld, int threads, double *scratch) {
-    double *lt = scratch + NB * ld;
-    for (int64_t k0 = 0; k0 < n; k0 += NB) {
-        const int64_t k1 = imin(k0 + NB, n), nb = k1 - k0;
+    const int64_t pw = n >= 1024 ? NBMAX : NB;
+    double *lt = scratch + NBMAX * ld;
+    for (int64_t k0 = 0; k0 < n; k0 += pw) {
+        const int64_t k1 = imin(k0 + pw, n), nb = k1 - k0;
         /* the diagonal block (the earlier panels' updates done), right-looking */
         for (int64_t j = k0; j < k1; j++) {
             const double d = a[j * ld + j];
@@ -211,13 +236,38 @@ static void lower_inverse(const adpq_kernels *K, double *a, int64_t n, int64_t l
     }
 }
 
-adpq_status adpq_gptq_inverse_k(const adpq_kernels *K, const double *h, int64_t n, double damp, int act_order,
-                                int threads, float *u, int64_t ldu, int64_t *perm, char *err) {
-    if (!h || !u || !perm) {
-        adpq_set_err(err, "null argument");
-        return ADPQ_ERR_ARG;
-    }
-    if (!square_ok(n) || ldu < n) {
+/* 1 if no x[i] is NaN or Inf: x - x is 0 or NaN, summed in 8 or 16 lanes (a loop that vectorizes; no early
+ * exit) */
+static int all_finite_f64(const double *x, int64_t n) {
+    double acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += x[i + k] - x[i + k];
+    for (; i < n; i++) acc[0] += x[i] - x[i];
+    double s = 0.0;
+    for (int k = 0; k < 8; k++) s += acc[k];
+    return s == 0.0;
+}
+
+static int all_finite_f32(const float *x, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) acc[k] += x[i + k] - x[i + k];
+    for (; i < n; i++) acc[0] += x[i] - x[i];
+    float s = 0.0f;
+    for (int k = 0; k < 16; k++) s += acc[k];
+    return s == 0.0f;
+}
+
+/* The checks shared by both entry points, the column order, and M, the lower Cholesky factor of
+ * A = J Hp J (Hp the damped, permuted H; J the reversal), in place in *pa (n x n, row stride *pld, the
+ * upper triangle junk; the caller frees it; *pscratch: NBMAX * ld + NBMAX * NBMAX doubles, also the caller's). */
+static adpq_status reversed_factor(const adpq_kernels *K, const double *h, int64_t n, double damp, int act_order,
+                                   int threads, int64_t *perm, double **pa, int64_t *pld, double **pscratch,
+                                   char *err) {
+    *pa = *pscratch = NULL;
+    if (!square_ok(n)) {
         adpq_set_err(err, "the Hessian must be n x n with 1 <= n and n * n * 8 bytes addressable (got n = %lld)",
                      (long long)n);
         return ADPQ_ERR_ARG;
@@ -226,10 +276,7 @@ adpq_status adpq_gptq_inverse_k(const adpq_kernels *K, const double *h, int64_t 
         adpq_set_err(err, "damp must be finite and >= 0 (got %g)", damp);
         return ADPQ_ERR_ARG;
     }
-    if (threads < 1) threads = 1;
-    int bad_h = 0;
-    for (int64_t i = 0; i < n * n; i++) bad_h |= !(h[i] - h[i] == 0.0); /* (NaN for NaN and Inf; no early exit) */
-    if (bad_h) {
+    if (!all_finite_f64(h, n * n)) {
         int64_t i = 0;
         while (isfinite(h[i])) i++;
         adpq_set_err(err, "the Hessian has a NaN or Inf (row %lld, column %lld)", (long long)(i / n),
@@ -238,7 +285,7 @@ adpq_status adpq_gptq_inverse_k(const adpq_kernels *K, const double *h, int64_t 
     }
     const int64_t ld = padded_stride(n, 8);
     double *a = (double *)alloc64(sizeof(double) * (size_t)(n * ld));
-    double *scratch = (double *)alloc64(sizeof(double) * (size_t)(NB * ld + NB * NB));
+    double *scratch = (double *)alloc64(sizeof(double) * (size_t)(NBMAX * ld + NBMAX * NBMAX));
     double *d = (double *)malloc(sizeof(double) * (size_t)n);
     adpq_status st = ADPQ_OK;
     if (!a || !scratch || !d || column_order(h, n, act_order, perm)) {
@@ -268,8 +315,35 @@ adpq_status adpq_gptq_inverse_k(const adpq_kernels *K, const double *h, int64_t 
         adpq_set_err(err, "the Hessian is not positive definite after damping (raise gptq damp; column %lld of "
                      "the rounding order)", (long long)(n - bad));
         st = ADPQ_ERR_NOTPD;
-        goto done;
     }
+done:
+    free(d);
+    if (st) {
+        free(a);
+        free(scratch);
+        return st;
+    }
+    *pa = a;
+    *pld = ld;
+    *pscratch = scratch;
+    return ADPQ_OK;
+}
+
+adpq_status adpq_gptq_inverse_k(const adpq_kernels *K, const double *h, int64_t n, double damp, int act_order,
+                                int threads, float *u, int64_t ldu, int64_t *perm, char *err) {
+    if (!h || !u || !perm) {
+        adpq_set_err(err, "null argument");
+        return ADPQ_ERR_ARG;
+    }
+    if (ldu < n) {
+        adpq_set_err(err, "the factor's row stride %lld is shorter than its rows (%lld)", (long long)ldu, (long long)n);
+        return ADPQ_ERR_ARG;
+    }
+    if (threads < 1) threads = 1;
+    double *a, *scratch;
+    int64_t ld;
+    adpq_status st = reversed_factor(K, h, n, damp, act_order, threads, perm, &a, &ld, &scratch, err);
+    if (st) return st;
     lower_inverse(K, a, n, ld, threads, scratch);
     /* U[i][j] = X[n-1-i][n-1-j] */
     for (int64_t i = 0; i < n; i++) {
@@ -289,7 +363,39 @@ adpq_status adpq_gptq_inverse_k(const adpq_kernels *K, const double *h, int64_t 
 done:
     free(a);
     free(scratch);
-    free(d);
+    return st;
+}
+
+/* The solver's factor: Hp = R R^T with R = J M J upper, and L[j][i] = R[i][j] / R[j][j] (i < j; float32,
+ * row stride ldl): the unit-diagonal transpose of R's columns scaled, read in tiles of M. The diagonal is
+ * 1 and the upper triangle is left unwritten (the solver reads i < j only). */
+static adpq_status solver_factor(const adpq_kernels *K, const double *h, int64_t n, double damp, int act_order,
+                                 int threads, int64_t *perm, float *l, int64_t ldl, char *err) {
+    double *a, *scratch;
+    int64_t ld;
+    adpq_status st = reversed_factor(K, h, n, damp, act_order, threads, perm, &a, &ld, &scratch, err);
+    if (st) return st;
+    double *rinv = scratch; /* 1 / M[b][b] */
+    for (int64_t b = 0; b < n; b++) rinv[b] = 1.0 / a[b * ld + b];
+    int bad = 0;
+    /* L[j][i] = M[n-1-i][n-1-j] / M[n-1-j][n-1-j], i < j: rows a = n-1-i of M, columns b = n-1-j */
+    for (int64_t j0 = 0; j0 < n; j0 += 32)
+        for (int64_t i0 = 0; i0 <= j0; i0 += 32)
+            for (int64_t i = i0; i < imin(i0 + 32, n); i++) {
+                const double *mr = a + (n - 1 - i) * ld + (n - 1);
+                for (int64_t j = i0 == j0 ? i + 1 : j0; j < imin(j0 + 32, n); j++) {
+                    const float v = (float)(mr[-j] * rinv[n - 1 - j]);
+                    bad |= !(v - v == 0.0f);
+                    l[j * ldl + i] = v;
+                }
+            }
+    for (int64_t j = 0; j < n; j++) l[j * ldl + j] = 1.0f;
+    if (bad) {
+        adpq_set_err(err, "the factor of the Hessian does not fit float32 (rescale the Hessian)");
+        st = ADPQ_ERR_RANGE;
+    }
+    free(a);
+    free(scratch);
     return st;
 }
 
@@ -297,119 +403,257 @@ done:
 
 enum { SOLVE_OK = 0, SOLVE_NONFINITE, SOLVE_F16, SOLVE_REFIT }; /* a task's failure (adpq_gptq_k words it) */
 
+#define RW 64 /* rows a worker takes through a block side by side (their columns of the block stay in L1) */
+#define Q 4   /* columns rounded between two updates of the block's later columns (gptq_update's q) */
+
+/* a worker's tiles: the chunk's columns transposed (column i's rows at i * mp, in the rounding order) */
+typedef struct {
+    float *x, *w, *e;         /* current values (the rounded ones once a column is done), original values
+                               * (cols x mp), the block's errors q - w (bs x mp) */
+    uint8_t *m, *ct, *c8;     /* outlier mask and codes (cols x mp); codes row-major, natural order (m x cols) */
+    float *gs, *gi, *gz;      /* the chunk's grids transposed (gpr x mp): s, 1 / s, z */
+    float *gso, *gio, *gzo;   /* the outlier grids (NULL for float16 outliers) */
+    float *zt, *x0;           /* refit: (bs + gs) x RW, bs x RW */
+} solve_ws;
+
 typedef struct {
     const adpq_kernels *K;
-    const float *w, *u;
+    const float *w, *l;
     const uint8_t *mask;
     const int64_t *perm, *grp; /* grp[i] = perm[i] / group_size */
     int64_t rows, cols, gs, gpr, bs, chunk;
-    int64_t ldu, ldw; /* row strides of u and of the chunks' rows (padded_stride) */
-    int bits, qmode, scale_dtype, refit, fp16;
+    int64_t ldl, mp; /* row strides of L and of the tiles */
+    int bits, qmode, scale_dtype, refit, fp16, natural; /* natural: no act-order (perm[i] = i) */
     float qmax;
     float *s, *z, *so, *zo;
     uint8_t *codes;
     float *values;
-    /* per worker: the chunk's rows (permuted), the block's errors, the chunk's codes */
-    float **wt, **e;
-    uint8_t **c8;
+    solve_ws *ws; /* per worker */
 } solve_ctx;
 
-/* min/max of a row's group [j0, j1) split by the mask (canonical +0; +inf/-inf when empty) */
-static void group_ranges(const float *x, const uint8_t *m, int64_t j0, int64_t j1, float r[4]) {
-    float a = INFINITY, b = -INFINITY, oa = INFINITY, ob = -INFINITY;
-    for (int64_t j = j0; j < j1; j++) {
-        const float v = x[j];
-        if (m[j]) {
-            oa = v < oa ? v : oa;
-            ob = v > ob ? v : ob;
-        } else {
-            a = v < a ? v : a;
-            b = v > b ? v : b;
-        }
+/* z_t -= sum_{u<t} z_u L[c0+t][c0+u] for t < len, rows r < nr (z: len x RW): the columns [c0, c0+len) of
+ * GPTQ's update from a state z, in quads (gptq_update) */
+static void forward(const solve_ctx *c, float *z, int64_t len, int64_t c0, int64_t nr) {
+    const float *l = c->l;
+    const int64_t ldl = c->ldl;
+    for (int64_t t = 0; t < len; t += Q) {
+        const int64_t te = imin(t + Q, len);
+        for (int64_t v = t; v + 1 < te; v++)
+            c->K->gptq_update(z + (v + 1) * RW, RW, te - v - 1, z + v * RW, RW, 1, l + (c0 + v + 1) * ldl + c0 + v,
+                              ldl, nr);
+        if (te < len)
+            c->K->gptq_update(z + te * RW, RW, len - te, z + t * RW, RW, (int)(te - t), l + (c0 + te) * ldl + c0 + t,
+                              ldl, nr);
     }
-    r[0] = a + 0.0f;
-    r[1] = b + 0.0f;
-    r[2] = oa + 0.0f;
-    r[3] = ob + 0.0f;
 }
 
-/* the grids of row `row`'s group g from its current values x (natural order); 0 or SOLVE_REFIT */
-static int refit_group(const solve_ctx *c, int64_t row, int64_t g, const float *x) {
-    const int64_t j0 = g * c->gs, j1 = imin(j0 + c->gs, c->cols), gi = row * c->gpr + g;
-    float r[4];
-    adpq_qparams p;
-    group_ranges(x, c->mask + row * c->cols, j0, j1, r);
-    if (adpq_group_params(c->K, r[0], r[1], c->bits, c->qmode, c->scale_dtype, &p)) return SOLVE_REFIT;
-    c->s[gi] = p.s;
-    c->z[gi] = p.z;
-    if (!c->fp16 && r[2] <= r[3]) { /* outliers in the group: their grid too */
-        if (adpq_group_params(c->K, r[2], r[3], c->bits, c->qmode, c->scale_dtype, &p)) return SOLVE_REFIT;
-        c->so[gi] = p.s;
-        c->zo[gi] = p.z;
+/* min/max of the values w + z of columns [j0, j0 + len) (z: len x RW), split by the mask, into r[4][RW]
+ * (branch-free: the loop over the rows vectorizes) */
+static void ranges_add(const solve_ws *ws, int64_t mp, int64_t g0, const float *z, int64_t j0, int64_t len,
+                       int64_t nr, float r[4][RW]) {
+    float *restrict a = r[0], *restrict b = r[1], *restrict oa = r[2], *restrict ob = r[3];
+    for (int64_t t = 0; t < len; t++) {
+        const float *restrict w = ws->w + (j0 + t) * mp + g0, *restrict zt = z + t * RW;
+        const uint8_t *restrict m = ws->m + (j0 + t) * mp + g0;
+        for (int64_t k = 0; k < nr; k++) {
+            const float v = w[k] + zt[k];
+            const float lo = m[k] ? INFINITY : v, hi = m[k] ? -INFINITY : v;
+            const float olo = m[k] ? v : INFINITY, ohi = m[k] ? v : -INFINITY;
+            a[k] = lo < a[k] ? lo : a[k];
+            b[k] = hi > b[k] ? hi : b[k];
+            oa[k] = olo < oa[k] ? olo : oa[k];
+            ob[k] = ohi > ob[k] ? ohi : ob[k];
+        }
+    }
+}
+
+/* z[t * RW + k] = x[t * xs + k] - w[t * wst + k] for t < len, k < nr (the state A of the R form) */
+static void diff_rows(float *restrict z, const float *restrict x, int64_t xs, const float *restrict w, int64_t wst,
+                      int64_t len, int64_t nr) {
+    for (int64_t t = 0; t < len; t++)
+        for (int64_t k = 0; k < nr; k++) z[t * RW + k] = x[t * xs + k] - w[t * wst + k];
+}
+
+/* The grids of group g (natural order: it starts at column p = g * gs) for the rows [g0, g0 + nr) of the
+ * chunk at r0, from their values as the reference has them there: the block [i1, i2)'s columns before p
+ * spread over the group's columns in the block, the earlier blocks' over all of them. In the R form the
+ * tiles hold w + A, A_j = -sum_k d_k L[j][k] over the columns k spread so far (d = q - w); the
+ * reference's value is w + z, z_j = A_j - sum_{p<=l<j} z_l L[j][l], the forward substitution of A over
+ * the columns from p (from i1, with A as it was at i1, for the columns past i2). 0 or SOLVE_REFIT. */
+static int refit_rows(const solve_ctx *c, const solve_ws *ws, int64_t r0, int64_t g0, int64_t nr, int64_t p,
+                      int64_t i1, int64_t i2) {
+    const int64_t mp = c->mp, g = p / c->gs, ge = imin(p + c->gs, c->cols), e1 = imin(ge, i2);
+    float r[4][RW];
+    for (int64_t k = 0; k < nr; k++) {
+        r[0][k] = r[2][k] = INFINITY;
+        r[1][k] = r[3][k] = -INFINITY;
+    }
+    float *z = ws->zt;
+    diff_rows(z, ws->x + p * mp + g0, mp, ws->w + p * mp + g0, mp, e1 - p, nr);
+    forward(c, z, e1 - p, p, nr);
+    ranges_add(ws, mp, g0, z, p, e1 - p, nr, r);
+    if (ge > i2) { /* the group goes on past the block */
+        const int64_t len = ge - i1, nb = i2 - i1;
+        if (i1 == 0) { /* nothing spread yet: the values are w */
+            for (int64_t t = 0; t < ge - i2; t++)
+                for (int64_t k = 0; k < nr; k++) z[t * RW + k] = 0.0f;
+            ranges_add(ws, mp, g0, z, i2, ge - i2, nr, r);
+        } else {
+            diff_rows(z, ws->x0, RW, ws->w + i1 * mp + g0, mp, nb, nr);
+            diff_rows(z + nb * RW, ws->x + i2 * mp + g0, mp, ws->w + i2 * mp + g0, mp, len - nb, nr);
+            forward(c, z, len, i1, nr);
+            ranges_add(ws, mp, g0, z + nb * RW, i2, ge - i2, nr, r);
+        }
+    }
+    for (int64_t k = 0; k < nr; k++) {
+        const int64_t gi = (r0 + g0 + k) * c->gpr + g, ti = g * mp + g0 + k;
+        adpq_qparams q;
+        if (adpq_group_params(c->K, r[0][k] + 0.0f, r[1][k] + 0.0f, c->bits, c->qmode, c->scale_dtype, &q))
+            return SOLVE_REFIT;
+        c->s[gi] = ws->gs[ti] = q.s;
+        ws->gi[ti] = 1.0f / q.s;
+        c->z[gi] = ws->gz[ti] = q.z;
+        if (!c->fp16 && r[2][k] <= r[3][k]) { /* outliers in the group: their grid too */
+            if (adpq_group_params(c->K, r[2][k] + 0.0f, r[3][k] + 0.0f, c->bits, c->qmode, c->scale_dtype, &q))
+                return SOLVE_REFIT;
+            c->so[gi] = ws->gso[ti] = q.s;
+            ws->gio[ti] = 1.0f / q.s;
+            c->zo[gi] = ws->gzo[ti] = q.z;
+        }
     }
     return 0;
 }
 
-static int solve_task(void *vctx, int64_t task, int worker) {
-    const solve_ctx *c = (const solve_ctx *)vctx;
-    const int64_t cols = c->cols, r0 = task * c->chunk, r1 = imin(r0 + c->chunk, c->rows), m = r1 - r0;
-    const int64_t *perm = c->perm;
-    const float *u = c->u;
-    const int64_t ldu = c->ldu, ldw = c->ldw;
-    float *W = c->wt[worker], *E = c->e[worker];
-    uint8_t *C8 = c->c8[worker];
-    for (int64_t r = 0; r < m; r++) {
-        const float *src = c->w + (r0 + r) * cols;
-        float *dst = W + r * ldw;
-        for (int64_t i = 0; i < cols; i++) dst[i] = src[perm[i]];
+#define SW 64 /* columns per strip of the tiles' transposes (the strip's part of the tiles stays in cache) */
+
+/* the chunk's rows [r0, r0 + m) into the tiles: values (twice: x and w) and mask transposed (the kernels'
+ * transpose; in act-order the columns gathered first), and the grids */
+static void load_chunk(const solve_ctx *c, const solve_ws *ws, int64_t r0, int64_t m) {
+    const adpq_kernels *K = c->K;
+    const int64_t cols = c->cols, mp = c->mp, gpr = c->gpr;
+    float tw[8 * SW];
+    uint8_t tm[8 * SW];
+    /* a chunk without outliers (a plain RTN start) needs no mask transposed */
+    uint64_t any = 0;
+    for (int64_t i = 0; i < m * cols; i++) any |= c->mask[r0 * cols + i];
+    const int outliers = any != 0;
+    if (!outliers)
+        for (int64_t i = 0; i < cols; i++) memset(ws->m + i * mp, 0, (size_t)m);
+    for (int64_t i0 = 0; i0 < cols; i0 += SW) {
+        const int64_t ni = imin(SW, cols - i0);
+        for (int64_t k0 = 0; k0 < m; k0 += 8) {
+            const int64_t nk = imin(8, m - k0);
+            const float *src = c->w + (r0 + k0) * cols + i0;
+            const uint8_t *msrc = c->mask + (r0 + k0) * cols + i0;
+            int64_t ss = cols;
+            if (!c->natural) {
+                for (int64_t k = 0; k < nk; k++)
+                    for (int64_t j = 0; j < ni; j++) {
+                        tw[k * SW + j] = c->w[(r0 + k0 + k) * cols + c->perm[i0 + j]];
+                        if (outliers) tm[k * SW + j] = c->mask[(r0 + k0 + k) * cols + c->perm[i0 + j]];
+                    }
+                src = tw;
+                msrc = tm;
+                ss = SW;
+            }
+            K->transpose(ws->x + i0 * mp + k0, mp, src, ss, nk, ni);
+            if (outliers) K->transpose_u8(ws->m + i0 * mp + k0, mp, msrc, ss, nk, ni);
+        }
+        for (int64_t i = i0; i < i0 + ni; i++) memcpy(ws->w + i * mp, ws->x + i * mp, sizeof(float) * (size_t)m);
     }
-    for (int64_t i1 = 0; i1 < cols; i1 += c->bs) {
-        const int64_t i2 = imin(i1 + c->bs, cols);
-        /* the block's columns for RG rows side by side: each row is a chain of dependent operations
-         * (a column's update feeds the next column's rounding); RG of them overlap, and the update
-         * within the block reads each U_i once for them */
-        for (int64_t g0 = 0; g0 < m; g0 += RG) {
-            const int64_t g1 = imin(g0 + RG, m);
-            float eg[RG];
-            for (int64_t i = i1; i < i2; i++) {
-                const int64_t col = perm[i], g = c->grp[i];
-                const float *ui = u + i * ldu, uii = ui[i];
-                for (int64_t r = g0; r < g1; r++) {
-                    const int64_t row = r0 + r, gi = row * c->gpr + g;
-                    float *x = W + r * ldw;
-                    if (c->refit && col % c->gs == 0) {
-                        const int rc = refit_group(c, row, g, x); /* (natural order: x is in column order) */
-                        if (rc) return rc;
-                    }
-                    const float xi = x[i];
-                    if (!isfinite(xi)) return SOLVE_NONFINITE;
-                    const float s = c->s[gi], z = c->z[gi];
-                    uint8_t code = adpq_code_of(xi, 1.0f / s, z, c->qmax);
-                    float q = ((float)code - z) * s;
-                    if (c->mask[row * cols + col]) {
-                        if (c->fp16) {
-                            const uint16_t hb = adpq_f32_to_f16(xi);
-                            if ((hb & 0x7c00u) == 0x7c00u) return SOLVE_F16;
-                            q = adpq_f16_to_f32(hb);
-                        } else {
-                            const float so = c->so[gi], zo = c->zo[gi];
-                            code = adpq_code_of(xi, 1.0f / so, zo, c->qmax);
-                            q = ((float)code - zo) * so;
-                        }
-                    }
-                    C8[r * cols + col] = code;
-                    c->values[row * cols + col] = q;
-                    const float ei = (xi - q) / uii;
-                    if (!isfinite(ei)) return SOLVE_NONFINITE;
-                    E[r * c->bs + (i - i1)] = ei;
-                    eg[r - g0] = ei;
-                }
-                if (i + 1 < i2) c->K->axpy_rows(W + g0 * ldw + i + 1, ldw, (int)(g1 - g0), eg, ui + i + 1, i2 - i - 1);
+    for (int64_t g = 0; g < gpr; g++)
+        for (int64_t k = 0; k < m; k++) {
+            const int64_t gi = (r0 + k) * gpr + g, ti = g * mp + k;
+            ws->gs[ti] = c->s[gi];
+            ws->gi[ti] = 1.0f / c->s[gi];
+            ws->gz[ti] = c->z[gi];
+            if (!c->fp16) {
+                ws->gso[ti] = c->so[gi];
+                ws->gio[ti] = 1.0f / c->so[gi];
+                ws->gzo[ti] = c->zo[gi];
             }
         }
-        if (i2 < cols) c->K->gemm_sub(W + i2, ldw, E, c->bs, u + i1 * ldu + i2, ldu, m, cols - i2, i2 - i1);
+}
+
+/* the rounded values and the codes back in natural order (as load_chunk): values into the output, codes
+ * row-major into ws->c8 (for adpq_pack_codes) */
+static void store_chunk(const solve_ctx *c, const solve_ws *ws, int64_t r0, int64_t m) {
+    const adpq_kernels *K = c->K;
+    const int64_t cols = c->cols, mp = c->mp;
+    float tv[8 * SW];
+    uint8_t tc[8 * SW];
+    for (int64_t i0 = 0; i0 < cols; i0 += SW) {
+        const int64_t ni = imin(SW, cols - i0);
+        for (int64_t k0 = 0; k0 < m; k0 += 8) {
+            const int64_t nk = imin(8, m - k0);
+            float *dst = c->values + (r0 + k0) * cols;
+            uint8_t *cdst = ws->c8 + k0 * cols;
+            if (c->natural) {
+                K->transpose(dst + i0, cols, ws->x + i0 * mp + k0, mp, ni, nk);
+                K->transpose_u8(cdst + i0, cols, ws->ct + i0 * mp + k0, mp, ni, nk);
+                continue;
+            }
+            K->transpose(tv, SW, ws->x + i0 * mp + k0, mp, ni, nk);
+            K->transpose_u8(tc, SW, ws->ct + i0 * mp + k0, mp, ni, nk);
+            for (int64_t k = 0; k < nk; k++)
+                for (int64_t j = 0; j < ni; j++) {
+                    dst[k * cols + c->perm[i0 + j]] = tv[k * SW + j];
+                    cdst[k * cols + c->perm[i0 + j]] = tc[k * SW + j];
+                }
+        }
     }
-    adpq_pack_codes(c->K, c->codes, r0 * cols, C8, m * cols, c->bits);
+}
+
+static int solve_task(void *vctx, int64_t task, int worker) {
+    const solve_ctx *c = (const solve_ctx *)vctx;
+    const adpq_kernels *K = c->K;
+    const int64_t cols = c->cols, r0 = task * c->chunk, m = imin(c->chunk, c->rows - r0), mp = c->mp;
+    const int64_t ldl = c->ldl, gs = c->gs;
+    const float *l = c->l;
+    const solve_ws *ws = c->ws + worker;
+    float *x = ws->x, *e = ws->e;
+    load_chunk(c, ws, r0, m);
+    for (int64_t i1 = 0; i1 < cols; i1 += c->bs) {
+        const int64_t i2 = imin(i1 + c->bs, cols), last = (i2 - 1) / gs * gs;
+        /* refit: a group that starts in the block and goes on past it reads the state at i1 */
+        const int keep = c->refit && i1 > 0 && last >= i1 && imin(last + gs, cols) > i2;
+        for (int64_t g0 = 0; g0 < m; g0 += RW) {
+            const int64_t nr = imin(RW, m - g0);
+            if (keep)
+                for (int64_t t = 0; t < i2 - i1; t++)
+                    memcpy(ws->x0 + t * RW, x + (i1 + t) * mp + g0, sizeof(float) * (size_t)nr);
+            for (int64_t i = i1; i < i2;) {
+                int64_t ie = imin(i + Q, i2);
+                if (c->refit) { /* (natural order) */
+                    if (i % gs == 0) {
+                        const int rc = refit_rows(c, ws, r0, g0, nr, i, i1, i2);
+                        if (rc) return rc;
+                    }
+                    ie = imin(ie, (i / gs + 1) * gs); /* a quad ends at the next group */
+                }
+                for (int64_t t = i; t < ie; t++) {
+                    const int64_t go = c->grp[t] * mp + g0, to = t * mp + g0;
+                    const adpq_gptq_col col = {x + to, ws->w + to, ws->m + to, ws->gs + go, ws->gi + go, ws->gz + go,
+                                               c->fp16 ? NULL : ws->gso + go, c->fp16 ? NULL : ws->gio + go,
+                                               c->fp16 ? NULL : ws->gzo + go, c->qmax, ws->ct + to,
+                                               e + (t - i1) * mp + g0};
+                    const int flags = K->gptq_round(&col, nr);
+                    if (flags) return flags & ADPQ_GPTQ_F16 ? SOLVE_F16 : SOLVE_NONFINITE;
+                    if (t + 1 < ie)
+                        K->gptq_update(x + (t + 1) * mp + g0, mp, ie - t - 1, e + (t - i1) * mp + g0, mp, 1,
+                                       l + (t + 1) * ldl + t, ldl, nr);
+                }
+                if (ie < i2)
+                    K->gptq_update(x + ie * mp + g0, mp, i2 - ie, e + (i - i1) * mp + g0, mp, (int)(ie - i),
+                                   l + ie * ldl + i, ldl, nr);
+                i = ie;
+            }
+        }
+        /* the lazy batch update: x[j] -= sum_t L[j][i1+t] e[t] for every later column j */
+        if (i2 < cols) K->gemm_sub(x + i2 * mp, mp, l + i2 * ldl + i1, ldl, e, mp, cols - i2, m, i2 - i1);
+    }
+    store_chunk(c, ws, r0, m);
+    adpq_pack_codes(K, c->codes, r0 * cols, ws->c8, m * cols, c->bits);
     return 0;
 }
 
@@ -437,6 +681,49 @@ static int grids_valid(const solve_ctx *c, char *err) {
             j = (j / c->gs + 1) * c->gs - 1; /* the next group */
         }
     return 1;
+}
+
+static void free_ws(solve_ws *w) {
+    free(w->x);
+    free(w->w);
+    free(w->e);
+    free(w->m);
+    free(w->ct);
+    free(w->c8);
+    free(w->gs);
+    free(w->gi);
+    free(w->gz);
+    free(w->gso);
+    free(w->gio);
+    free(w->gzo);
+    free(w->zt);
+    free(w->x0);
+}
+
+static int alloc_ws(solve_ws *w, const solve_ctx *c, int64_t mrows) {
+    const size_t tile = (size_t)(c->cols * c->mp), grid = (size_t)(c->gpr * c->mp);
+    w->x = (float *)alloc64(sizeof(float) * tile);
+    w->w = (float *)alloc64(sizeof(float) * tile);
+    w->e = (float *)alloc64(sizeof(float) * (size_t)(c->bs * c->mp));
+    w->m = (uint8_t *)alloc64(tile);
+    w->ct = (uint8_t *)alloc64(tile);
+    w->c8 = (uint8_t *)malloc((size_t)(mrows * c->cols));
+    w->gs = (float *)malloc(sizeof(float) * grid);
+    w->gi = (float *)malloc(sizeof(float) * grid);
+    w->gz = (float *)malloc(sizeof(float) * grid);
+    int ok = w->x && w->w && w->e && w->m && w->ct && w->c8 && w->gs && w->gi && w->gz;
+    if (!c->fp16) {
+        w->gso = (float *)malloc(sizeof(float) * grid);
+        w->gio = (float *)malloc(sizeof(float) * grid);
+        w->gzo = (float *)malloc(sizeof(float) * grid);
+        ok = ok && w->gso && w->gio && w->gzo;
+    }
+    if (c->refit) {
+        w->zt = (float *)alloc64(sizeof(float) * (size_t)((c->bs + c->gs) * RW));
+        w->x0 = (float *)alloc64(sizeof(float) * (size_t)(c->bs * RW));
+        ok = ok && w->zt && w->x0;
+    }
+    return ok;
 }
 
 adpq_status adpq_gptq_k(const adpq_kernels *K, const float *w, int64_t rows, int64_t cols, const double *h,
@@ -474,11 +761,12 @@ adpq_status adpq_gptq_k(const adpq_kernels *K, const float *w, int64_t rows, int
         adpq_set_err(err, "block_size must be >= 1 (got %lld)", (long long)cfg->block_size);
         return ADPQ_ERR_ARG;
     }
-    for (int64_t i = 0; i < rows * cols; i++)
-        if (!isfinite(w[i])) {
-            adpq_set_err(err, "w has a NaN or Inf (row %lld, column %lld)", (long long)(i / cols), (long long)(i % cols));
-            return ADPQ_ERR_NONFINITE;
-        }
+    if (!all_finite_f32(w, rows * cols)) {
+        int64_t i = 0;
+        while (isfinite(w[i])) i++;
+        adpq_set_err(err, "w has a NaN or Inf (row %lld, column %lld)", (long long)(i / cols), (long long)(i % cols));
+        return ADPQ_ERR_NONFINITE;
+    }
     solve_ctx c;
     memset(&c, 0, sizeof(c));
     c.K = K;
@@ -494,6 +782,7 @@ adpq_status adpq_gptq_k(const adpq_kernels *K, const float *w, int64_t rows, int
     c.qmode = cfg->symmetric ? ADPQ_Q_SYM : cfg->integer_zero ? ADPQ_Q_ASYM_INT_ZERO : ADPQ_Q_ASYM;
     c.scale_dtype = cfg->scale_dtype;
     c.refit = cfg->refit && !cfg->act_order;
+    c.natural = !cfg->act_order;
     c.fp16 = outlier_scales == NULL;
     c.s = scales;
     c.z = zeros;
@@ -504,8 +793,8 @@ adpq_status adpq_gptq_k(const adpq_kernels *K, const float *w, int64_t rows, int
     if (!grids_valid(&c, err)) return ADPQ_ERR_ARG;
 
     const int threads = cfg->threads < 1 ? 1 : cfg->threads;
-    /* chunks of a multiple of 8 rows (whole bytes of the code stream), at most 256 (the errors of a
-     * block stay in cache), about two per thread */
+    /* chunks of a multiple of 8 rows (whole bytes of the code stream), at most 256 (the block's errors
+     * stay in cache), about two per thread */
     int64_t chunk = (rows + 2 * (int64_t)threads - 1) / (2 * (int64_t)threads);
     chunk = (chunk + 7) / 8 * 8;
     chunk = chunk > 256 ? 256 : chunk < 8 ? 8 : chunk;
@@ -513,31 +802,25 @@ adpq_status adpq_gptq_k(const adpq_kernels *K, const float *w, int64_t rows, int
     const int64_t ntasks = (rows + chunk - 1) / chunk;
     const int nw = (int64_t)threads < ntasks ? threads : (int)ntasks;
     const int64_t mrows = imin(chunk, rows);
+    c.mp = padded_stride(mrows, 4);
+    c.ldl = padded_stride(cols, 4);
 
     adpq_status st = ADPQ_OK;
-    c.ldu = c.ldw = padded_stride(cols, 4);
-    float *u = (float *)alloc64(sizeof(float) * (size_t)(cols * c.ldu));
+    float *l = (float *)alloc64(sizeof(float) * (size_t)(cols * c.ldl));
     int64_t *perm = (int64_t *)malloc(sizeof(int64_t) * (size_t)cols);
     int64_t *grp = (int64_t *)malloc(sizeof(int64_t) * (size_t)cols);
-    c.wt = (float **)calloc((size_t)nw, sizeof(float *));
-    c.e = (float **)calloc((size_t)nw, sizeof(float *));
-    c.c8 = (uint8_t **)calloc((size_t)nw, sizeof(uint8_t *));
-    int ok = u && perm && grp && c.wt && c.e && c.c8;
-    for (int i = 0; ok && i < nw; i++) {
-        c.wt[i] = (float *)alloc64(sizeof(float) * (size_t)(mrows * c.ldw));
-        c.e[i] = (float *)malloc(sizeof(float) * (size_t)(mrows * c.bs));
-        c.c8[i] = (uint8_t *)malloc((size_t)(mrows * cols));
-        ok = c.wt[i] && c.e[i] && c.c8[i];
-    }
+    c.ws = (solve_ws *)calloc((size_t)nw, sizeof(solve_ws));
+    int ok = l && perm && grp && c.ws;
+    for (int i = 0; ok && i < nw; i++) ok = alloc_ws(&c.ws[i], &c, mrows);
     if (!ok) {
         adpq_set_err(err, "out of memory (GPTQ on %lld x %lld)", (long long)rows, (long long)cols);
         st = ADPQ_ERR_NOMEM;
         goto done;
     }
-    st = adpq_gptq_inverse_k(K, h, cols, cfg->damp, cfg->act_order, threads, u, c.ldu, perm, err);
+    st = solver_factor(K, h, cols, cfg->damp, cfg->act_order, threads, perm, l, c.ldl, err);
     if (st) goto done;
     for (int64_t i = 0; i < cols; i++) grp[i] = perm[i] / c.gs;
-    c.u = u;
+    c.l = l;
     c.perm = perm;
     c.grp = grp;
     memset(codes, 0, (size_t)((rows * cols * cfg->bits + 7) / 8));
@@ -559,15 +842,10 @@ adpq_status adpq_gptq_k(const adpq_kernels *K, const float *w, int64_t rows, int
         break;
     }
 done:
-    for (int i = 0; i < nw; i++) {
-        if (c.wt) free(c.wt[i]);
-        if (c.e) free(c.e[i]);
-        if (c.c8) free(c.c8[i]);
-    }
-    free(c.wt);
-    free(c.e);
-    free(c.c8);
-    free(u);
+    if (c.ws)
+        for (int i = 0; i < nw; i++) free_ws(&c.ws[i]);
+    free(c.ws);
+    free(l);
     free(perm);
     free(grp);
     return st;

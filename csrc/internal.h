@@ -73,8 +73,25 @@ void adpq_set_err(char *err, const char *fmt, ...)
 
 /*
  * Kernels: the hot loops, one scalar reference implementation and one AVX2 implementation
- * with identical results (same float32 operations in the same order, no FMA).
+ * with identical results (same float32 operations in the same order; a fused multiply-add only
+ * where the kernel says so: fmaf/fma in the scalar set, _mm256_fmadd/fnmadd in the AVX2 set).
  */
+
+/* one column of GPTQ's rounding, rows side by side (gptq_round): per row r, from the current
+ * value x[r] and the row's grids */
+typedef struct {
+    float *x;                     /* in: the current values; out: the rounded values q */
+    const float *w;               /* the original values: the error is e = q - w */
+    const uint8_t *mask;          /* the outliers */
+    const float *s, *inv, *z;     /* the inlier grid (inv = 1 / s) */
+    const float *so, *invo, *zo;  /* the outlier grid; NULL: outliers are rounded to float16 */
+    float qmax;
+    uint8_t *codes;
+    float *e;
+} adpq_gptq_col;
+#define ADPQ_GPTQ_NONFINITE 1     /* gptq_round's flags: a value or an error is NaN or Inf */
+#define ADPQ_GPTQ_F16 2           /* a float16 outlier overflows */
+
 typedef struct {
     const char *name;
     /* mask[i] = |w[i]| > t; returns the count */
@@ -168,16 +185,26 @@ typedef struct {
      * A block with a NaN or Inf gets d = NaN and q = 0 (so that it propagates). Both sets: the same bits. */
     void (*q8_quantize)(const float *x, int64_t cols, int bits, int8_t *xq, float *xd, int32_t *xsum);
     /* GPTQ (gptq.c): c[i*cs + j] -= sum_{t<k} a[i*as + t] * b[t*bs + j] for i < m, j < n (k >= 1). Each
-     * sum starts at 0 and adds the products in t order, a multiply and an add per term (no FMA), then
-     * is subtracted once: every element has the same bits in both sets whatever m, n and the tiling
+     * sum starts at 0 and adds the terms in t order, each by one fused multiply-add (acc = fma(a, b, acc)),
+     * then is subtracted once: every element has the same bits in both sets whatever m, n and the tiling
      * (the solver's lazy batch update in float32; the factorization of the Hessian in float64). */
     void (*gemm_sub)(float *c, int64_t cs, const float *a, int64_t as, const float *b, int64_t bs, int64_t m,
                      int64_t n, int64_t k);
     void (*gemm_sub_f64)(double *c, int64_t cs, const double *a, int64_t as, const double *b, int64_t bs, int64_t m,
                          int64_t n, int64_t k);
-    /* GPTQ's update within a block: x[r*xs + j] -= e[r] * u[j] for r < nr, j < n (a multiply, then a
-     * subtraction) */
-    void (*axpy_rows)(float *x, int64_t xs, int nr, const float *e, const float *u, int64_t n);
+    /* GPTQ's update of later columns by earlier columns' errors, rows side by side (a column's rows
+     * contiguous): for r < nr, j < n and t = 0, 1, ..., q - 1 in turn,
+     * x[j*xs + r] = fma(-e[t*es + r], u[j*us + t], x[j*xs + r]) (one rounding per term) */
+    void (*gptq_update)(float *x, int64_t xs, int64_t n, const float *e, int64_t es, int q, const float *u, int64_t us,
+                        int64_t nr);
+    /* GPTQ's rounding of one column for rows r < nr (adpq_gptq_col): code = adpq_code_of(x, inv, z, qmax),
+     * q = (code - z) * s; an outlier (mask) instead: float16(x) (the code stays the inlier one) or its own
+     * grid's code and value; codes[r] = code, x[r] = q, e[r] = q - w[r]. Returns the ADPQ_GPTQ_* flags
+     * of the rows (0: all finite); a row whose x is not finite leaves its outputs unspecified. */
+    int (*gptq_round)(const adpq_gptq_col *c, int64_t nr);
+    /* dst[j*ds + i] = src[i*ss + j] for i < rows, j < cols (GPTQ's tiles, in and out) */
+    void (*transpose)(float *dst, int64_t ds, const float *src, int64_t ss, int64_t rows, int64_t cols);
+    void (*transpose_u8)(uint8_t *dst, int64_t ds, const uint8_t *src, int64_t ss, int64_t rows, int64_t cols);
 } adpq_kernels;
 
 /* The column (0..31, within its block of 32) of position p of a quantized activation block for

@@ -10,6 +10,8 @@
 #include <math.h>
 
 #define AVX2 __attribute__((target("avx2,f16c,popcnt")))
+/* the GPTQ kernels: fused multiply-adds (kernels.c requires FMA for this set) */
+#define AVX2FMA __attribute__((target("avx2,f16c,popcnt,fma")))
 
 /* 8-bit lane masks -> 8 bytes of 0/1, a constant table (nothing to initialise before use) */
 #define MB1(m, b) ((uint64_t)(((m) >> (b)) & 1) << (8 * (b)))
@@ -557,22 +559,22 @@ AVX2 static void v_histogram(const float *x, int64_t n, double lo, double scale,
  * Tiles of R (4 or 1) rows x V (3, 2 or 1) vectors of columns: R * V sums in named registers (not an
  * array, so that they stay in registers at any optimisation level), each row's a[t] broadcast
  * against the V vectors of b's row t, which the R rows share. Every element: a sum from 0 in t
- * order, a multiply and an add per term, then one subtraction: the scalar kernel's bits, whatever
- * the tile. 4 x 3 is 12 independent sums, 3 registers for b's row and 1 for a[t]: all 16 registers,
- * the most work per load (the 4 x 2 tile runs ~15% slower on Zen 4). */
+ * order, one fused multiply-add per term (fmaf / fma in the scalar kernel), then one subtraction: the
+ * scalar kernel's bits, whatever the tile. 4 x 3 is 12 independent sums, 3 registers for b's row and 1
+ * for a[t]: all 16 registers, the most work per load (the 4 x 2 tile runs ~15% slower on Zen 4). */
 #define GS_ROW(r, V)                                                                                                   \
     x = GS_BC(a##r + t);                                                                                               \
-    c##r##0 = GS_ADD(c##r##0, GS_MUL(x, b0));                                                                          \
-    if (V > 1) c##r##1 = GS_ADD(c##r##1, GS_MUL(x, b1));                                                               \
-    if (V > 2) c##r##2 = GS_ADD(c##r##2, GS_MUL(x, b2));
+    c##r##0 = GS_FMA(x, b0, c##r##0);                                                                                  \
+    if (V > 1) c##r##1 = GS_FMA(x, b1, c##r##1);                                                                       \
+    if (V > 2) c##r##2 = GS_FMA(x, b2, c##r##2);
 #define GS_OUT(r, N, V)                                                                                                \
     GS_ST(c + r * cs, GS_SUB(GS_LD(c + r * cs), c##r##0));                                                             \
     if (V > 1) GS_ST(c + r * cs + N, GS_SUB(GS_LD(c + r * cs + N), c##r##1));                                         \
     if (V > 2) GS_ST(c + r * cs + 2 * N, GS_SUB(GS_LD(c + r * cs + 2 * N), c##r##2));
-/* (GS_ZERO, GS_LD, GS_BC, GS_ADD, GS_MUL, GS_SUB, GS_ST: the vector operations of T, defined below) */
+/* (GS_ZERO, GS_LD, GS_BC, GS_FMA, GS_SUB, GS_ST: the vector operations of T, defined below) */
 #define GS_AHEAD 8
 #define GS_TILE(NAME, T, VT, N, R, V, PF)                                                                              \
-    AVX2 static void NAME(T *c, int64_t cs, const T *a, int64_t as, const T *b, int64_t bs, int64_t k) {              \
+    AVX2FMA static void NAME(T *c, int64_t cs, const T *a, int64_t as, const T *b, int64_t bs, int64_t k) {           \
         VT c00 = GS_ZERO(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00, c22 = c00,    \
            c30 = c00, c31 = c00, c32 = c00;                                                                            \
         const T *a0 = a, *a1 = R > 1 ? a + as : a, *a2 = R > 1 ? a + 2 * as : a, *a3 = R > 1 ? a + 3 * as : a;       \
@@ -606,8 +608,7 @@ AVX2 static void v_histogram(const float *x, int64_t n, double lo, double scale,
 #define GS_ZERO _mm256_setzero_ps
 #define GS_LD _mm256_loadu_ps
 #define GS_BC _mm256_broadcast_ss
-#define GS_ADD _mm256_add_ps
-#define GS_MUL _mm256_mul_ps
+#define GS_FMA _mm256_fmadd_ps
 #define GS_SUB _mm256_sub_ps
 #define GS_ST _mm256_storeu_ps
 GS_TILE(gs_f32_4x3p, float, __m256, 8, 4, 3, 1)
@@ -618,15 +619,13 @@ GS_TILE(gs_f32_1x1, float, __m256, 8, 1, 1, 0)
 #undef GS_ZERO
 #undef GS_LD
 #undef GS_BC
-#undef GS_ADD
-#undef GS_MUL
+#undef GS_FMA
 #undef GS_SUB
 #undef GS_ST
 #define GS_ZERO _mm256_setzero_pd
 #define GS_LD _mm256_loadu_pd
 #define GS_BC _mm256_broadcast_sd
-#define GS_ADD _mm256_add_pd
-#define GS_MUL _mm256_mul_pd
+#define GS_FMA _mm256_fmadd_pd
 #define GS_SUB _mm256_sub_pd
 #define GS_ST _mm256_storeu_pd
 GS_TILE(gs_f64_4x3p, double, __m256d, 4, 4, 3, 1)
@@ -635,10 +634,11 @@ GS_TILE(gs_f64_1x3, double, __m256d, 4, 1, 3, 0)
 GS_TILE(gs_f64_4x1, double, __m256d, 4, 4, 1, 0)
 GS_TILE(gs_f64_1x1, double, __m256d, 4, 1, 1, 0)
 
-/* the tiles over (m, n): strips of 3 vectors, then of 1, then single columns with the scalar formula */
-#define GS_KERNEL(NAME, T, N, T43P, T43, T13, T41, T11)                                                                \
-    AVX2 static void NAME(T *c, int64_t cs, const T *a, int64_t as, const T *b, int64_t bs, int64_t m, int64_t n,     \
-                          int64_t k) {                                                                                 \
+/* the tiles over (m, n): strips of 3 vectors, then of 1, then single columns with the scalar formula (FMA:
+ * fmaf / fma, one instruction here) */
+#define GS_KERNEL(NAME, T, N, T43P, T43, T13, T41, T11, FMA)                                                           \
+    AVX2FMA static void NAME(T *c, int64_t cs, const T *a, int64_t as, const T *b, int64_t bs, int64_t m,              \
+                             int64_t n, int64_t k) {                                                                   \
         int64_t j = 0;                                                                                                 \
         for (; j + 3 * N <= n; j += 3 * N) {                                                                           \
             int64_t i = 0;                                                                                             \
@@ -657,25 +657,198 @@ GS_TILE(gs_f64_1x1, double, __m256d, 4, 1, 1, 0)
         for (; j < n; j++)                                                                                             \
             for (int64_t i = 0; i < m; i++) {                                                                          \
                 T acc = 0;                                                                                             \
-                for (int64_t t = 0; t < k; t++) acc += a[i * as + t] * b[t * bs + j];                                  \
+                for (int64_t t = 0; t < k; t++) acc = FMA(a[i * as + t], b[t * bs + j], acc);                          \
                 c[i * cs + j] -= acc;                                                                                  \
             }                                                                                                          \
     }
-GS_KERNEL(v_gemm_sub, float, 8, gs_f32_4x3p, gs_f32_4x3, gs_f32_1x3, gs_f32_4x1, gs_f32_1x1)
-GS_KERNEL(v_gemm_sub_f64, double, 4, gs_f64_4x3p, gs_f64_4x3, gs_f64_1x3, gs_f64_4x1, gs_f64_1x1)
+GS_KERNEL(v_gemm_sub, float, 8, gs_f32_4x3p, gs_f32_4x3, gs_f32_1x3, gs_f32_4x1, gs_f32_1x1, fmaf)
+GS_KERNEL(v_gemm_sub_f64, double, 4, gs_f64_4x3p, gs_f64_4x3, gs_f64_1x3, gs_f64_4x1, gs_f64_1x1, fma)
 
-/* GPTQ's update within a block, the rows side by side: each vector of u loaded once for all of them */
-AVX2 static void v_axpy_rows(float *x, int64_t xs, int nr, const float *e, const float *u, int64_t n) {
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        const __m256 uv = _mm256_loadu_ps(u + j);
-        for (int r = 0; r < nr; r++) {
-            float *p = x + r * xs + j;
-            _mm256_storeu_ps(p, _mm256_sub_ps(_mm256_loadu_ps(p), _mm256_mul_ps(_mm256_set1_ps(e[r]), uv)));
+/* GPTQ's update of later columns (internal.h): per 16 rows with q = 4 (the quads of columns the
+ * solver rounds between its updates), the 8 error vectors in registers; else per 8 rows, the errors
+ * from memory; the last rows with the scalar formula. Each element: fnmadd in t order. */
+AVX2FMA static void v_gptq_update(float *x, int64_t xs, int64_t n, const float *e, int64_t es, int q, const float *u,
+                                  int64_t us, int64_t nr) {
+    int64_t r = 0;
+    if (q == 4)
+        for (; r + 16 <= nr; r += 16) {
+            const __m256 e0a = _mm256_loadu_ps(e + r), e0b = _mm256_loadu_ps(e + r + 8);
+            const __m256 e1a = _mm256_loadu_ps(e + es + r), e1b = _mm256_loadu_ps(e + es + r + 8);
+            const __m256 e2a = _mm256_loadu_ps(e + 2 * es + r), e2b = _mm256_loadu_ps(e + 2 * es + r + 8);
+            const __m256 e3a = _mm256_loadu_ps(e + 3 * es + r), e3b = _mm256_loadu_ps(e + 3 * es + r + 8);
+            for (int64_t j = 0; j < n; j++) {
+                float *xj = x + j * xs + r;
+                const float *uj = u + j * us;
+                __m256 xa = _mm256_loadu_ps(xj), xb = _mm256_loadu_ps(xj + 8), b;
+                b = _mm256_broadcast_ss(uj);
+                xa = _mm256_fnmadd_ps(e0a, b, xa);
+                xb = _mm256_fnmadd_ps(e0b, b, xb);
+                b = _mm256_broadcast_ss(uj + 1);
+                xa = _mm256_fnmadd_ps(e1a, b, xa);
+                xb = _mm256_fnmadd_ps(e1b, b, xb);
+                b = _mm256_broadcast_ss(uj + 2);
+                xa = _mm256_fnmadd_ps(e2a, b, xa);
+                xb = _mm256_fnmadd_ps(e2b, b, xb);
+                b = _mm256_broadcast_ss(uj + 3);
+                xa = _mm256_fnmadd_ps(e3a, b, xa);
+                xb = _mm256_fnmadd_ps(e3b, b, xb);
+                _mm256_storeu_ps(xj, xa);
+                _mm256_storeu_ps(xj + 8, xb);
+            }
         }
+    for (; r + 8 <= nr; r += 8)
+        for (int64_t j = 0; j < n; j++) {
+            float *xj = x + j * xs + r;
+            __m256 xa = _mm256_loadu_ps(xj);
+            for (int t = 0; t < q; t++)
+                xa = _mm256_fnmadd_ps(_mm256_loadu_ps(e + t * es + r), _mm256_broadcast_ss(u + j * us + t), xa);
+            _mm256_storeu_ps(xj, xa);
+        }
+    for (; r < nr; r++)
+        for (int64_t j = 0; j < n; j++) {
+            float v = x[j * xs + r];
+            for (int t = 0; t < q; t++) v = fmaf(-e[t * es + r], u[j * us + t], v);
+            x[j * xs + r] = v;
+        }
+}
+
+/* GPTQ's rounding of one column (internal.h), 8 rows at a time, the last rows as the scalar kernel:
+ * quant8 is adpq_code_of (its max(., 0) gives +0, as the scalar (float)code); float16 outliers through
+ * F16C, as the to_f16 / from_f16 kernels. */
+AVX2FMA static int v_gptq_round(const adpq_gptq_col *c, int64_t nr) {
+    const __m256 qmax = _mm256_set1_ps(c->qmax), inf = _mm256_set1_ps(INFINITY);
+    const __m128i exp16 = _mm_set1_epi16(0x7c00);
+    __m256 bad = _mm256_setzero_ps();
+    __m128i f16bad = _mm_setzero_si128();
+    int64_t r = 0;
+    for (; r + 8 <= nr; r += 8) {
+        const __m256 x = _mm256_loadu_ps(c->x + r), z = _mm256_loadu_ps(c->z + r);
+        const __m256 nf = _mm256_cmp_ps(abs8(x), inf, _CMP_NLT_UQ); /* Inf or NaN */
+        bad = _mm256_or_ps(bad, nf);
+        __m256 k = quant8(x, _mm256_loadu_ps(c->inv + r), z, qmax);
+        __m256 q = _mm256_mul_ps(_mm256_sub_ps(k, z), _mm256_loadu_ps(c->s + r));
+        uint64_t mb;
+        memcpy(&mb, c->mask + r, 8);
+        if (mb) {
+            const __m128i m8 = _mm_loadl_epi64((const __m128i *)(c->mask + r));
+            const __m256 m = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(m8), _mm256_setzero_si256()));
+            if (!c->so) {
+                const __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+                const __m256i nfi = _mm256_castps_si256(nf); /* (the finite outliers only, as the scalar loop) */
+                const __m128i nf16 = _mm_packs_epi32(_mm256_castsi256_si128(nfi), _mm256_extracti128_si256(nfi, 1));
+                const __m128i m16 = _mm_andnot_si128(nf16, _mm_cmpgt_epi16(_mm_cvtepu8_epi16(m8), _mm_setzero_si128()));
+                f16bad = _mm_or_si128(f16bad, _mm_and_si128(m16, _mm_cmpeq_epi16(_mm_and_si128(h, exp16), exp16)));
+                q = _mm256_blendv_ps(q, _mm256_cvtph_ps(h), m);
+            } else {
+                const __m256 zo = _mm256_loadu_ps(c->zo + r);
+                const __m256 ko = quant8(x, _mm256_loadu_ps(c->invo + r), zo, qmax);
+                k = _mm256_blendv_ps(k, ko, m);
+                q = _mm256_blendv_ps(q, _mm256_mul_ps(_mm256_sub_ps(ko, zo), _mm256_loadu_ps(c->so + r)), m);
+            }
+        }
+        const __m256 e = _mm256_sub_ps(q, _mm256_loadu_ps(c->w + r));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(abs8(e), inf, _CMP_NLT_UQ));
+        store_codes8(c->codes + r, k);
+        _mm256_storeu_ps(c->x + r, q);
+        _mm256_storeu_ps(c->e + r, e);
     }
-    for (; j < n; j++)
-        for (int r = 0; r < nr; r++) x[r * xs + j] -= e[r] * u[j];
+    int flags = (_mm256_movemask_ps(bad) ? ADPQ_GPTQ_NONFINITE : 0) | (_mm_movemask_epi8(f16bad) ? ADPQ_GPTQ_F16 : 0);
+    for (; r < nr; r++) {
+        const float x = c->x[r];
+        if (!isfinite(x)) {
+            flags |= ADPQ_GPTQ_NONFINITE;
+            continue;
+        }
+        uint8_t code = adpq_code_of(x, c->inv[r], c->z[r], c->qmax);
+        float q = ((float)code - c->z[r]) * c->s[r];
+        if (c->mask[r]) {
+            if (!c->so) {
+                const uint16_t h = v_to_f16(x);
+                if ((h & 0x7c00u) == 0x7c00u) flags |= ADPQ_GPTQ_F16;
+                q = v_from_f16(h);
+            } else {
+                code = adpq_code_of(x, c->invo[r], c->zo[r], c->qmax);
+                q = ((float)code - c->zo[r]) * c->so[r];
+            }
+        }
+        const float e = q - c->w[r];
+        if (!isfinite(e)) flags |= ADPQ_GPTQ_NONFINITE;
+        c->codes[r] = code;
+        c->x[r] = q;
+        c->e[r] = e;
+    }
+    return flags;
+}
+
+/* the transposes (internal.h): 8 x 8 blocks in registers, the edges element by element */
+AVX2 static void v_transpose(float *dst, int64_t ds, const float *src, int64_t ss, int64_t rows, int64_t cols) {
+    int64_t i = 0;
+    for (; i + 8 <= rows; i += 8) {
+        const float *s = src + i * ss;
+        int64_t j = 0;
+        for (; j + 8 <= cols; j += 8) {
+            const __m256 r0 = _mm256_loadu_ps(s + j), r1 = _mm256_loadu_ps(s + ss + j),
+                         r2 = _mm256_loadu_ps(s + 2 * ss + j), r3 = _mm256_loadu_ps(s + 3 * ss + j),
+                         r4 = _mm256_loadu_ps(s + 4 * ss + j), r5 = _mm256_loadu_ps(s + 5 * ss + j),
+                         r6 = _mm256_loadu_ps(s + 6 * ss + j), r7 = _mm256_loadu_ps(s + 7 * ss + j);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+                         t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+                         t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee),
+                         u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
+                         u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
+                         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+            float *d = dst + j * ds + i;
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d + ds, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d + 2 * ds, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d + 3 * ds, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d + 4 * ds, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d + 5 * ds, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (; j < cols; j++)
+            for (int64_t k = 0; k < 8; k++) dst[j * ds + i + k] = s[k * ss + j];
+    }
+    for (; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * ds + i] = src[i * ss + j];
+}
+
+AVX2 static void v_transpose_u8(uint8_t *dst, int64_t ds, const uint8_t *src, int64_t ss, int64_t rows, int64_t cols) {
+    int64_t i = 0;
+    for (; i + 8 <= rows; i += 8) {
+        const uint8_t *s = src + i * ss;
+        int64_t j = 0;
+        for (; j + 8 <= cols; j += 8) {
+            const __m128i b0 = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(s + j)),
+                                                 _mm_loadl_epi64((const __m128i *)(s + ss + j)));
+            const __m128i b1 = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(s + 2 * ss + j)),
+                                                 _mm_loadl_epi64((const __m128i *)(s + 3 * ss + j)));
+            const __m128i b2 = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(s + 4 * ss + j)),
+                                                 _mm_loadl_epi64((const __m128i *)(s + 5 * ss + j)));
+            const __m128i b3 = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(s + 6 * ss + j)),
+                                                 _mm_loadl_epi64((const __m128i *)(s + 7 * ss + j)));
+            const __m128i c0 = _mm_unpacklo_epi16(b0, b1), c1 = _mm_unpackhi_epi16(b0, b1);
+            const __m128i c2 = _mm_unpacklo_epi16(b2, b3), c3 = _mm_unpackhi_epi16(b2, b3);
+            const __m128i d0 = _mm_unpacklo_epi32(c0, c2), d1 = _mm_unpackhi_epi32(c0, c2);
+            const __m128i d2 = _mm_unpacklo_epi32(c1, c3), d3 = _mm_unpackhi_epi32(c1, c3);
+            uint8_t *d = dst + j * ds + i;
+            _mm_storel_epi64((__m128i *)d, d0);
+            _mm_storel_epi64((__m128i *)(d + ds), _mm_unpackhi_epi64(d0, d0));
+            _mm_storel_epi64((__m128i *)(d + 2 * ds), d1);
+            _mm_storel_epi64((__m128i *)(d + 3 * ds), _mm_unpackhi_epi64(d1, d1));
+            _mm_storel_epi64((__m128i *)(d + 4 * ds), d2);
+            _mm_storel_epi64((__m128i *)(d + 5 * ds), _mm_unpackhi_epi64(d2, d2));
+            _mm_storel_epi64((__m128i *)(d + 6 * ds), d3);
+            _mm_storel_epi64((__m128i *)(d + 7 * ds), _mm_unpackhi_epi64(d3, d3));
+        }
+        for (; j < cols; j++)
+            for (int64_t k = 0; k < 8; k++) dst[j * ds + i + k] = s[k * ss + j];
+    }
+    for (; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * ds + i] = src[i * ss + j];
 }
 
 const adpq_kernels adpq_kernels_avx2 = {
@@ -707,7 +880,10 @@ const adpq_kernels adpq_kernels_avx2 = {
     .q8_quantize = adpq_q8_quantize_avx2,
     .gemm_sub = v_gemm_sub,
     .gemm_sub_f64 = v_gemm_sub_f64,
-    .axpy_rows = v_axpy_rows,
+    .gptq_update = v_gptq_update,
+    .gptq_round = v_gptq_round,
+    .transpose = v_transpose,
+    .transpose_u8 = v_transpose_u8,
 };
 
 #endif

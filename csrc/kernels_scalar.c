@@ -1,7 +1,8 @@
 /* kernels_scalar.c - the scalar reference kernel set (adpq_kernels_scalar).
  *
  * Every kernel here has an AVX2 twin in kernels_avx2.c that must give identical results: the same
- * float32 operations in the same order (the build disables FMA contraction), round half to even
+ * float32 operations in the same order (the build disables FMA contraction: the GPTQ kernels call
+ * fmaf/fma where their twins use a fused multiply-add, nowhere else), round half to even
  * (tests/c/test_core.c compares the two sets on random and edge inputs). */
 #include <math.h>
 
@@ -139,9 +140,9 @@ static void s_histogram(const float *x, int64_t n, double lo, double scale, int 
     }
 }
 
-/* GPTQ's c -= a @ b (internal.h): row by row, the sums of up to 64 columns side by side (each in t
- * order from 0, so the loop over j vectorizes without changing a bit) */
-#define GEMM_SUB(NAME, T)                                                                                              \
+/* GPTQ's c -= a @ b (internal.h): row by row, the sums of up to 64 columns side by side, each from 0
+ * in t order by fused multiply-adds (FMA: fmaf / fma, as the AVX2 set's _mm256_fmadd) */
+#define GEMM_SUB(NAME, T, FMA)                                                                                         \
     static void NAME(T *c, int64_t cs, const T *a, int64_t as, const T *b, int64_t bs, int64_t m, int64_t n,           \
                      int64_t k) {                                                                                      \
         T acc[64];                                                                                                     \
@@ -151,22 +152,67 @@ static void s_histogram(const float *x, int64_t n, double lo, double scale, int 
                 for (int64_t j = 0; j < nj; j++) acc[j] = 0;                                                           \
                 for (int64_t t = 0; t < k; t++) {                                                                      \
                     const T x = a[i * as + t], *br = b + t * bs + j0;                                                  \
-                    for (int64_t j = 0; j < nj; j++) acc[j] += x * br[j];                                              \
+                    for (int64_t j = 0; j < nj; j++) acc[j] = FMA(x, br[j], acc[j]);                                   \
                 }                                                                                                      \
                 T *cr = c + i * cs + j0;                                                                               \
                 for (int64_t j = 0; j < nj; j++) cr[j] -= acc[j];                                                      \
             }                                                                                                          \
         }                                                                                                              \
     }
-GEMM_SUB(s_gemm_sub, float)
-GEMM_SUB(s_gemm_sub_f64, double)
+GEMM_SUB(s_gemm_sub, float, fmaf)
+GEMM_SUB(s_gemm_sub_f64, double, fma)
 
-static void s_axpy_rows(float *x, int64_t xs, int nr, const float *e, const float *u, int64_t n) {
-    for (int r = 0; r < nr; r++) {
-        float *xr = x + r * xs;
-        const float er = e[r];
-        for (int64_t j = 0; j < n; j++) xr[j] -= er * u[j];
+/* GPTQ's update of later columns (internal.h): x -= e * u, one fused multiply-add per term, in t order */
+static void s_gptq_update(float *x, int64_t xs, int64_t n, const float *e, int64_t es, int q, const float *u,
+                          int64_t us, int64_t nr) {
+    for (int64_t j = 0; j < n; j++) {
+        float *xj = x + j * xs;
+        for (int t = 0; t < q; t++) {
+            const float ut = u[j * us + t], *et = e + t * es;
+            for (int64_t r = 0; r < nr; r++) xj[r] = fmaf(-et[r], ut, xj[r]);
+        }
     }
+}
+
+/* GPTQ's rounding of one column (internal.h) */
+static int s_gptq_round(const adpq_gptq_col *c, int64_t nr) {
+    int flags = 0;
+    for (int64_t r = 0; r < nr; r++) {
+        const float x = c->x[r];
+        if (!isfinite(x)) {
+            flags |= ADPQ_GPTQ_NONFINITE;
+            continue;
+        }
+        uint8_t code = adpq_code_of(x, c->inv[r], c->z[r], c->qmax);
+        float q = ((float)code - c->z[r]) * c->s[r];
+        if (c->mask[r]) {
+            if (!c->so) {
+                const uint16_t h = adpq_f32_to_f16(x);
+                if ((h & 0x7c00u) == 0x7c00u) flags |= ADPQ_GPTQ_F16;
+                q = adpq_f16_to_f32(h);
+            } else {
+                code = adpq_code_of(x, c->invo[r], c->zo[r], c->qmax);
+                q = ((float)code - c->zo[r]) * c->so[r];
+            }
+        }
+        const float e = q - c->w[r];
+        if (!isfinite(e)) flags |= ADPQ_GPTQ_NONFINITE;
+        c->codes[r] = code;
+        c->x[r] = q;
+        c->e[r] = e;
+    }
+    return flags;
+}
+
+/* the transposes (internal.h) */
+static void s_transpose(float *dst, int64_t ds, const float *src, int64_t ss, int64_t rows, int64_t cols) {
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * ds + i] = src[i * ss + j];
+}
+
+static void s_transpose_u8(uint8_t *dst, int64_t ds, const uint8_t *src, int64_t ss, int64_t rows, int64_t cols) {
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * ds + i] = src[i * ss + j];
 }
 
 const adpq_kernels adpq_kernels_scalar = {
@@ -198,5 +244,8 @@ const adpq_kernels adpq_kernels_scalar = {
     .q8_quantize = adpq_q8_quantize_scalar,
     .gemm_sub = s_gemm_sub,
     .gemm_sub_f64 = s_gemm_sub_f64,
-    .axpy_rows = s_axpy_rows,
+    .gptq_update = s_gptq_update,
+    .gptq_round = s_gptq_round,
+    .transpose = s_transpose,
+    .transpose_u8 = s_transpose_u8,
 };

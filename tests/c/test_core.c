@@ -11,7 +11,8 @@
  * - pack: code streams of 2/3/4/8 bits and index streams of 1..32 bits at odd offsets, against a
  *   bit-by-bit reference, and back.
  * - matmul (test_matmul.c): adpq_matmul against a double product of adpq_dequantize's matrix.
- * - gptq: the kernels' products against their formula; adpq_gptq_inverse's U^T U = the damped,
+ * - gptq: the kernels' products, updates, rounding and transposes against their formula (fused
+ *   multiply-adds where the kernels say so); adpq_gptq_inverse's U^T U = the damped,
  *   permuted H^-1; adpq_gptq the same on both kernel sets and thread counts, values on their codes'
  *   levels, and its errors (not positive definite, NaN/Inf, float16 overflow, bad arguments).
  * - quantize: adpq_quantize -> adpq_dequantize over bits x quantizer kind x outlier format x scope x
@@ -1022,13 +1023,14 @@ static void test_metrics_columns(int have_v) {
 
 /* ------------------------------------------------------------------ GPTQ */
 
-/* gemm_sub and gemm_sub_f64: both sets against the formula (a sum from 0 in t order, then one
- * subtraction), bit for bit, over shapes around the AVX2 tiles (4 rows x 3 vectors) and odd strides;
- * axpy_rows likewise */
+/* gemm_sub and gemm_sub_f64: both sets against the formula (a sum from 0 in t order by fused
+ * multiply-adds, then one subtraction), bit for bit, over shapes around the AVX2 tiles (4 rows x 3
+ * vectors) and odd strides; gptq_update likewise (q errors per element, fnmadd in t order, around the
+ * AVX2 paths: 16 rows with q = 4, 8 rows, single rows) */
 static void test_kernels_gemm(const adpq_kernels *S, const adpq_kernels *V) {
     static const int64_t MS[] = {0, 1, 3, 4, 5, 8, 9}, NS[] = {0, 1, 3, 4, 7, 8, 11, 12, 13, 16, 23, 24, 25, 36, 37, 50},
                          KS[] = {1, 2, 7, 64, 129};
-    begin("kernels: gemm_sub, gemm_sub_f64, axpy_rows (GPTQ)");
+    begin("kernels: gemm_sub, gemm_sub_f64, gptq_update (GPTQ)");
     for (int mi = 0; mi < 7; mi++)
         for (int ni = 0; ni < 16; ni++)
             for (int ki = 0; ki < 5; ki++)
@@ -1057,8 +1059,8 @@ static void test_kernels_gemm(const adpq_kernels *S, const adpq_kernels *V) {
                             float acc = 0.0f;
                             double accd = 0.0;
                             for (int64_t t = 0; t < k; t++) {
-                                acc += a[i * as + t] * b[t * bs + j];
-                                accd += ad[i * as + t] * bd[t * bs + j];
+                                acc = fmaf(a[i * as + t], b[t * bs + j], acc);
+                                accd = fma(ad[i * as + t], bd[t * bs + j], accd);
                             }
                             c0[i * cs + j] -= acc;
                             d0[i * cs + j] -= accd;
@@ -1075,20 +1077,131 @@ static void test_kernels_gemm(const adpq_kernels *S, const adpq_kernels *V) {
                           (long long)k, kind, bad);
                     free(a), free(b), free(c0), free(c1), free(c2), free(ad), free(bd), free(d0), free(d1), free(d2);
                 }
-    for (int nr = 1; nr <= 9; nr++) /* axpy_rows: x[r][j] -= e[r] * u[j] */
-        for (int ni = 0; ni < 16; ni++) {
-            const int64_t n = NS[ni] + 7 * ni, xs = n + below(4);
-            float e[9], u[160], x0[9 * 170], x1[9 * 170], x2[9 * 170];
-            for (int r = 0; r < nr; r++) e[r] = unif() < 0.2 ? -0.0f : normal() * 10.0f;
-            for (int64_t j = 0; j < n; j++) u[j] = unif() < 0.2 ? 0.0f : normal();
-            for (int64_t i = 0; i < nr * xs; i++) x0[i] = x1[i] = x2[i] = normal();
-            for (int r = 0; r < nr; r++)
-                for (int64_t j = 0; j < n; j++) x0[r * xs + j] -= e[r] * u[j];
-            S->axpy_rows(x1, xs, nr, e, u, n);
-            V->axpy_rows(x2, xs, nr, e, u, n);
+    static const int64_t NRS[] = {0, 1, 5, 7, 8, 9, 15, 16, 17, 24, 31, 33, 40};
+    for (int ri = 0; ri < 13; ri++) /* gptq_update: x[j][r] = fma(-e[t][r], u[j][t], x[j][r]), t = 0..q-1 */
+        for (int q = 1; q <= 5; q++)
+            for (int ni = 0; ni < 8; ni++) {
+                const int64_t nr = NRS[ri], n = NS[ni * 2] + ni, xs = nr + below(4), es = nr + below(3),
+                              us = q + below(5);
+                float *x0 = malloc(4 * (size_t)(n * xs + 1)), *x1 = malloc(4 * (size_t)(n * xs + 1)),
+                      *x2 = malloc(4 * (size_t)(n * xs + 1)), *e = malloc(4 * (size_t)(q * es + 1)),
+                      *u = malloc(4 * (size_t)(n * us + 1));
+                for (int64_t i = 0; i < q * es + 1; i++) e[i] = unif() < 0.1 ? -0.0f : normal() * 10.0f;
+                for (int64_t i = 0; i < n * us + 1; i++) u[i] = unif() < 0.1 ? 0.0f : normal();
+                for (int64_t i = 0; i < n * xs + 1; i++) x0[i] = x1[i] = x2[i] = normal();
+                for (int64_t j = 0; j < n; j++)
+                    for (int64_t r = 0; r < nr; r++)
+                        for (int t = 0; t < q; t++)
+                            x0[j * xs + r] = fmaf(-e[t * es + r], u[j * us + t], x0[j * xs + r]);
+                S->gptq_update(x1, xs, n, e, es, q, u, us, nr);
+                V->gptq_update(x2, xs, n, e, es, q, u, us, nr);
+                int bad = 0;
+                for (int64_t i = 0; i < n * xs + 1; i++)
+                    bad += f_bits(x0[i]) != f_bits(x1[i]) || f_bits(x0[i]) != f_bits(x2[i]);
+                CHECK(bad == 0, "gptq_update nr=%lld q=%d n=%lld: %d differ", (long long)nr, q, (long long)n, bad);
+                free(x0), free(x1), free(x2), free(e), free(u);
+            }
+    end();
+}
+
+/* gptq_round: both sets against the formula (adpq_code_of on the row's grid, the level (code - z) * s; an
+ * outlier float16-rounded or on its own grid; e = q - w), bit for bit, with ties at .5, values past the
+ * grid, float16 overflow and NaN/Inf (the flags; those rows' outputs are unspecified) */
+static void test_kernels_gptq_round(const adpq_kernels *S, const adpq_kernels *V) {
+    enum { N = 45 };
+    begin("kernels: gptq_round (GPTQ)");
+    for (int it = 0; it < 400; it++) {
+        const int fp16 = it & 1, qmax = (1 << (2 + it % 3 * (it % 7 == 0 ? 2 : 1))) - 1, special = it % 5 == 0;
+        const int64_t nr = it % 46;
+        float x0[N], w[N], s[N], inv[N], z[N], so[N], invo[N], zo[N];
+        uint8_t mask[N];
+        for (int r = 0; r < N; r++) {
+            s[r] = 0.01f + (float)unif();
+            inv[r] = 1.0f / s[r];
+            z[r] = (float)below(qmax + 1) + (unif() < 0.3 ? 0.5f : 0.0f);
+            so[r] = 0.5f + 4.0f * (float)unif();
+            invo[r] = 1.0f / so[r];
+            zo[r] = (float)below(qmax + 1);
+            mask[r] = unif() < 0.3 ? (uint8_t)(1 + below(255)) : 0;
+            /* ties: x * inv + z on a half-integer; past the grid; -0 */
+            const double k = unif();
+            x0[r] = k < 0.2 ? ((float)below(qmax + 3) - 1.0f + 0.5f - z[r]) * s[r]
+                    : k < 0.3 ? -0.0f : normal() * s[r] * (float)qmax;
+            if (special && unif() < 0.1) x0[r] = unif() < 0.5 ? NAN : unif() < 0.5 ? INFINITY : 70000.0f;
+            w[r] = x0[r] + normal() * s[r];
+            if (special && unif() < 0.05) w[r] = -3e38f;
+        }
+        float x1[N], x2[N], e1[N], e2[N];
+        uint8_t c1[N], c2[N];
+        memcpy(x1, x0, sizeof(x0));
+        memcpy(x2, x0, sizeof(x0));
+        adpq_gptq_col a = {x1, w, mask, s, inv, z, fp16 ? NULL : so, fp16 ? NULL : invo, fp16 ? NULL : zo,
+                           (float)qmax, c1, e1};
+        adpq_gptq_col b = a;
+        b.x = x2, b.codes = c2, b.e = e2;
+        const int f1 = S->gptq_round(&a, nr), f2 = V->gptq_round(&b, nr);
+        int want = 0, bad = 0;
+        for (int64_t r = 0; r < nr; r++) {
+            const float x = x0[r];
+            if (!isfinite(x)) {
+                want |= ADPQ_GPTQ_NONFINITE;
+                continue;
+            }
+            uint8_t code = adpq_code_of(x, inv[r], z[r], (float)qmax);
+            float q = ((float)code - z[r]) * s[r];
+            if (mask[r] && fp16) {
+                const uint16_t h = adpq_f32_to_f16(x);
+                if ((h & 0x7c00u) == 0x7c00u) want |= ADPQ_GPTQ_F16;
+                q = adpq_f16_to_f32(h);
+            } else if (mask[r]) {
+                code = adpq_code_of(x, invo[r], zo[r], (float)qmax);
+                q = ((float)code - zo[r]) * so[r];
+            }
+            const float e = q - w[r];
+            if (!isfinite(e)) want |= ADPQ_GPTQ_NONFINITE;
+            bad += c1[r] != code || c2[r] != code || f_bits(x1[r]) != f_bits(q) || f_bits(x2[r]) != f_bits(q) ||
+                   !same_f(e1[r], e) || !same_f(e2[r], e);
+        }
+        CHECK(f1 == want && f2 == want, "gptq_round it=%d: flags %d %d, want %d", it, f1, f2, want);
+        CHECK(bad == 0, "gptq_round it=%d nr=%lld fp16=%d: %d rows differ", it, (long long)nr, fp16, bad);
+    }
+    end();
+}
+
+/* transpose / transpose_u8: both sets against the formula, around the 8 x 8 blocks, odd strides */
+static void test_kernels_transpose(const adpq_kernels *S, const adpq_kernels *V) {
+    static const int64_t DS[] = {0, 1, 7, 8, 9, 16, 17, 30};
+    begin("kernels: transpose, transpose_u8 (GPTQ)");
+    for (int ri = 0; ri < 8; ri++)
+        for (int ci = 0; ci < 8; ci++) {
+            const int64_t rows = DS[ri], cols = DS[ci], ss = cols + below(5), ds = rows + below(5);
+            float *src = malloc(4 * (size_t)(rows * ss + 1)), *d1 = malloc(4 * (size_t)(cols * ds + 1)),
+                  *d2 = malloc(4 * (size_t)(cols * ds + 1));
+            uint8_t *bsrc = malloc((size_t)(rows * ss + 1)), *b1 = malloc((size_t)(cols * ds + 1)),
+                    *b2 = malloc((size_t)(cols * ds + 1));
+            for (int64_t i = 0; i < rows * ss + 1; i++) {
+                src[i] = normal();
+                bsrc[i] = (uint8_t)below(256);
+            }
+            for (int64_t i = 0; i < cols * ds + 1; i++) {
+                d1[i] = d2[i] = -1.0f;
+                b1[i] = b2[i] = 7;
+            }
+            S->transpose(d1, ds, src, ss, rows, cols);
+            V->transpose(d2, ds, src, ss, rows, cols);
+            S->transpose_u8(b1, ds, bsrc, ss, rows, cols);
+            V->transpose_u8(b2, ds, bsrc, ss, rows, cols);
             int bad = 0;
-            for (int64_t i = 0; i < nr * xs; i++) bad += f_bits(x0[i]) != f_bits(x1[i]) || f_bits(x0[i]) != f_bits(x2[i]);
-            CHECK(bad == 0, "axpy_rows nr=%d n=%lld: %d differ", nr, (long long)n, bad);
+            for (int64_t j = 0; j < cols; j++)
+                for (int64_t i = 0; i < ds; i++) {
+                    const float wf = i < rows ? src[i * ss + j] : -1.0f;
+                    const uint8_t wb = i < rows ? bsrc[i * ss + j] : 7;
+                    bad += f_bits(d1[j * ds + i]) != f_bits(wf) || f_bits(d2[j * ds + i]) != f_bits(wf) ||
+                           b1[j * ds + i] != wb || b2[j * ds + i] != wb;
+                }
+            bad += d1[cols * ds] != -1.0f || d2[cols * ds] != -1.0f || b1[cols * ds] != 7 || b2[cols * ds] != 7;
+            CHECK(bad == 0, "transpose %lld x %lld: %d differ", (long long)rows, (long long)cols, bad);
+            free(src), free(d1), free(d2), free(bsrc), free(b1), free(b2);
         }
     end();
 }
@@ -1280,6 +1393,8 @@ int main(void) {
         test_kernels_groups(S, V);
     }
     test_kernels_gemm(S, V ? V : S);
+    test_kernels_gptq_round(S, V ? V : S);
+    test_kernels_transpose(S, V ? V : S);
     test_pack(S, V ? V : S);
     test_select();
     test_quantize_grid(V != NULL);
