@@ -41,6 +41,9 @@ ROWS = [
     ("adpq b4 g128 r0.005", "adpq", ADPQ4, None),
     ("gptq b4 g64 (ours, RTN start)", "gptq", RTN4, {}),
     ("adpq->gptq b4 g128 r0.005", "adpq-gptq", ADPQ4, {}),
+    ("adpq->gptq b3 g128 r0.005, damp 0.1", "adpq-gptq", ADPQ3, {"damp": 0.1}),
+    ("adpq->gptq b4 g128 r0.005, damp 0.1", "adpq-gptq", ADPQ4, {"damp": 0.1}),
+    ("gptq b3 g64 (ours, RTN start, natural order, grids refit)", "gptq", RTN3, {"act_order": False, "grids": "refit"}),
     # data-free Hessian proxies (no calibration text)
     ("adpq->gptq b3 g128 r0.005, proxy H = W^T W", "proxy-wtw", ADPQ3, {}),
     ("adpq->gptq b3 g128 r0.005, proxy: random-token text", "proxy-random", ADPQ3, {}),

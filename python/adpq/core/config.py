@@ -251,7 +251,8 @@ MAX_GPTQ_BLOCK = 1 << 20
 class GptqConfig:
     """How adpq.quantize(w, hessian=H) refines AdpQ's result with GPTQ (docs/DESIGN.md 2.7).
 
-    damp        added to H's diagonal, as a fraction of its mean (>= 0; GPTQ's percdamp).
+    damp        added to H's diagonal, as a fraction of its mean (>= 0; GPTQ's percdamp). 0.1 (not
+                GPTQ's 0.01): lower perplexity in and off domain on SmolLM2 (RESULTS.md, "Issue 14").
     block_size  columns per lazy batch update (>= 1): speed only, the same result up to float
                 rounding.
     act_order   round the columns in order of descending H_jj (the most active inputs first);
@@ -263,7 +264,7 @@ class GptqConfig:
     The outlier set and the column scales are always the start's; bits per weight never change.
     """
 
-    damp: float = 0.01
+    damp: float = 0.1
     block_size: int = 128
     act_order: bool = True
     grids: str = "fixed"
