@@ -2,7 +2,7 @@
 """GPTQ from a maintained package (llm-compressor's GPTQModifier), as a peer folder for quality.py.
 
     python -m venv .venv-llmc && . .venv-llmc/bin/activate && pip install torch==2.13.0 && \\
-        pip install llmcompressor==0.14.0.1 transformers==5.17.0
+        pip install llmcompressor==0.14.0.1 transformers==5.17.0 ml_dtypes
     .venv-llmc/bin/python benchmarks/gptq_llmcompressor.py /work/models/smollm2-135m \\
         /work/models/peers/smollm2-135m-llmcgptq-b3-g64-n16x512 --bits 3 --group-size 64
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import time
@@ -43,29 +42,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))  # adpq from the checkout (+ ml_dtypes)
 from peers import code_bytes, is_quantized_name  # noqa: E402
+from adpq.hf.calibrate import detokenize_wikitext  # noqa: E402
 
 # WikiText-2 validation in ../shared/assets beside the repository (docs/DESIGN.md section 4)
 DEFAULT_CALIB = Path(__file__).resolve().parents[2] / "shared" / "assets" / "wikitext-2-v1" / "wiki.valid.tokens"
-
-
-def detokenize_wikitext(text: str) -> str:
-    """Undo WikiText's word-level tokenization (the usual Megatron/lm-eval wikitext_detokenizer; the same
-    as adpq.hf.calibrate.detokenize_wikitext, copied: this venv has no adpq)."""
-    s = text.replace("s '", "s'")
-    s = re.sub(r"/' [0-9]/", r"/'[0-9]/", s)
-    s = s.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
-    s = s.replace(" : ", ": ").replace(" ; ", "; ").replace(" . ", ". ").replace(" ! ", "! ")
-    s = s.replace(" ? ", "? ").replace(" , ", ", ")
-    s = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", s)
-    s = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", s)
-    s = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", s)
-    s = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', s)
-    s = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", s)
-    s = s.replace("= = = =", "====").replace("= = =", "===").replace("= =", "==")
-    s = s.replace(" " + chr(176) + " ", chr(176)).replace(" \n", "\n").replace("\n ", "\n")
-    s = s.replace(" N ", " 1 ").replace(" 's", "'s")
-    return s
 
 
 def calibration_windows(tokenizer, n: int, seqlen: int, seed: int = 0, path: Path = DEFAULT_CALIB) -> torch.Tensor:

@@ -753,30 +753,7 @@ AVX2FMA static int v_gptq_round(const adpq_gptq_col *c, int64_t nr) {
         _mm256_storeu_ps(c->e + r, e);
     }
     int flags = (_mm256_movemask_ps(bad) ? ADPQ_GPTQ_NONFINITE : 0) | (_mm_movemask_epi8(f16bad) ? ADPQ_GPTQ_F16 : 0);
-    for (; r < nr; r++) {
-        const float x = c->x[r];
-        if (!isfinite(x)) {
-            flags |= ADPQ_GPTQ_NONFINITE;
-            continue;
-        }
-        uint8_t code = adpq_code_of(x, c->inv[r], c->z[r], c->qmax);
-        float q = ((float)code - c->z[r]) * c->s[r];
-        if (c->mask[r]) {
-            if (!c->so) {
-                const uint16_t h = v_to_f16(x);
-                if ((h & 0x7c00u) == 0x7c00u) flags |= ADPQ_GPTQ_F16;
-                q = v_from_f16(h);
-            } else {
-                code = adpq_code_of(x, c->invo[r], c->zo[r], c->qmax);
-                q = ((float)code - c->zo[r]) * c->so[r];
-            }
-        }
-        const float e = q - c->w[r];
-        if (!isfinite(e)) flags |= ADPQ_GPTQ_NONFINITE;
-        c->codes[r] = code;
-        c->x[r] = q;
-        c->e[r] = e;
-    }
+    for (; r < nr; r++) flags |= adpq_gptq_round_row(c, r);
     return flags;
 }
 

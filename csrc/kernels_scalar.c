@@ -177,30 +177,7 @@ static void s_gptq_update(float *x, int64_t xs, int64_t n, const float *e, int64
 /* GPTQ's rounding of one column (internal.h) */
 static int s_gptq_round(const adpq_gptq_col *c, int64_t nr) {
     int flags = 0;
-    for (int64_t r = 0; r < nr; r++) {
-        const float x = c->x[r];
-        if (!isfinite(x)) {
-            flags |= ADPQ_GPTQ_NONFINITE;
-            continue;
-        }
-        uint8_t code = adpq_code_of(x, c->inv[r], c->z[r], c->qmax);
-        float q = ((float)code - c->z[r]) * c->s[r];
-        if (c->mask[r]) {
-            if (!c->so) {
-                const uint16_t h = adpq_f32_to_f16(x);
-                if ((h & 0x7c00u) == 0x7c00u) flags |= ADPQ_GPTQ_F16;
-                q = adpq_f16_to_f32(h);
-            } else {
-                code = adpq_code_of(x, c->invo[r], c->zo[r], c->qmax);
-                q = ((float)code - c->zo[r]) * c->so[r];
-            }
-        }
-        const float e = q - c->w[r];
-        if (!isfinite(e)) flags |= ADPQ_GPTQ_NONFINITE;
-        c->codes[r] = code;
-        c->x[r] = q;
-        c->e[r] = e;
-    }
+    for (int64_t r = 0; r < nr; r++) flags |= adpq_gptq_round_row(c, r);
     return flags;
 }
 

@@ -35,6 +35,32 @@ int adpq_params_loop(const adpq_kernels *K, const float *mn, const float *mx, in
                      int scale_dtype, float *inv, float *z, uint32_t *s_stored, uint32_t *z_stored);
 
 
+/* GPTQ's rounding of row r of one column (internal.h, adpq_gptq_col): the scalar kernel, and the AVX2
+ * kernel's rows past its last full vector. Returns ADPQ_GPTQ_* flags. */
+static inline int adpq_gptq_round_row(const adpq_gptq_col *c, int64_t r) {
+    const float x = c->x[r];
+    if (!isfinite(x)) return ADPQ_GPTQ_NONFINITE;
+    int flags = 0;
+    uint8_t code = adpq_code_of(x, c->inv[r], c->z[r], c->qmax);
+    float q = ((float)code - c->z[r]) * c->s[r];
+    if (c->mask[r]) {
+        if (!c->so) {
+            const uint16_t h = adpq_f32_to_f16(x);
+            if ((h & 0x7c00u) == 0x7c00u) flags |= ADPQ_GPTQ_F16;
+            q = adpq_f16_to_f32(h);
+        } else {
+            code = adpq_code_of(x, c->invo[r], c->zo[r], c->qmax);
+            q = ((float)code - c->zo[r]) * c->so[r];
+        }
+    }
+    const float e = q - c->w[r];
+    if (!isfinite(e)) flags |= ADPQ_GPTQ_NONFINITE;
+    c->codes[r] = code;
+    c->x[r] = q;
+    c->e[r] = e;
+    return flags;
+}
+
 /* element i of an array of 1/2/4-byte counts, or of 2/4-byte stored scales */
 static inline void adpq_put_stored(void *arr, int64_t i, uint32_t v, int bytes) {
     if (bytes == 2) {

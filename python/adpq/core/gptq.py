@@ -33,8 +33,6 @@ def check_hessian(h: Any, cols: int) -> np.ndarray:
     if a.ndim != 2 or a.shape != (cols, cols):
         raise ValueError(f"hessian must have shape ({cols}, {cols}) (in_features x in_features of the "
                          f"weight), got {a.shape}")
-    if a.dtype.itemsize == 2 and np.issubdtype(a.dtype, np.floating) or str(a.dtype) == "bfloat16":
-        a = a.astype(F32)
     a = np.ascontiguousarray(a, dtype=np.float64)
     # one pass in row tiles (no full-size temporaries: H is in_features^2 doubles)
     scale, asym = 0.0, 0.0
@@ -100,18 +98,18 @@ def refine(w: Any, start: QuantizedTensor, hessian: Any, gptq: Optional[GptqConf
     cfg: QuantConfig = start.config
     lay = start.layout
     h = check_hessian(hessian, lay.cols)
-    wf = np.array(to_float32(w2, dname), dtype=F32, copy=True)
-    arrays = dict(start.arrays())
+    wf = to_float32(w2, dname)  # (read only: the solvers copy what they change)
+    arrays = start.arrays()
     cs = arrays.get("column_scales")
     if cs is not None:
         c = np.asarray(cs).astype(F32)
-        wf *= (F32(1) / c)[None, :]  # W' = W * m, m = 1/c in float32 (reference.columns)
+        wf = wf * (F32(1) / c)[None, :]  # W' = W * m, m = 1/c in float32 (reference.columns)
         c64 = c.astype(np.float64)
         h = h * c64[:, None] * c64[None, :]  # the inputs W' sees: x * c
     mask = np.ascontiguousarray(start.outlier_mask().reshape(lay.rows, lay.cols))
     s, z, so, zo = _start_grids(start)
     run = solver if solver is not None else c_solver
-    res = run(wf, h, mask, s, z, so, zo, bits=cfg.bits, group_size=lay.group_size, symmetric=cfg.symmetric,
+    res = run(np.ascontiguousarray(wf), h, mask, s, z, so, zo, bits=cfg.bits, group_size=lay.group_size, symmetric=cfg.symmetric,
               integer_zero=cfg.zero_point == "integer", scale_dtype=cfg.scale_dtype, damp=g.damp,
               block_size=g.block_size, act_order=g.act_order, refit=g.grids == "refit",
               threads=useful_threads(threads if threads is not None else cfg.threads))

@@ -231,6 +231,7 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
     t_forward = time.perf_counter() - t0
     t_solve = 0.0
     hessians: Dict[str, np.ndarray] = {}
+    run_cfg = cfg if threads is None else cfg.replace(threads=threads)
     bar = Progress(len(layers), progress, "calibrating")
     try:
         for li, layer in enumerate(layers):
@@ -246,8 +247,7 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
                 if o not in shared:
                     shared[o] = (sums[o] / tokens[o]).to(torch.float32).numpy()
                 h = shared[o]
-                qt = quantize(m.weight.detach(), config=cfg if threads is None else cfg.replace(threads=threads),
-                              hessian=h, gptq=g)
+                qt = quantize(m.weight.detach(), config=run_cfg, hessian=h, gptq=g)
                 m.weight.data = torch.from_numpy(qt.dequantize()).reshape(m.weight.shape)
                 hessians[f"{prefix}.{li}.{n}.weight"] = h
             t_solve += time.perf_counter() - ts
