@@ -224,8 +224,8 @@ int adpq_matmul_mode_used(const adpq_matmul_plan *plan, int64_t n, int mode);
  * yet rounded through the inverse Hessian of the layer's inputs. */
 typedef struct {
     int bits;               /* 2, 3, 4 or 8 */
-    int64_t group_size;     /* >= ADPQ_MIN_GROUP_SIZE, or -1 for one group per row (at least the
-                               row's length, whatever its size: the row) */
+    int64_t group_size;     /* >= 1 (the quantizer's minimum does not apply: grids are given), or -1
+                               for one group per row (at least the row's length: the row) */
     int symmetric;          /* the quantizer kind of refit grids (adpq_config's fields) */
     int integer_zero;
     int scale_dtype;        /* adpq_dtype: refit scales and zero-points are rounded to it */

@@ -148,9 +148,8 @@ PyObject *pygptq(PyObject *self, PyObject *args, PyObject *kwargs) {
     PyArrayObject *w = array2(w_o, "w", NPY_FLOAT32, -1, "float32", -1, -1);
     if (!w) return NULL;
     const npy_intp rows = PyArray_DIM(w, 0), cols = PyArray_DIM(w, 1);
-    if (group != -1 && group < ADPQ_MIN_GROUP_SIZE && group < cols) {
-        PyErr_Format(PyExc_ValueError, "group_size must be -1 (one group per row), >= %d or >= cols (got %lld)",
-                     ADPQ_MIN_GROUP_SIZE, group);
+    if (group != -1 && group < 1) {
+        PyErr_Format(PyExc_ValueError, "group_size must be -1 (one group per row) or >= 1 (got %lld)", group);
         return NULL;
     }
     const npy_intp gs = group == -1 || group > cols ? cols : (npy_intp)group, gpr = (cols + gs - 1) / gs;

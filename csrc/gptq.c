@@ -748,9 +748,9 @@ adpq_status adpq_gptq_k(const adpq_kernels *K, const float *w, int64_t rows, int
         adpq_set_err(err, "bits must be 2, 3, 4 or 8 (got %d)", cfg->bits);
         return ADPQ_ERR_ARG;
     }
-    if (cfg->group_size != -1 && cfg->group_size < ADPQ_MIN_GROUP_SIZE && cfg->group_size < cols) {
-        adpq_set_err(err, "group_size must be -1 (one group per row), >= %d or >= cols (got %lld)",
-                     ADPQ_MIN_GROUP_SIZE, (long long)cfg->group_size);
+    /* (any group size: the solver only reads the grids; a transposed problem has one per weight) */
+    if (cfg->group_size != -1 && cfg->group_size < 1) {
+        adpq_set_err(err, "group_size must be -1 (one group per row) or >= 1 (got %lld)", (long long)cfg->group_size);
         return ADPQ_ERR_ARG;
     }
     if (cfg->scale_dtype != ADPQ_F32 && cfg->scale_dtype != ADPQ_F16 && cfg->scale_dtype != ADPQ_BF16) {

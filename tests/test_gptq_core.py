@@ -268,7 +268,23 @@ def test_narrow_matrix_with_a_row_long_group():
         b = _c_gptq(p, "float16", **dict(kw, group_size=gs))
         assert all(a[k].tobytes() == b[k].tobytes() for k in ("codes", "values", "scales", "zeros"))
     with pytest.raises(ValueError, match="group_size"):
-        _c_gptq(p, "float16", **dict(kw, group_size=5))
+        _c_gptq(p, "float16", **dict(kw, group_size=0))
+
+
+@pytest.mark.parametrize("outliers", ["fp16", "group"])
+@pytest.mark.parametrize("gs", [1, 3])
+def test_groups_smaller_than_the_quantizers_minimum(gs, outliers):
+    """The solver only reads grids, so any group size works: CafeQ's transposed problem (adpq.transforms)
+    gives every weight its own grid (group_size 1)."""
+    w, h, mask, *grids = _problem(16, 24, 24, 3, False, False, "float16", outliers)
+    # (the row's grid repeated: each small group gets its row's inlier/outlier grid)
+    s, z, so, zo = [None if g is None else np.ascontiguousarray(np.repeat(g, -(-24 // gs), axis=1)) for g in grids]
+    p = (w, h, mask, s, z, so, zo)
+    kw = _kw(3, gs, False, False, block_size=5)
+    got = _c_gptq(p, "float16", **kw)
+    want = ref.solve(w, h, mask, s, z, so, zo, scale_dtype="float16", **kw)
+    codes = _unpack(got["codes"], 16 * 24, 3).reshape(16, 24)
+    assert (codes == want["codes"]).mean() >= 0.999
 
 
 def test_solver_accepts_uint8_masks_and_python_numbers():
@@ -328,7 +344,7 @@ def _args():
     (dict(outlier_scales=np.ones((8, 2), np.float16)), TypeError, "outlier_scales must be a float32"),
     (dict(bits=5), ValueError, "bits must be 2, 3, 4 or 8"),
     (dict(bits=True), TypeError, "bits must be an int"),
-    (dict(group_size=4), ValueError, "group_size must be -1"),
+    (dict(group_size=0), ValueError, "group_size must be -1"),
     (dict(block_size=0), ValueError, "block_size"),
     (dict(scale_dtype=3), ValueError, "scale_dtype"),
     (dict(threads=0), ValueError, "threads"),

@@ -12,7 +12,7 @@ import adpq
 PKG = os.path.dirname(adpq.__file__)
 
 # layer of each top-level part of the package; a module may import only parts of its layer or lower
-LAYERS = {"_version": 0, "_core": 0, "core": 1, "reference": 2, "io": 3, "runtime": 3.5, "hf": 4, "eval": 5, "generate": 5, "cli": 6, "__main__": 6}
+LAYERS = {"_version": 0, "_core": 0, "core": 1, "reference": 2, "transforms": 2, "io": 3, "runtime": 3.5, "hf": 4, "eval": 5, "generate": 5, "cli": 6, "__main__": 6}
 # the modules of adpq.core that the reference builds on: they must not load the C extension
 PURE_CORE = {"dtypes", "config", "layout", "thresholds", "arrays", "__init__"}
 

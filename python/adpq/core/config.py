@@ -289,3 +289,62 @@ class GptqConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GptqConfig":
         return _from_dict(cls, d)
+
+
+CAFEQ_PROXIES = ("product", "range")
+CAFEQ_INITS = ("hadamard", "identity")
+MAX_CAFEQ_STEPS = 100_000
+MAX_CAFEQ_ROUNDS = 100
+
+
+@dataclass(frozen=True)
+class CafeqConfig:
+    """CafeQ on each attention layer's value/output pair (docs/DESIGN.md 2.8): a learned invertible
+    transform M per KV head (W_v <- M W_v, W_o <- W_o M^-1: the float model is unchanged), then
+    paired rounding that lowers || W_o W_v - Ŵ_o Ŵ_v ||_F. No data is used.
+
+    steps   Adam steps optimizing M (>= 0; 0 keeps the initial M).
+    lr      Adam's learning rate on M's entries (> 0).
+    proxy   what M minimizes: "product", the expected product error under the quantizer's
+            rounding noise (each group's step from its range); "range", a LogSumExp (smooth
+            maximum) of the group ranges of both matrices, each relative to its untransformed mean.
+    init    M's start: "hadamard" (a random-sign Hadamard matrix, or a random rotation when
+            head_dim is not a power of two; rotations spread outliers over the head) or "identity".
+    rounds  alternating passes of paired rounding (>= 0; 0: the transformed pair is quantized as
+            any other matrix). Each pass rounds W_o against W_o W_v with Ŵ_v fixed, then W_v with Ŵ_o
+            fixed (least-squares targets from pseudo-inverses, error feedback through the partner's
+            Gram matrix); a pass is kept only if it lowers the product error.
+    damp    added to the partner's Gram diagonal in the rounding, as a fraction of its mean (>= 0).
+    seed    the random signs / rotation of init (the result is deterministic for a seed).
+    """
+
+    steps: int = 100
+    lr: float = 5e-3
+    proxy: str = "product"
+    init: str = "hadamard"
+    rounds: int = 2
+    damp: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int(self.steps, "steps", 0, MAX_CAFEQ_STEPS))
+        object.__setattr__(self, "lr", check_real(self.lr, "lr"))
+        if not (math.isfinite(self.lr) and 0.0 < self.lr <= 1.0):
+            raise ValueError(f"lr must be in (0, 1], got {_short(self.lr)}")
+        object.__setattr__(self, "proxy", _choice(self.proxy, "proxy", CAFEQ_PROXIES))
+        object.__setattr__(self, "init", _choice(self.init, "init", CAFEQ_INITS))
+        object.__setattr__(self, "rounds", check_int(self.rounds, "rounds", 0, MAX_CAFEQ_ROUNDS))
+        object.__setattr__(self, "damp", check_real(self.damp, "damp"))
+        if not (math.isfinite(self.damp) and 0.0 <= self.damp <= 1e6):
+            raise ValueError(f"damp must be in [0, 1e6], got {_short(self.damp)}")
+        object.__setattr__(self, "seed", check_int(self.seed, "seed", 0, 2**63 - 1))
+
+    def replace(self, **changes: Any) -> "CafeqConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CafeqConfig":
+        return _from_dict(cls, d)

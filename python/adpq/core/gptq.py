@@ -15,7 +15,7 @@ from .. import _core
 from . import dtypes
 from .arrays import as_array, as_weight_matrix, to_float32
 from .config import GptqConfig, QuantConfig, useful_threads
-from .layout import pack_bits
+from .layout import pack_bits, unpack_bits
 from .quantized import QuantizedTensor
 
 F32 = np.float32
@@ -123,15 +123,61 @@ def refine(w: Any, start: QuantizedTensor, hessian: Any, gptq: Optional[GptqConf
         arrays["zeros"] = res["zeros"].astype(sdt).reshape(arrays["zeros"].shape)
     if start.num_outliers:
         if cfg.outlier_format == "fp16":
-            with np.errstate(over="ignore"):
-                vals = res["values"][mask].astype(np.float16)
-            if not np.isfinite(vals).all():
-                raise ValueError("an outlier exceeds the float16 range after error compensation; "
-                                 "use outlier_format='group'")
-            arrays["outlier_values"] = vals
+            arrays["outlier_values"] = _fp16_outliers(res["values"][mask])
         else:
             has = arrays["outlier_counts"].reshape(lay.rows, lay.groups_per_row) > 0
             arrays["outlier_scales"] = res["outlier_scales"][has].astype(sdt)
             if not cfg.symmetric:
                 arrays["outlier_zeros"] = res["outlier_zeros"][has].astype(sdt)
+    return QuantizedTensor(arrays, shape, cfg, dname)
+
+
+def _fp16_outliers(vals: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        out = vals.astype(np.float16)
+    if not np.isfinite(out).all():
+        raise ValueError("an outlier exceeds the float16 range after error compensation; use outlier_format='group'")
+    return out
+
+
+def refine_rows(w: Any, start: QuantizedTensor, gram: Any, damp: float = 0.01, act_order: bool = True,
+                threads: Optional[int] = None, solver: Optional[Callable[..., Dict[str, np.ndarray]]] = None
+                ) -> QuantizedTensor:
+    """start's codes (and fp16 outlier values) re-chosen for W = w to lower
+    sum_l (w_l - ŵ_l)^T G (w_l - ŵ_l) over the columns l, with G = gram (rows x rows): GPTQ across
+    the rows of each column, on the start's grids (CafeQ rounds W_v against the Gram of Ŵ_o this way:
+    adpq.transforms). The same config, arrays and sizes as the start.
+
+    The solver runs on W^T, each weight with its own grid (group_size 1). A column scale c_l weighs
+    all of column l's error by c_l^2, which does not move its minimum.
+    """
+    w2, dname, shape = as_weight_matrix(w)
+    if tuple(shape) != tuple(start.shape):
+        raise ValueError(f"the start was quantized from shape {start.shape}, not {shape}")
+    cfg: QuantConfig = start.config
+    lay = start.layout
+    h = check_hessian(gram, lay.rows)
+    wf = to_float32(w2, dname)
+    arrays = start.arrays()
+    cs = arrays.get("column_scales")
+    if cs is not None:
+        wf = wf * (F32(1) / np.asarray(cs).astype(F32))[None, :]
+    mask = start.outlier_mask().reshape(lay.rows, lay.cols)
+    col_group = np.arange(lay.cols) // lay.group_size
+
+    def per_weight(g):  # (rows, groups) -> (cols, rows): weight (r, c)'s grid at [c, r]
+        return None if g is None else np.ascontiguousarray(g[:, col_group].T)
+
+    grids = [per_weight(g) for g in _start_grids(start)]
+    run = solver if solver is not None else c_solver
+    res = run(np.ascontiguousarray(wf.T), h, np.ascontiguousarray(mask.T), *grids, bits=cfg.bits, group_size=1,
+              symmetric=cfg.symmetric, integer_zero=cfg.zero_point == "integer", scale_dtype=cfg.scale_dtype,
+              damp=damp, block_size=128, act_order=act_order, refit=False,
+              threads=useful_threads(threads if threads is not None else cfg.threads))
+    codes = res["codes"]
+    if codes.ndim == 1:
+        codes = unpack_bits(codes, lay.rows * lay.cols, cfg.bits).reshape(lay.cols, lay.rows)
+    arrays["codes"] = pack_bits(np.ascontiguousarray(codes.T).ravel(), cfg.bits)
+    if start.num_outliers and cfg.outlier_format == "fp16":
+        arrays["outlier_values"] = _fp16_outliers(res["values"].T[mask])
     return QuantizedTensor(arrays, shape, cfg, dname)

@@ -1,0 +1,83 @@
+"""CafeQ on one attention layer's (v_proj, o_proj): the learned transform, then paired rounding
+(docs/DESIGN.md 2.8; adpq.transforms.vo_transform and .paired_rounding)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from ..core.arrays import as_weight_matrix, to_float32
+from ..core.config import CafeqConfig, QuantConfig
+from ..core.quantize import quantize
+from ..core.quantized import QuantizedTensor
+from .paired_rounding import pair_error, paired_round
+from .vo_transform import Heads, apply_transform, optimize_transform
+
+
+@dataclasses.dataclass
+class PairResult:
+    """CafeQ's output for one layer. wv/wo/bias: the transformed float pair (float32; the float model
+    with them in place of the originals computes the same function); qv/qo: their quantization."""
+
+    qv: QuantizedTensor
+    qo: QuantizedTensor
+    wv: np.ndarray
+    wo: np.ndarray
+    bias: Optional[np.ndarray]
+    transform: np.ndarray          # M, (n_kv_heads, head_dim, head_dim) float64
+    stats: Dict[str, float]
+
+
+def cafeq_pair(w_v: Any, w_o: Any, heads: Heads, config: Optional[QuantConfig] = None,
+               cafeq: Optional[CafeqConfig] = None, bias: Any = None, key: int = 0,
+               threads: Optional[int] = None) -> PairResult:
+    """CafeQ on W_v (n_kv_heads * head_dim, in) and W_o (out, n_heads * head_dim), quantized with
+    config (outlier_ratio 0: CafeQ alone; AdpQ's outliers and column scales otherwise).
+
+    bias: v_proj's bias, transformed with W_v (o_proj's is unchanged). key: a number that tells
+    layers apart (the layer index): M's random start is seeded by (cafeq.seed, key).
+    stats: pair errors (relative, adpq.transforms.pair_error) of the plain quantization of the
+    untransformed pair ("error_plain"), of the transformed pair ("error_transformed") and of the
+    result ("error"); the proxy relative to the untransformed pair at M's start and end; seconds.
+    """
+    cfg = config if config is not None else QuantConfig()
+    caf = cafeq if cafeq is not None else CafeqConfig()
+    if not isinstance(cfg, QuantConfig):
+        raise TypeError(f"config must be a QuantConfig, got {type(cfg).__name__}")
+    if not isinstance(caf, CafeqConfig):
+        raise TypeError(f"cafeq must be a CafeqConfig, got {type(caf).__name__}")
+    if not isinstance(heads, Heads):
+        raise TypeError(f"heads must be an adpq.transforms.Heads, got {type(heads).__name__}")
+    t0 = time.perf_counter()
+    v2, vdt, _ = as_weight_matrix(w_v)
+    o2, odt, _ = as_weight_matrix(w_o)
+    if v2.ndim != 2 or o2.ndim != 2 or np.ndim(w_v) != 2 or np.ndim(w_o) != 2:
+        raise ValueError("w_v and w_o must be 2-D weight matrices")
+    heads.check(v2.shape, o2.shape)
+    wv = to_float32(v2, vdt).astype(np.float64)
+    wo = to_float32(o2, odt).astype(np.float64)
+    b = None
+    if bias is not None:
+        b = np.asarray(bias, dtype=np.float64)
+        if b.shape != (v2.shape[0],) or not np.isfinite(b).all():
+            raise ValueError(f"bias must be a finite vector of {v2.shape[0]} values, got shape {b.shape}")
+    for name, w in (("w_v", wv), ("w_o", wo)):
+        if not np.isfinite(w).all():
+            raise ValueError(f"{name} has a NaN or Inf")
+    rcfg = cfg.resolved(v2.shape[0])
+    gs = rcfg.group_size
+    m, proxy = optimize_transform(wv, wo, heads, gs, rcfg.symmetric, caf, key)
+    t_transform = time.perf_counter() - t0
+    wv_t, wo_t, b_t = apply_transform(m, wv, wo, heads, b)
+    qv, qo, errors = paired_round(wv_t, wo_t, heads, cfg, caf, threads, dtype=vdt)
+    if qo.dtype != odt:
+        qo = QuantizedTensor(qo.arrays(), qo.shape, qo.config, odt)
+    run = cfg if threads is None else cfg.replace(threads=threads)
+    plain = [quantize(w.astype(np.float32), config=run).dequantize(dtype="float32", threads=threads) for w in (wv, wo)]
+    stats = {"error_plain": pair_error(wv, wo, plain[0], plain[1], heads), "error_transformed": errors[0],
+             "error": errors[-1], **proxy, "seconds_transform": t_transform,
+             "seconds": time.perf_counter() - t0}
+    return PairResult(qv, qo, wv_t.astype(np.float32), wo_t.astype(np.float32),
+                      None if b_t is None else b_t.astype(np.float32), m, stats)

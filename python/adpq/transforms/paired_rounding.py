@@ -1,0 +1,118 @@
+"""CafeQ's paired adaptive rounding of a (W_v, W_o) pair (docs/DESIGN.md 2.8; the paper's Algorithm 1).
+
+The pair only acts through the products P_h = W_o[:, h] W_v[g(h)] (one per query head), so the
+rounding minimizes E = sum_h || P_h - Ŵ_o[:, h] Ŵ_v[g(h)] ||_F^2, alternating:
+
+  W_o with Ŵ_v fixed: E = sum_h || (T_h - Ŵ_o[:, h]) Ŵ_v[g] ||^2 + const, T_h = P_h Ŵ_v[g]^+
+      (the least-squares target, from the pseudo-inverse): each row of W_o is rounded against T
+      with error feedback through G_o = blockdiag_h(Ŵ_v[g] Ŵ_v[g]^T), GPTQ's solver with G_o in the
+      place of a data Hessian.
+  W_v with Ŵ_o fixed: E = || Ô_g (T_g - Ŵ_v[g]) ||^2 + const per KV head, Ô_g the query heads' blocks
+      of Ŵ_o stacked, T_g = Ô_g^+ O_g W_v[g]: each column of W_v is rounded against T with feedback
+      through G_v = blockdiag_g(Ô_g^T Ô_g) (adpq.core.gptq.refine_rows).
+
+Both keep the plain quantization's grids, outlier sets and column scales: the bits do not change.
+A half-pass is kept only if it lowers E. No data: the Gram matrices are the weights' own.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..core.config import CafeqConfig, GptqConfig, QuantConfig
+from ..core.gptq import refine, refine_rows
+from ..core.quantize import quantize
+from ..core.quantized import QuantizedTensor
+from .vo_transform import Heads
+
+F64 = np.float64
+
+
+def _blocks(wv: np.ndarray, wo: np.ndarray, heads: Heads):
+    """W_v as (n_kv, d, in) and W_o's head blocks stacked per KV head as (n_kv, group * out, d)."""
+    n, d, g = heads.n_kv_heads, heads.head_dim, heads.group
+    v = np.asarray(wv, F64).reshape(n, d, -1)
+    o = np.asarray(wo, F64).reshape(wo.shape[0], n, g, d).transpose(1, 2, 0, 3).reshape(n, g * wo.shape[0], d)
+    return v, o
+
+
+def pair_error(wv: np.ndarray, wo: np.ndarray, wv_hat: np.ndarray, wo_hat: np.ndarray, heads: Heads) -> float:
+    """sqrt(sum_h || P_h - P̂_h ||_F^2 / sum_h || P_h ||_F^2), from d x d Gram matrices (the products
+    themselves are out x in per query head)."""
+    v, o = _blocks(wv, wo, heads)
+    vh, oh = _blocks(wv_hat, wo_hat, heads)
+
+    def tr(a, b):  # sum over KV heads of tr(A B)
+        return float((a * b.transpose(0, 2, 1)).sum())
+
+    t = lambda x: x.transpose(0, 2, 1)  # noqa: E731
+    pp = tr(t(o) @ o, v @ t(v))
+    cross = tr(t(o) @ oh, vh @ t(v))
+    hh = tr(t(oh) @ oh, vh @ t(vh))
+    return float(np.sqrt(max(pp - 2 * cross + hh, 0.0) / pp)) if pp > 0 else 0.0
+
+
+def _block_diagonal(blocks: np.ndarray, repeat: int) -> np.ndarray:
+    """blockdiag of blocks (n, d, d), each repeated `repeat` times in a row."""
+    n, d, _ = blocks.shape
+    out = np.zeros((n * repeat * d, n * repeat * d))
+    for i in range(n * repeat):
+        out[i * d:(i + 1) * d, i * d:(i + 1) * d] = blocks[i // repeat]
+    return out
+
+
+def _o_target(wv: np.ndarray, wo: np.ndarray, wv_hat: np.ndarray, heads: Heads):
+    """(T, G_o): W_o's least-squares target with Ŵ_v fixed, and the Gram its error is weighted by."""
+    n, d, g = heads.n_kv_heads, heads.head_dim, heads.group
+    v, vh = np.asarray(wv, F64).reshape(n, d, -1), np.asarray(wv_hat, F64).reshape(n, d, -1)
+    k = v @ np.linalg.pinv(vh)                                    # T_h = W_o[:, h] (W_v[g] Ŵ_v[g]^+)
+    o = np.asarray(wo, F64).reshape(wo.shape[0], n, g, d)
+    target = np.einsum("okgd,kde->okge", o, k, optimize=True).reshape(wo.shape)
+    return target, _block_diagonal(vh @ vh.transpose(0, 2, 1), g)
+
+
+def _v_target(wv: np.ndarray, wo: np.ndarray, wo_hat: np.ndarray, heads: Heads):
+    """(T, G_v): W_v's least-squares target with Ŵ_o fixed, and the Gram its error is weighted by."""
+    n, d = heads.n_kv_heads, heads.head_dim
+    _, o = _blocks(wv, wo, heads)
+    _, oh = _blocks(wv, wo_hat, heads)
+    k = np.linalg.pinv(oh) @ o                                    # T_g = (Ô_g^+ O_g) W_v[g]
+    target = (k @ np.asarray(wv, F64).reshape(n, d, -1)).reshape(wv.shape)
+    return target, _block_diagonal(oh.transpose(0, 2, 1) @ oh, 1)
+
+
+def paired_round(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConfig, cafeq: CafeqConfig,
+                 threads: Optional[int] = None, dtype: str = "float32"
+                 ) -> Tuple[QuantizedTensor, QuantizedTensor, List[float]]:
+    """(Ŵ_v, Ŵ_o, pair errors): the pair quantized with config, then cafeq.rounds alternating passes.
+
+    errors[0] is the plain quantization's pair error, then one entry per half-pass (the error kept).
+    dtype: the QuantizedTensors' dequantize dtype (the source checkpoint's, not the float64 of wv/wo).
+    """
+    heads.check(wv.shape, wo.shape)
+    wv32, wo32 = np.asarray(wv, np.float32), np.asarray(wo, np.float32)
+    cfg = config if threads is None else config.replace(threads=threads)
+    qv0, qo0 = quantize(wv32, config=cfg), quantize(wo32, config=cfg)
+    qv, qo = qv0, qo0
+    deq = lambda q: q.dequantize(dtype="float32", threads=threads)  # noqa: E731
+    v_hat, o_hat = deq(qv), deq(qo)
+    errors = [pair_error(wv, wo, v_hat, o_hat, heads)]
+    gptq = GptqConfig(damp=cafeq.damp, act_order=True, grids="fixed")
+    for _ in range(cafeq.rounds):
+        target, gram = _o_target(wv, wo, v_hat, heads)
+        cand = refine(target, qo0, gram, gptq, threads=threads)
+        c_hat = deq(cand)
+        e = pair_error(wv, wo, v_hat, c_hat, heads)
+        if e < errors[-1]:
+            qo, o_hat = cand, c_hat
+        errors.append(min(e, errors[-1]))
+        target, gram = _v_target(wv, wo, o_hat, heads)
+        cand = refine_rows(target, qv0, gram, damp=cafeq.damp, threads=threads)
+        c_hat = deq(cand)
+        e = pair_error(wv, wo, c_hat, o_hat, heads)
+        if e < errors[-1]:
+            qv, v_hat = cand, c_hat
+        errors.append(min(e, errors[-1]))
+    relabel = lambda q: q if q.dtype == dtype else QuantizedTensor(q.arrays(), q.shape, q.config, dtype)  # noqa: E731
+    return relabel(qv), relabel(qo), errors
