@@ -29,6 +29,7 @@ from .hf import register as _register_hook
 _LAZY = {
     "QuantConfig": "adpq.core.config",
     "GptqConfig": "adpq.core.config",
+    "CafeqConfig": "adpq.core.config",
     "QuantizedTensor": "adpq.core.quantized",
     "quantize": "adpq.core.quantize",
     "dequantize": "adpq.core.quantize",
@@ -47,6 +48,7 @@ _LAZY = {
     "AdpqLinear": "adpq.runtime.linear",
     "AdpqEmbedding": "adpq.runtime.embedding",
     "load_state_dict": "adpq.hf.loading",
+    "cafeq_pair": "adpq.transforms.cafeq",
     "calibrate": "adpq.hf.calibrate",
     "Calibration": "adpq.hf.calibrate",
 }
@@ -54,12 +56,13 @@ _LAZY = {
 __all__ = ["__version__", "kernels", *_LAZY]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
-    from .core.config import GptqConfig, QuantConfig
+    from .core.config import CafeqConfig, GptqConfig, QuantConfig
     from .core.matmul import matmul
     from .core.metrics import kl_divergence, metrics
     from .core.quantize import dequantize, outlier_mask, quantize, soft_threshold
     from .core.quantized import QuantizedTensor
     from .hf.calibrate import Calibration, calibrate
+    from .transforms.cafeq import cafeq_pair
     from .hf.loading import load, load_state_dict
     from .hf.quantizer import AdpqConfig
     from .runtime.embedding import AdpqEmbedding

@@ -26,8 +26,8 @@ import sys
 from typing import List, Optional
 
 from ._version import __version__
-from .core.config import (COLUMN_SCALINGS, GPTQ_GRIDS, MIN_GROUP_SIZE, OUTLIER_FORMATS, SCALE_DTYPES, SCOPES,
-                          ZERO_POINTS, GptqConfig, QuantConfig)
+from .core.config import (CAFEQ_INITS, CAFEQ_PROXIES, COLUMN_SCALINGS, GPTQ_GRIDS, MIN_GROUP_SIZE, OUTLIER_FORMATS,
+                          SCALE_DTYPES, SCOPES, ZERO_POINTS, CafeqConfig, GptqConfig, QuantConfig)
 from .io.adpq_format import dequantize_checkpoint, inspect_checkpoint
 from .io.checkpoint import quantize_checkpoint
 from .io.folder import CheckpointError
@@ -106,6 +106,39 @@ def _add_calibration_options(q: argparse.ArgumentParser) -> None:
                                                              f"them as GPTQ goes (default: {d.grids})")
 
 
+def _add_cafeq_options(q: argparse.ArgumentParser) -> None:
+    """--cafeq and its options (adpq.CafeqConfig)."""
+    d = CafeqConfig()
+    g = q.add_argument_group("CafeQ: a learned V/O transform per KV head and paired rounding of each attention "
+                             "layer's (v_proj, o_proj), no data (adpq.CafeqConfig)")
+    g.add_argument("--cafeq", action="store_true", help="apply CafeQ (with --outlier-ratio 0: CafeQ on RTN)")
+    g.add_argument("--cafeq-steps", type=int, help=f"Adam steps on the transform (default: {d.steps})")
+    g.add_argument("--cafeq-lr", type=float, help=f"Adam's learning rate (default: {d.lr})")
+    g.add_argument("--cafeq-proxy", choices=CAFEQ_PROXIES,
+                   help=f"product: expected product error under rounding noise; range: LogSumExp of group "
+                        f"ranges (default: {d.proxy})")
+    g.add_argument("--cafeq-init", choices=CAFEQ_INITS, help=f"the transform's start (default: {d.init})")
+    g.add_argument("--cafeq-rounds", type=int, help=f"alternating paired-rounding passes (default: {d.rounds})")
+    g.add_argument("--cafeq-damp", type=float, help=f"damping of the partner's Gram (default: {d.damp})")
+    g.add_argument("--cafeq-seed", type=int, help=f"seed of the transform's random start (default: {d.seed})")
+
+
+def _cafeq_config(args):
+    keys = ("steps", "lr", "proxy", "init", "rounds", "damp", "seed")
+    over = {k: getattr(args, "cafeq_" + k) for k in keys if getattr(args, "cafeq_" + k, None) is not None}
+    if not args.cafeq:
+        if over:
+            raise UserError("--cafeq-* options need --cafeq")
+        return None
+    if args.calibration:
+        raise UserError("--cafeq and --calibration are not combined (calibrate's Hessians are those of the "
+                        "untransformed model); use one or the other")
+    try:
+        return CafeqConfig(**over)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"invalid CafeQ option: {e}") from None
+
+
 def _gptq_config(args):
     over = {k: getattr(args, "gptq_" + k) for k in ("damp", "block_size", "act_order", "grids")
             if getattr(args, "gptq_" + k, None) is not None}
@@ -147,6 +180,7 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.add_argument("--json", metavar="PATH", help="also write the full report as JSON to PATH ('-' = stdout)")
     _add_calibration_options(q)
+    _add_cafeq_options(q)
 
     i = sub.add_parser("inspect", help="show what is in an adpq-format folder", **fmt)
     i.add_argument("dir", metavar="DIR")
@@ -217,6 +251,7 @@ def _fmt_bits(x) -> str:
 def cmd_quantize(args) -> int:
     cfg = _quant_config(args)
     gptq = _gptq_config(args)
+    cafeq = _cafeq_config(args)
     cal = None
     if args.calibration:
         from .hf.calibrate import calibrate
@@ -232,7 +267,13 @@ def cmd_quantize(args) -> int:
     rep = quantize_checkpoint(args.src, args.dst, config=cfg, include=args.include, exclude=args.exclude,
                               format=args.format, progress=not args.no_progress, overwrite=args.overwrite,
                               resume=not args.no_resume, fake_dtype=args.dtype, max_shard_size=args.max_shard_size,
-                              compute_metrics=not args.no_metrics, calibration=cal)
+                              compute_metrics=not args.no_metrics, calibration=cal, cafeq=cafeq)
+    pairs = [t.cafeq for t in rep.tensors if t.cafeq and t.layer_type == "v_proj"]
+    if pairs:
+        mean = lambda k: sum(p[k] for p in pairs) / len(pairs)  # noqa: E731
+        print(f"cafeq: {len(pairs)} (v_proj, o_proj) pairs; mean relative pair error {mean('error_plain'):.4f} "
+              f"plain -> {mean('error_transformed'):.4f} transformed -> {mean('error'):.4f} paired rounding; "
+              f"{sum(p['seconds'] for p in pairs):.1f} s", file=sys.stderr)
     if args.json == "-":
         print(json.dumps(rep.to_dict(), indent=2))
     else:

@@ -41,14 +41,15 @@ class AdpqConfig(QuantizationConfigMixin):
     """The quantization_config of an adpq model: every adpq.QuantConfig field (same names, defaults
     and checks), the include/exclude patterns of quantize_checkpoint, and for the runtime the
     activations mode of AdpqLinear (adpq.core.matmul.MODES; not stored in the model's files), and
-    the record of a GPTQ calibration (`calibration`: what adpq.calibrate used; provenance only, kept
-    as it is read).
+    the records of a GPTQ calibration (`calibration`: what adpq.calibrate used) and of CafeQ
+    (`cafeq`: its options and pairs); provenance only, kept as they are read. Quantizing at load
+    does neither: use adpq.calibrate / `adpq quantize --cafeq`, then load the folder.
 
         AutoModelForCausalLM.from_pretrained(plain_dir, quantization_config=adpq.AdpqConfig(bits=3))
     """
 
     def __init__(self, include=(), exclude=(), activations: str = "float32", calibration: Optional[dict] = None,
-                 **kwargs: Any):
+                 cafeq: Optional[dict] = None, **kwargs: Any):
         self.quant_method = QUANT_METHOD
         self.format_version = check_format_version(kwargs.pop("format_version", FORMAT_VERSION),
                                                    "adpq quantization_config")
@@ -56,11 +57,13 @@ class AdpqConfig(QuantizationConfigMixin):
         unknown = sorted(set(kwargs) - set(_QUANT_FIELDS))
         if unknown:
             raise TypeError(f"AdpqConfig got unknown argument(s) {unknown}; it takes {list(_QUANT_FIELDS)}, "
-                            "include, exclude, activations and calibration")
+                            "include, exclude, activations, calibration and cafeq")
         if calibration is not None and not isinstance(calibration, dict):
             raise TypeError(f"calibration must be a dict (the record adpq.calibrate wrote), got "
                             f"{type(calibration).__name__}")
-        self.calibration = calibration
+        if cafeq is not None and not isinstance(cafeq, dict):
+            raise TypeError(f"cafeq must be a dict (the record quantize_checkpoint wrote), got {type(cafeq).__name__}")
+        self.calibration, self.cafeq = calibration, cafeq
         if self.format_version < 2:
             kwargs.setdefault("column_scaling", "none")  # format 1 predates column scaling
         self.quant_config = QuantConfig(**kwargs)
@@ -79,6 +82,8 @@ class AdpqConfig(QuantizationConfigMixin):
              "exclude": list(self.exclude)}
         if self.calibration is not None:
             d["calibration"] = jsonable(self.calibration)
+        if self.cafeq is not None:
+            d["cafeq"] = jsonable(self.cafeq)
         return d
 
     def to_diff_dict(self) -> Dict[str, Any]:
@@ -171,6 +176,9 @@ class AdpqHfQuantizer(HfQuantizer):
 
     def _quantize_linears(self, model) -> None:
         qc = self.quantization_config
+        if qc.calibration is not None or qc.cafeq is not None:
+            raise ValueError("quantizing at load is AdpQ alone: for GPTQ calibration or CafeQ, write the folder "
+                             "with adpq.calibrate / adpq.quantize_checkpoint(..., cafeq=True) and load it")
         linears = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         infos = [TensorInfo(name, _TORCH_DTYPE_NAME.get(m.weight.dtype, str(m.weight.dtype)), list(m.weight.shape),
                             0, 0, "") for name, m in linears.items()]

@@ -24,9 +24,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..core.config import QuantConfig, default_threads
+from ..core.config import CafeqConfig, QuantConfig, default_threads
 from ..core.metrics import metrics
 from ..core.quantize import quantize
+from .cafeq_pairs import PairWork, attention_heads, find_pairs
 from .folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError, array_entry, SourceCheckpoint, output_dtype, set_config_dtype
 from .output import OutputRun, header_estimate, parse_size
 from .progress import Progress
@@ -89,11 +90,17 @@ _REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(TensorReport))
 
 
 def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, compute_metrics, threads,
-                    calibration, info):
+                    calibration, pairs, info):
     """One tensor (on a pipeline thread): (entries to write, shard metadata, its report, whose values
     are plain Python: it goes into the run's JSON manifest as it is)."""
     ts = time.perf_counter()
-    w = src.get(info.name)
+    pair, part = pairs.take(info.name) if pairs is not None and info.name in pairs else (None, None)
+    if part == "bias":
+        w = pair.bias.astype(info.np_dtype)
+    elif pair is not None:  # (the transformed float weight: the quantization's own reference)
+        w = pair.wv if part == "v" else pair.wo
+    else:
+        w = src.get(info.name)
     meta: Dict[str, str] = {}
     if info.name not in selected:
         if format == "fake" and out_dt is not None and is_float_dtype(info.np_dtype):
@@ -104,12 +111,17 @@ def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, 
         return [(info.name, w)], meta, rep
     hessian = calibration.hessians.get(info.name) if calibration is not None else None
     try:  # (run_cfg: cfg with the pipeline's threads; same arrays)
-        qt = (quantize(w, config=run_cfg) if hessian is None else
-              quantize(w, config=run_cfg, hessian=hessian, gptq=calibration.gptq))
+        if pair is not None:
+            qt = pair.qv if part == "v" else pair.qo
+        elif hessian is None:
+            qt = quantize(w, config=run_cfg)
+        else:
+            qt = quantize(w, config=run_cfg, hessian=hessian, gptq=calibration.gptq)
     except (ValueError, TypeError, MemoryError) as e:
         raise CheckpointError(f"tensor {info.name!r} ({os.path.basename(info.path)}): {e}") from e
     rep = TensorReport(info.name, info.shape, info.dtype, True, info.nbytes, 0, float(qt.bits_per_weight),
-                       jsonable(dict(qt.bits_breakdown())), int(qt.num_outliers), gptq=hessian is not None)
+                       jsonable(dict(qt.bits_breakdown())), int(qt.num_outliers), gptq=hessian is not None,
+                       cafeq=jsonable(dict(pair.stats)) if pair is not None else {})
     if format == "adpq":
         arrays = qt.arrays()
         entries = [(array_entry(info.name, k), a) for k, a in arrays.items()]
@@ -130,6 +142,18 @@ def _process_tensor(src, selected, cfg, run_cfg, cfg_json_dict, format, out_dt, 
     return entries, meta, rep
 
 
+def _cafeq_record(caf: CafeqConfig, specs, reports) -> dict:
+    """quantization_config["cafeq"]: the options, the pairs, their mean pair errors and time."""
+    by_name = {r.name: r for r in reports}
+    stats = [by_name[p.v].cafeq for p in specs if by_name[p.v].cafeq]
+    rec = {**caf.to_dict(), "pairs": len(specs)}
+    if stats:
+        for k in ("error_plain", "error_transformed", "error"):
+            rec[f"mean_{k}"] = float(np.mean([s[k] for s in stats]))
+        rec["seconds"] = float(sum(s["seconds"] for s in stats))
+    return jsonable(rec)
+
+
 def _check_calibration(calibration, cfg: QuantConfig) -> Optional[dict]:
     """The calibration's record for quantization_config, after checking it fits this run."""
     if calibration is None:
@@ -145,10 +169,25 @@ def _check_calibration(calibration, cfg: QuantConfig) -> Optional[dict]:
     return jsonable({**calibration.info, "gptq": calibration.gptq.to_dict()})
 
 
+def _cafeq_config(cafeq) -> Optional[CafeqConfig]:
+    if cafeq is None or cafeq is False:
+        return None
+    if cafeq is True:
+        return CafeqConfig()
+    if isinstance(cafeq, CafeqConfig):
+        return cafeq
+    if isinstance(cafeq, dict):
+        try:
+            return CafeqConfig.from_dict(cafeq)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"invalid cafeq options: {e}") from None
+    raise TypeError(f"cafeq must be True/False, a CafeqConfig or a dict of its fields, got {type(cafeq).__name__}")
+
+
 def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=None, format: str = "adpq",
                         progress: bool = True, overwrite: bool = False, resume: bool = True,
                         fake_dtype: Optional[str] = None, max_shard_size="2GB",
-                        compute_metrics: bool = True, calibration=None) -> CheckpointReport:
+                        compute_metrics: bool = True, calibration=None, cafeq=None) -> CheckpointReport:
     """Quantize a Hugging Face safetensors folder into dst_dir, tensor by tensor (two workers on half
     the cores each, up to six tensors in flight, unless config.threads is set).
 
@@ -156,12 +195,20 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     Hessian for is refined with GPTQ (docs/DESIGN.md 2.7); the calibration is recorded in
     quantization_config. config=None then takes the calibration's config.
 
+    cafeq: True (CafeqConfig()), a CafeqConfig or a dict of its fields: each attention layer's
+    (v_proj, o_proj) is transformed and rounded as a pair (docs/DESIGN.md 2.8; the heads come from
+    config.json); v_proj's bias, if any, is transformed with it. Recorded in quantization_config.
+
     format="adpq": packed arrays (docs/FORMAT.md); format="fake": an ordinary HF folder holding the
     dequantized weights in the source dtype (or fake_dtype: float16/bfloat16/float32).
     A re-run into the same dst_dir with the same settings resumes an interrupted run.
     """
     cfg = config if config is not None else calibration.config if calibration is not None else QuantConfig()
     cal_json = _check_calibration(calibration, cfg)
+    caf = _cafeq_config(cafeq)
+    if caf is not None and calibration is not None:
+        raise CheckpointError("cafeq and calibration are not combined: calibrate's Hessians and propagated "
+                              "layers are those of the untransformed model; use one or the other")
     if format not in ("adpq", "fake"):
         raise CheckpointError(f"unknown format {format!r} (use 'adpq' or 'fake')")
     out_dt = output_dtype(fake_dtype)
@@ -182,9 +229,16 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
            "format_version": FORMAT_VERSION, "max_shard_bytes": parse_size(max_shard_size)}
     if calibration is not None:
         job["calibration"] = calibration.fingerprint()
+    pairs = None
+    if caf is not None:
+        job["cafeq"] = caf.to_dict()
+        heads = attention_heads(src.config)
+        pair_specs = find_pairs([i.name for i in infos], selected, heads, {i.name: tuple(i.shape) for i in infos})
     est = header_estimate((i.name, i.name in selected) for i in infos)
     run = OutputRun(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"], header_estimate=est)
     todo = [i for i in infos if not run.is_done(i.name)]
+    if caf is not None:
+        pairs = PairWork(pair_specs, [i.name for i in todo], src.get, heads, cfg, caf, None)
     bar = Progress(sum(i.nbytes for i in todo), progress, "quantizing")
     # Tensors are quantized by a small pipeline (the C core releases the GIL) and written in order
     # by this thread: on a model of small matrices, two at a time on half the cores each scale
@@ -198,7 +252,7 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     depth = 3 * workers
     per_tensor_threads = cfg.threads or max(1, cores // workers)
     work = functools.partial(_process_tensor, src, selected, cfg, cfg.replace(threads=per_tensor_threads),
-                             cfg_json_dict, format, out_dt, compute_metrics, per_tensor_threads, calibration)
+                             cfg_json_dict, format, out_dt, compute_metrics, per_tensor_threads, calibration, pairs)
     new_reports: Dict[str, TensorReport] = {}
     t0 = time.perf_counter()
     bytes_read = 0
@@ -234,6 +288,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
                                                **jsonable(cfg.to_dict()), "include": inc, "exclude": exc}
             if cal_json is not None:
                 cfg_json["quantization_config"]["calibration"] = cal_json
+            if caf is not None:
+                cfg_json["quantization_config"]["cafeq"] = _cafeq_record(caf, pair_specs, reports)
         else:
             if out_dt is not None:
                 set_config_dtype(cfg_json, str(out_dt))
@@ -241,6 +297,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
                                            "include": inc, "exclude": exc}
             if cal_json is not None:
                 cfg_json["adpq_fake_quant"]["calibration"] = cal_json
+            if caf is not None:
+                cfg_json["adpq_fake_quant"]["cafeq"] = _cafeq_record(caf, pair_specs, reports)
         files = run.finish(src, cfg_json)
     except BaseException:
         run.abort()

@@ -27,6 +27,7 @@ class TensorReport:
     seconds: float = 0.0
     resumed: bool = False            # done by an earlier, interrupted run
     gptq: bool = False               # refined with a calibration Hessian
+    cafeq: Dict[str, float] = dataclasses.field(default_factory=dict)  # its pair's stats (cafeq_pair)
 
     @property
     def numel(self) -> int:
