@@ -1,6 +1,7 @@
 """CafeQ (issue 15): RTN, RTN + CafeQ, AdpQ, AdpQ + CafeQ at matched bits per weight, perplexity in
 domain (WikiText-2 test) and off domain (Python source), with the per-layer pair errors and the time
-of the CafeQ pass; GPTQ rows come from benchmarks/calibration.py's results (same texts and windows).
+of the CafeQ pass; the baseline, RTN, AdpQ and GPTQ rows come from benchmarks/calibration.py's results when they have
+the same windows (same harness and texts; --plain-rows measures RTN/AdpQ here too).
 
     python benchmarks/cafeq.py --model /work/models/smollm2-135m --name smollm2-135m --windows 8
     python benchmarks/cafeq.py --model M --name N --exactness     # the transform alone: float logits
@@ -108,21 +109,24 @@ def exactness(a) -> dict:
             "seconds_transforms": round(seconds, 2), "cafeq": caf.to_dict(), "layers": len(model.model.layers)}
 
 
-def gptq_rows(name: str) -> list:
-    """The GPTQ rows of benchmarks/calibration.py's results for this model (same harness)."""
+def calibration_rows(name: str, windows) -> list:
+    """benchmarks/calibration.py's rows for this model with the same evaluation windows (the same
+    harness and texts: its baseline, RTN and AdpQ rows are what this script's would be, and its GPTQ
+    rows are the calibrated reference)."""
     here = Path(__file__).resolve().parent / "results"
     rows = []
     for f in sorted(here.glob(f"calibration_{name}*.json")):
         for r in json.loads(f.read_text()).get("rows", []):
-            if r.get("method") in ("gptq", "adpq-gptq") and "eval_wikitext" in r:
-                rows.append({**r, "label": f"{r['label']} [calibration.py, {r['eval_wikitext']['windows']} windows]"})
+            if "eval_wikitext" in r and r["eval_wikitext"]["windows"] == windows and "proxy" not in r.get("method", ""):
+                rows.append({**r, "label": f"{r['label']} [calibration.py]"})
     return rows
 
 
 def table(res: dict, name: str = "") -> str:
     out = ["| row | bits/weight | PPL WikiText-2 test | PPL off-domain (Python source) | mean pair error "
            "(plain -> transformed -> paired) | CafeQ s |", "|---|---|---|---|---|---|"]
-    for r in res["rows"] + (gptq_rows(name) if name else []):
+    windows = res.get("setup", {}).get("windows")
+    for r in res["rows"] + (calibration_rows(name, windows) if name else []):
         p = r.get("pairs")
         pe = "-"
         if p:
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=None)
     ap.add_argument("--work", default="/tmp/adpq-cafeq-bench")
     ap.add_argument("--exactness", action="store_true", help="only the float-logits check of the transform")
-    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--plain-rows", action="store_true", help="also the baseline, RTN and AdpQ rows")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
@@ -181,7 +185,9 @@ def main(argv=None) -> int:
     res["setup"]["ood_sha256"] = ood_text(Path(a.ood_file), a.ood_bytes)
     only = set(a.only.split(";")) if a.only else None
     done = {r["label"] for r in res["rows"]}
-    todo = ([] if a.no_baseline else [("baseline (bf16, Q4-derived)", None, None)]) + ROWS
+    todo = [("baseline (bf16, Q4-derived)", None, None)] + ROWS
+    if not a.plain_rows:
+        todo = [t for t in todo if t[2] is not None]
     for label, q, c in todo:
         if label in done or (only is not None and label not in only):
             continue

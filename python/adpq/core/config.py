@@ -319,7 +319,7 @@ class CafeqConfig:
     """
 
     steps: int = 100
-    lr: float = 5e-3
+    lr: float = 1e-2
     proxy: str = "product"
     init: str = "hadamard"
     rounds: int = 2
