@@ -259,7 +259,7 @@ def test_quantize_checkpoint_with_cafeq(llama, outliers):
             s = by[v].cafeq
             assert s == by[o].cafeq
             assert set(s) == {"error_plain", "error_transformed", "error", "proxy_initial", "proxy",
-                              "seconds_transform", "seconds"}
+                              "identity", "seconds_transform", "seconds"}
             assert s["error"] < s["error_plain"] and s["proxy"] < s["proxy_initial"]
     # quantization_config records the options, the pairs and the errors
     qc = json.loads((d / f"q-{tag}" / "config.json").read_text())["quantization_config"]
@@ -375,7 +375,7 @@ def test_paired_rounding_lowers_the_product_error_at_the_same_bits(heads, cfg, s
     qv, qo, errors = paired_round(wv, wo, heads, config, caf)
     assert len(errors) == 1 + 2 * caf.rounds
     assert all(b <= a for a, b in zip(errors, errors[1:])), errors
-    assert errors[-1] < 0.95 * errors[0], errors
+    assert errors[-1] < 0.9 * errors[0], errors
     # errors[0] is plain quantization's; errors[-1] the result's, both as brute force computes them
     pv, po = adpq.quantize(wv, config=config), adpq.quantize(wo, config=config)
     assert errors[0] == pytest.approx(brute_pair_error(wv, wo, pv.dequantize(), po.dequantize(), heads), rel=1e-9)
@@ -419,13 +419,19 @@ def test_learned_transform_lowers_the_proxy_and_cafeq_the_error(proxy, cfg):
     heads = Heads(4, 2, 16)
     wv, wo = synthetic_pair(heads, 96, 96, 7, channel_outliers=3, scale=30.0)
     config = CONFIGS[cfg]
-    res = cafeq_pair(wv, wo, heads, config, adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy, init="identity"))
+    caf = adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy, init="identity")
+    m, opt = optimize_transform(wv, wo, heads, config.group_size, config.symmetric, caf)
+    assert opt["proxy_initial"] == pytest.approx(1.0, rel=1e-9)  # identity: the untransformed pair
+    assert opt["proxy"] < 0.9 * opt["proxy_initial"], opt
+    res = cafeq_pair(wv, wo, heads, config, caf)
     s = res.stats
-    assert s["proxy_initial"] == pytest.approx(1.0, rel=1e-9)  # identity: the untransformed pair
-    assert s["proxy"] < 0.9 * s["proxy_initial"], s
-    assert s["error"] <= s["error_transformed"] and s["error"] < s["error_plain"], s
+    assert s["error"] <= s["error_transformed"] <= s["error_plain"] and s["error"] < s["error_plain"], s
+    if s["identity"]:  # the learned M left the quantized pair worse: dropped
+        assert s["proxy"] == 1.0 and np.array_equal(res.transform, np.broadcast_to(np.eye(16), (2, 16, 16)))
+    else:
+        assert s["proxy"] == opt["proxy"]
     if proxy == "product":
-        assert s["error"] < 0.8 * s["error_plain"]
+        assert not s["identity"] and s["error"] < 0.8 * s["error_plain"]
     # a Hadamard start: a rotation mixes the loud value channels with the others (its proxy may be
     # above the untransformed pair's), Adam takes it below
     res_h = cafeq_pair(wv, wo, heads, config, adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy))
@@ -433,8 +439,11 @@ def test_learned_transform_lowers_the_proxy_and_cafeq_the_error(proxy, cfg):
     assert sh["proxy"] < min(1.0, sh["proxy_initial"]) and sh["error"] < 0.8 * sh["error_plain"], sh
     # on a pair without loud channels the rotation alone lowers the proxy
     wv2, wo2 = synthetic_pair(heads, 96, 96, 7, channel_outliers=0)
-    s2 = cafeq_pair(wv2, wo2, heads, config, adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy)).stats
-    assert s2["proxy"] < s2["proxy_initial"] < 0.9 and s2["error"] < s2["error_plain"], s2
+    caf2 = adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy)
+    _, opt2 = optimize_transform(wv2, wo2, heads, config.group_size, config.symmetric, caf2)
+    assert opt2["proxy"] < opt2["proxy_initial"] < 0.9, opt2
+    s2 = cafeq_pair(wv2, wo2, heads, config, caf2).stats
+    assert s2["error"] < s2["error_plain"], s2
     # the result: the float pair is the transform of the input (same products), the quantized one
     # is as far from the input's products as stats["error"] says
     wv_t, wo_t, _ = apply_transform(res.transform, wv, wo, heads)
@@ -462,8 +471,10 @@ def test_cafeq_pair_dtypes_bias_and_key():
                                atol=1e-6)
     r2 = cafeq_pair(wv.astype(np.float16), wo.astype(np.float16), heads, ADPQ, caf, bias=b, key=1)
     assert bits_equal(r.transform, r2.transform) and bits_equal(r.qv.arrays()["codes"], r2.qv.arrays()["codes"])
-    r3 = cafeq_pair(wv.astype(np.float16), wo.astype(np.float16), heads, ADPQ, caf, bias=b, key=2)
-    assert not np.array_equal(r.transform, r3.transform)  # another layer, another random start
+    # another layer, another random start
+    m1, _ = optimize_transform(wv, wo, heads, 32, True, caf, key=1)
+    m2, _ = optimize_transform(wv, wo, heads, 32, True, caf, key=2)
+    assert not np.array_equal(m1, m2)
 
 
 # ------------------------------------------------------------------ 5. the proxy's gradient
@@ -549,7 +560,7 @@ def test_refine_rows(cfg):
     codes = [adpq.core.layout.unpack_bits(x["codes"], w.size, config.bits) for x in (ac, ar)]
     assert np.mean(codes[0] == codes[1]) >= 0.999
     l0, lc, lr = (_row_loss(w, q.dequantize(), g) for q in (start, c, r))
-    assert lc < 0.9 * l0 and lr < 0.9 * l0, (l0, lc, lr)
+    assert lc < 0.5 * l0 and lr < 0.5 * l0, (l0, lc, lr)
     assert abs(lc - lr) <= 1e-2 * lr
     for x in (ac, ar):  # the same arrays and bits; only the codes (and fp16 outlier values) move
         assert list(x) == list(a0)
@@ -663,12 +674,13 @@ def test_resume_after_a_crash_between_a_pairs_members(llama, monkeypatch):
     ({"init": "x"}, ValueError), ({"rounds": True}, TypeError), ({"rounds": -1}, ValueError),
     ({"damp": -1}, ValueError), ({"damp": float("nan")}, ValueError), ({"seed": -1}, ValueError),
     ({"seed": 1.0}, TypeError)])
-def test_cafeq_config_checks(kw, err):
+def test_cafeq_config_checks(kw, err, llama, tmp_path):
     (field,) = kw
     with pytest.raises(err, match=field):
         adpq.CafeqConfig(**kw)
-    with pytest.raises(adpq.CheckpointError, match=field):
-        adpq.io.checkpoint._cafeq_config(kw)
+    with pytest.raises(adpq.CheckpointError, match=field):  # the same options as a dict
+        quantize_checkpoint(llama["src"], tmp_path / "x", cafeq=kw, progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_cafeq_config_round_trip():
@@ -695,8 +707,10 @@ def test_checkpoint_errors(llama, tmp_path):
     refused(adpq.CheckpointError, "stepz", cafeq={"stepz": 1})
     refused(adpq.CheckpointError, "steps", cafeq={"steps": -1})
     cal = types.SimpleNamespace(hessians={}, config=adpq.QuantConfig(), gptq=adpq.GptqConfig(), info={},
-                                fingerprint=lambda: "x")
-    refused(adpq.CheckpointError, "calibration", cafeq=True, calibration=cal)
+                                fingerprint=lambda: "x", cafeq=None)
+    refused(adpq.CheckpointError, "without CafeQ", cafeq=True, calibration=cal)
+    cal.cafeq = adpq.CafeqConfig(steps=3)
+    refused(adpq.CheckpointError, "other CafeQ options", cafeq={"steps": 4}, calibration=cal)
 
     def variant(name, tensors=None, **conf):
         t = llama_tensors(False, np.float32) if tensors is None else tensors
@@ -716,6 +730,30 @@ def test_checkpoint_errors(llama, tmp_path):
     refused(adpq.CheckpointError, "o_proj", variant("noo", t), cafeq=True)
     # the same folders are fine without cafeq
     quantize_checkpoint(tmp_path / "noheads", tmp_path / "ok", progress=False)
+
+
+def _multimodal(tmp_path):
+    """A LLaVA-like folder: the tiny Llama under language_model. (heads in text_config) and a vision
+    tower whose attention has v_proj but out_proj (as CLIP/SigLIP)."""
+    t = {"language_model." + k: v for k, v in llama_tensors(False, np.float32).items()}
+    rng = np.random.default_rng(0)
+    for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        t[f"vision_tower.encoder.layers.0.self_attn.{n}.weight"] = rng.standard_normal((32, 32)).astype(np.float32)
+    return write_checkpoint(tmp_path / "mm", t, {"model_type": "llava", "text_config": llama_config(False, "float32")},
+                            shards=1)
+
+
+def test_multimodal_heads_come_from_text_config(tmp_path):
+    src = _multimodal(tmp_path)
+    with pytest.raises(adpq.CheckpointError, match="out_proj|o_proj"):  # the vision tower's attention, selected
+        quantize_checkpoint(src, tmp_path / "q", cafeq=True, progress=False)
+
+
+def test_cafeq_on_the_language_model_of_a_multimodal_folder(tmp_path):
+    src = _multimodal(tmp_path)
+    rep = quantize_checkpoint(src, tmp_path / "q", adpq.QuantConfig(bits=3, group_size=GROUP), cafeq={"steps": 5},
+                              exclude=["*vision_tower*"], progress=False)
+    assert sum(1 for t in rep.tensors if t.cafeq) == 4
 
 
 def test_transform_api_errors():
@@ -779,8 +817,6 @@ def test_cli_quantize_with_cafeq(llama, tmp_path):
                                                seed=4), progress=False)
     assert _safetensors_bytes(dst) == _safetensors_bytes(tmp_path / "api")
     _user_error(run_cli("quantize", src, tmp_path / "x", "--cafeq-steps", "5"), "--cafeq")
-    _user_error(run_cli("quantize", src, tmp_path / "x", "--cafeq", "--calibration", "wikitext"),
-                "--cafeq", "--calibration")
     _user_error(run_cli("quantize", src, tmp_path / "x", "--cafeq", "--cafeq-lr", "0"), "lr")
     _user_error(run_cli("quantize", src, tmp_path / "x", "--cafeq", "--exclude", "*o_proj*"), "o_proj")
     assert not (tmp_path / "x").exists()
@@ -807,3 +843,64 @@ def test_save_pretrained_keeps_the_cafeq_record(llama, tmp_path):
         tr.AutoModelForCausalLM.from_pretrained(src, quantization_config=adpq.AdpqConfig(bits=3, cafeq={"steps": 5}))
     with pytest.raises(TypeError, match="cafeq"):
         adpq.AdpqConfig(bits=3, cafeq=True)
+
+
+# ------------------------------------------------------------------ 11. with a calibration (GPTQ)
+
+
+def test_calibrate_with_cafeq_matches_the_checkpoint(tmp_path):
+    """calibrate(cafeq=) folds the transform in before the Hessians; quantize_checkpoint folds in the
+    same one and rounds v/o by GPTQ: the folder stores the weights calibrate propagated."""
+    torch = pytest.importorskip("torch")
+    tr = pytest.importorskip("transformers")
+    from _tokenizer_util import small_bpe_tokenizer
+
+    lines = [f"line {i} of the text, words {i * 7 % 13} and {i % 5}.\n" for i in range(200)]
+    torch.manual_seed(0)
+    tok = small_bpe_tokenizer(lines)
+    cfg = tr.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    src, text = tmp_path / "model", tmp_path / "calib.txt"
+    tr.LlamaForCausalLM(cfg).save_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    text.write_text("".join(lines), encoding="utf-8")
+    q = adpq.QuantConfig(bits=3, group_size=16)
+    caf = adpq.CafeqConfig(steps=5)
+    box = {}
+    orig = tr.AutoModelForCausalLM.from_pretrained
+
+    def grab(*a, **k):
+        box["m"] = orig(*a, **k)
+        return box["m"]
+
+    tr.AutoModelForCausalLM.from_pretrained = grab
+    try:
+        cal = adpq.calibrate(src, text, samples=2, seqlen=32, config=q, cafeq=caf, progress=False)
+    finally:
+        tr.AutoModelForCausalLM.from_pretrained = orig
+    plain = adpq.calibrate(src, text, samples=2, seqlen=32, config=q, progress=False)
+    v0, o0 = "model.layers.0.self_attn.v_proj.weight", "model.layers.0.self_attn.o_proj.weight"
+    np.testing.assert_array_equal(cal.hessians[v0], plain.hessians[v0])  # v_proj's input is unchanged
+    assert not np.allclose(cal.hessians[o0], plain.hessians[o0])         # o_proj's is transformed
+    assert cal.info["cafeq"] == caf.to_dict() and plain.info["cafeq"] is None
+    rep = quantize_checkpoint(src, tmp_path / "out", calibration=cal, progress=False)  # cafeq: the calibration's
+    assert sum(r.gptq for r in rep.tensors) == 14 and sum(1 for r in rep.tensors if r.cafeq) == 4
+    qc = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert qc["cafeq"]["steps"] == 5 and qc["calibration"]["cafeq"]["steps"] == 5
+    from adpq.io.adpq_format import AdpqCheckpoint
+
+    ck = AdpqCheckpoint(str(tmp_path / "out"))
+    layers = box["m"].model.layers
+    for i in range(2):
+        att = layers[i].self_attn
+        for n, mod in (("v_proj", att.v_proj), ("o_proj", att.o_proj)):
+            stored = ck.quantized_tensor(f"model.layers.{i}.self_attn.{n}.weight").dequantize()
+            np.testing.assert_array_equal(stored, mod.weight.detach().float().numpy())
+    # the folder computes what the float model does, up to the quantization
+    ids = torch.randint(0, len(tok), (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = orig(str(src)).eval()(ids).logits
+        got = adpq.load(str(tmp_path / "out"), dequantize=True)(ids).logits
+        noc = quantize_checkpoint(src, tmp_path / "nocafeq", calibration=plain, progress=False)
+        base = adpq.load(str(tmp_path / "nocafeq"), dequantize=True)(ids).logits
+    assert noc is not None and float((got - ref).abs().max()) < 3 * float((base - ref).abs().max()) + 1e-3

@@ -130,9 +130,6 @@ def _cafeq_config(args):
         if over:
             raise UserError("--cafeq-* options need --cafeq")
         return None
-    if args.calibration:
-        raise UserError("--cafeq and --calibration are not combined (calibrate's Hessians are those of the "
-                        "untransformed model); use one or the other")
     try:
         return CafeqConfig(**over)
     except (TypeError, ValueError) as e:
@@ -259,7 +256,7 @@ def cmd_quantize(args) -> int:
         text = None if args.calibration == "wikitext" else args.calibration
         cal = calibrate(args.src, text, samples=args.samples, seqlen=args.seqlen, config=cfg, gptq=gptq,
                         include=args.include, exclude=args.exclude, seed=args.calibration_seed,
-                        threads=cfg.threads, progress=not args.no_progress)
+                        threads=cfg.threads, progress=not args.no_progress, cafeq=cafeq)
         i = cal.info
         print(f"calibration: {i['text']['file']}, {i['samples']} x {i['seqlen']} tokens, {i['tensors']} tensors; "
               f"{i['seconds_forward']:.1f} s forward passes, {i['seconds_solve']:.1f} s quantizing with GPTQ",
@@ -272,7 +269,9 @@ def cmd_quantize(args) -> int:
     if pairs:
         mean = lambda k: sum(p[k] for p in pairs) / len(pairs)  # noqa: E731
         print(f"cafeq: {len(pairs)} (v_proj, o_proj) pairs; mean relative pair error {mean('error_plain'):.4f} "
-              f"plain -> {mean('error_transformed'):.4f} transformed -> {mean('error'):.4f} paired rounding; "
+              f"plain -> {mean('error_transformed'):.4f} transformed -> {mean('error'):.4f} "
+              f"{'GPTQ' if any(t.gptq for t in rep.tensors) else 'paired rounding'}; "
+              f"{int(sum(p.get('identity', 0) for p in pairs))} kept untransformed; "
               f"{sum(p['seconds'] for p in pairs):.1f} s", file=sys.stderr)
     if args.json == "-":
         print(json.dumps(rep.to_dict(), indent=2))

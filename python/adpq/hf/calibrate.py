@@ -24,11 +24,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..core.config import GptqConfig, QuantConfig, check_int, check_threads
+from ..core.config import CafeqConfig, GptqConfig, QuantConfig, check_int, check_threads
 from ..core.quantize import quantize
+from ..io.cafeq_pairs import PairSpec, attention_heads, find_pairs
 from ..io.checkpoint import select_tensors
 from ..io.folder import CheckpointError, SourceCheckpoint, is_adpq_folder
 from ..io.progress import Progress
+from ..transforms import apply_transform, learn_transform
 
 # ../shared/assets/wikitext-2-v1/wiki.valid.tokens under an ancestor of the cwd or of this package
 WIKITEXT_VALID_REL = Path("shared") / "assets" / "wikitext-2-v1" / "wiki.valid.tokens"
@@ -104,6 +106,7 @@ class Calibration:
     config: QuantConfig
     gptq: GptqConfig
     info: Dict[str, Any] = field(default_factory=dict)
+    cafeq: Optional[CafeqConfig] = None   # the CafeQ transforms were folded in before the Hessians
 
     def fingerprint(self) -> str:
         """What the output depends on (text, windows, options), for resuming a run."""
@@ -190,7 +193,8 @@ def _run_layer(layer, x, call):
 
 def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int = 2048,
               config: Optional[QuantConfig] = None, gptq: Optional[GptqConfig] = None, include=None,
-              exclude=None, seed: int = 0, threads: Optional[int] = None, progress: bool = True) -> Calibration:
+              exclude=None, seed: int = 0, threads: Optional[int] = None, progress: bool = True,
+              cafeq: Optional[CafeqConfig] = None) -> Calibration:
     """Collect the Hessians of a Hugging Face checkpoint's linear layers, sequentially (module docstring).
 
     model_dir: a float checkpoint folder (not an adpq one). text: a UTF-8 text file (None: WikiText-2
@@ -199,6 +203,10 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
     BOS gets BOS + seqlen - 1 tokens per window. config/gptq: how every layer is quantized (the
     defaults: QuantConfig(), GptqConfig()); include/exclude: quantize_checkpoint's tensor selection.
     threads: torch's and the quantizer's threads (None: as they are).
+    cafeq: a CafeqConfig (True: the default one): each layer's (v_proj, o_proj) is transformed as
+    CafeQ transforms it (adpq.transforms.learn_transform) before its Hessians are collected, so
+    o_proj's Hessian is that of the transformed inputs; quantize_checkpoint then folds in the same
+    transform and rounds each member by GPTQ (docs/DESIGN.md 2.8).
     """
     samples = check_int(samples, "samples", 1, MAX_SAMPLES)
     seqlen = check_int(seqlen, "seqlen", 2, MAX_SEQLEN)
@@ -214,6 +222,15 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
         raise CheckpointError(f"{os.fspath(model_dir)!r} is already quantized: calibrate a float checkpoint")
     src = SourceCheckpoint(os.fspath(model_dir))
     selected = set(select_tensors(list(src.tensors.values()), include, exclude))
+    caf = CafeqConfig() if cafeq is True else cafeq
+    pairs: Dict[str, PairSpec] = {}
+    if caf is not None:
+        if not isinstance(caf, CafeqConfig):
+            raise TypeError(f"cafeq must be a CafeqConfig (or True), got {type(cafeq).__name__}")
+        heads = attention_heads(src.config)
+        infos = list(src.tensors.values())
+        pairs = {p.prefix: p for p in find_pairs([i.name for i in infos], selected, heads,
+                                                  {i.name: tuple(i.shape) for i in infos})}
     text_str, text_desc = read_calibration_text(text if text is not None else default_calibration_file())
 
     import torch
@@ -238,6 +255,10 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
             lins = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)
                     and f"{prefix}.{li}.{n}.weight" in selected}
             ts = time.perf_counter()
+            for p in (p for pre, p in pairs.items() if pre.startswith(f"{prefix}.{li}.")):
+                _fold_transform(layer, f"{prefix}.{li}.", p, heads, run_cfg, caf)
+            t_solve += time.perf_counter() - ts
+            ts = time.perf_counter()
             sums, tokens, owner = _collect(layer, lins, inputs, calls[li])
             t_forward += time.perf_counter() - ts
             ts = time.perf_counter()
@@ -260,9 +281,28 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
         bar.close()
     info = {"text": text_desc, "text_tokens": text_tokens, "samples": samples, "seqlen": seqlen,
             "tokens": samples * seqlen, "seed": seed, "bos": with_bos, "sequential": True,
-            "gptq": g.to_dict(), "tensors": len(hessians),
+            "gptq": g.to_dict(), "tensors": len(hessians), "cafeq": caf.to_dict() if caf is not None else None,
             "seconds_forward": round(t_forward, 3), "seconds_solve": round(t_solve, 3)}
-    return Calibration(hessians, cfg, g, info)
+    return Calibration(hessians, cfg, g, info, caf)
+
+
+def _fold_transform(layer, layer_prefix: str, p: PairSpec, heads, cfg: QuantConfig, caf: CafeqConfig) -> None:
+    """The pair's CafeQ transform folded into the layer's float weights (and v_proj's bias), as
+    quantize_checkpoint will fold it (the same weights, key and options give the same M)."""
+    import torch
+
+    def module(name):
+        return layer.get_submodule(name[len(layer_prefix):-len(".weight")])
+
+    v, o = module(p.v), module(p.o)
+    wv, wo = v.weight.detach().double().numpy(), o.weight.detach().double().numpy()
+    m, _ = learn_transform(wv, wo, heads, cfg, caf, p.key, cfg.threads)
+    bias = v.bias.detach().double().numpy() if v.bias is not None else None
+    wv_t, wo_t, b_t = apply_transform(m, wv, wo, heads, bias)
+    v.weight.data = torch.from_numpy(wv_t.astype(np.float32))
+    o.weight.data = torch.from_numpy(wo_t.astype(np.float32))
+    if b_t is not None:
+        v.bias.data = torch.from_numpy(b_t.astype(np.float32))
 
 
 def _collect(layer, lins, inputs, call):

@@ -65,6 +65,8 @@ def find_pairs(names: Iterable[str], selected: Iterable[str], heads: Heads, shap
             continue
         p = m.group("prefix")
         o = f"{p}.o_proj.weight"
+        if name not in selected and o not in selected:
+            continue  # (not quantized at all: e.g. an excluded vision tower)
         if o not in present:
             raise CheckpointError(f"--cafeq: {name} has no {o} beside it (fused or unusual attention)")
         if any(n.startswith(f"{p}.v_norm") or n.startswith(f"{p}.v_layernorm") for n in present):
@@ -91,8 +93,9 @@ class PairWork:
     remaining parts are taken."""
 
     def __init__(self, pairs: List[PairSpec], todo: Iterable[str], read, heads: Heads, config: QuantConfig,
-                 cafeq: CafeqConfig, threads: Optional[int]):
+                 cafeq: CafeqConfig, threads: Optional[int], calibration=None):
         todo = set(todo)
+        self.calibration = calibration
         self._read, self.heads, self.config, self.cafeq, self.threads = read, heads, config, cafeq, threads
         self._spec: Dict[str, PairSpec] = {}
         self._left: Dict[str, set] = {}
@@ -116,9 +119,18 @@ class PairWork:
             res = self._result.get(p.prefix)
             if res is None:
                 bias = self._read(p.bias) if p.bias is not None else None
+                hs, gptq = None, None
+                if self.calibration is not None:
+                    hs = tuple(self.calibration.hessians.get(n) for n in (p.v, p.o))
+                    if hs[0] is None and hs[1] is None:
+                        hs = None
+                    elif hs[0] is None or hs[1] is None:
+                        raise CheckpointError(f"--cafeq: the calibration holds a Hessian for one of {p.v}, {p.o} "
+                                              "only; calibrate with the same --include/--exclude")
+                    gptq = self.calibration.gptq
                 try:
                     res = cafeq_pair(self._read(p.v), self._read(p.o), self.heads, self.config, self.cafeq,
-                                     bias=bias, key=p.key, threads=self.threads)
+                                     bias=bias, key=p.key, threads=self.threads, hessians=hs, gptq=gptq)
                 except (ValueError, TypeError, np.linalg.LinAlgError) as e:
                     raise CheckpointError(f"--cafeq: {p.prefix}: {e}") from e
                 self._result[p.prefix] = res

@@ -150,6 +150,7 @@ def _cafeq_record(caf: CafeqConfig, specs, reports) -> dict:
     if stats:
         for k in ("error_plain", "error_transformed", "error"):
             rec[f"mean_{k}"] = float(np.mean([s[k] for s in stats]))
+        rec["pairs_untransformed"] = int(sum(s.get("identity", 0) for s in stats))
         rec["seconds"] = float(sum(s["seconds"] for s in stats))
     return jsonable(rec)
 
@@ -198,6 +199,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     cafeq: True (CafeqConfig()), a CafeqConfig or a dict of its fields: each attention layer's
     (v_proj, o_proj) is transformed and rounded as a pair (docs/DESIGN.md 2.8; the heads come from
     config.json); v_proj's bias, if any, is transformed with it. Recorded in quantization_config.
+    With a calibration, it must be the calibration's (None takes it): the pair is transformed as
+    calibrate transformed it and each member rounded by GPTQ with its Hessian.
 
     format="adpq": packed arrays (docs/FORMAT.md); format="fake": an ordinary HF folder holding the
     dequantized weights in the source dtype (or fake_dtype: float16/bfloat16/float32).
@@ -206,9 +209,14 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     cfg = config if config is not None else calibration.config if calibration is not None else QuantConfig()
     cal_json = _check_calibration(calibration, cfg)
     caf = _cafeq_config(cafeq)
-    if caf is not None and calibration is not None:
-        raise CheckpointError("cafeq and calibration are not combined: calibrate's Hessians and propagated "
-                              "layers are those of the untransformed model; use one or the other")
+    if calibration is not None:
+        cal_caf = getattr(calibration, "cafeq", None)
+        if caf is None:
+            caf = cal_caf
+        elif cal_caf is None or cal_caf != caf:
+            raise CheckpointError("the calibration was run " + ("without CafeQ" if cal_caf is None else
+                                  f"with other CafeQ options ({cal_caf.to_dict()})") + ": its Hessians are those of "
+                                  "another model; calibrate with the same cafeq")
     if format not in ("adpq", "fake"):
         raise CheckpointError(f"unknown format {format!r} (use 'adpq' or 'fake')")
     out_dt = output_dtype(fake_dtype)
@@ -238,7 +246,7 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     run = OutputRun(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"], header_estimate=est)
     todo = [i for i in infos if not run.is_done(i.name)]
     if caf is not None:
-        pairs = PairWork(pair_specs, [i.name for i in todo], src.get, heads, cfg, caf, None)
+        pairs = PairWork(pair_specs, [i.name for i in todo], src.get, heads, cfg, caf, None, calibration)
     bar = Progress(sum(i.nbytes for i in todo), progress, "quantizing")
     # Tensors are quantized by a small pipeline (the C core releases the GIL) and written in order
     # by this thread: on a model of small matrices, two at a time on half the cores each scale

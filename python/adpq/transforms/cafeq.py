@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from ..core.arrays import as_weight_matrix, to_float32
-from ..core.config import CafeqConfig, QuantConfig
+from ..core.config import CafeqConfig, GptqConfig, QuantConfig
 from ..core.quantize import quantize
 from ..core.quantized import QuantizedTensor
 from .paired_rounding import pair_error, paired_round
-from .vo_transform import Heads, apply_transform, optimize_transform
+from .vo_transform import Heads, apply_transform, initial_transform, optimize_transform
 
 
 @dataclasses.dataclass
@@ -30,17 +30,44 @@ class PairResult:
     stats: Dict[str, float]
 
 
+def learn_transform(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConfig, cafeq: CafeqConfig,
+                    key: int = 0, threads: Optional[int] = None):
+    """(M, stats) for float64 W_v, W_o quantized with config (its group size and symmetry shape the
+    proxy): what cafeq_pair and adpq.calibrate(..., cafeq=) both fold in.
+
+    The proxy stands in for the quantized pair's error; where the learned M leaves the plainly
+    quantized pair worse than M = I does, M = I is returned (stats["identity"] = 1).
+    stats: the proxy at M's start and end, error_plain and error_transformed (the pair error of each
+    matrix quantized on its own, without and with M)."""
+    rcfg = config.resolved(wv.shape[0])
+    m, stats = optimize_transform(wv, wo, heads, rcfg.group_size, rcfg.symmetric, cafeq, key)
+    run = config if threads is None else config.replace(threads=threads)
+    err_plain = _plain_error(wv, wo, heads, run, threads)
+    wv_t, wo_t, _ = apply_transform(m, wv, wo, heads)
+    err_t = _plain_error(wv_t, wo_t, heads, run, threads)
+    identity = err_t > err_plain
+    if identity:
+        m, err_t = initial_transform(heads, "identity", 0), err_plain
+        stats["proxy"] = 1.0  # (the proxy at M = I, relative to the untransformed pair)
+    return m, {**stats, "error_plain": err_plain, "error_transformed": err_t, "identity": float(identity)}
+
+
 def cafeq_pair(w_v: Any, w_o: Any, heads: Heads, config: Optional[QuantConfig] = None,
                cafeq: Optional[CafeqConfig] = None, bias: Any = None, key: int = 0,
-               threads: Optional[int] = None) -> PairResult:
+               threads: Optional[int] = None, hessians: Optional[Tuple[Any, Any]] = None,
+               gptq: Optional[GptqConfig] = None) -> PairResult:
     """CafeQ on W_v (n_kv_heads * head_dim, in) and W_o (out, n_heads * head_dim), quantized with
     config (outlier_ratio 0: CafeQ alone; AdpQ's outliers and column scales otherwise).
 
     bias: v_proj's bias, transformed with W_v (o_proj's is unchanged). key: a number that tells
     layers apart (the layer index): M's random start is seeded by (cafeq.seed, key).
+    hessians: (H_v, H_o), calibration Hessians of the *transformed* layer's inputs (adpq.calibrate
+    with cafeq): each matrix is then rounded by GPTQ with its Hessian (gptq: its options) instead of
+    the data-free paired rounding.
     stats: pair errors (relative, adpq.transforms.pair_error) of the plain quantization of the
     untransformed pair ("error_plain"), of the transformed pair ("error_transformed") and of the
-    result ("error"); the proxy relative to the untransformed pair at M's start and end; seconds.
+    result ("error"); the proxy relative to the untransformed pair at M's start and end;
+    "identity" 1.0 where the learned M was dropped (learn_transform); seconds.
     """
     cfg = config if config is not None else QuantConfig()
     caf = cafeq if cafeq is not None else CafeqConfig()
@@ -66,18 +93,31 @@ def cafeq_pair(w_v: Any, w_o: Any, heads: Heads, config: Optional[QuantConfig] =
     for name, w in (("w_v", wv), ("w_o", wo)):
         if not np.isfinite(w).all():
             raise ValueError(f"{name} has a NaN or Inf")
-    rcfg = cfg.resolved(v2.shape[0])
-    gs = rcfg.group_size
-    m, proxy = optimize_transform(wv, wo, heads, gs, rcfg.symmetric, caf, key)
-    t_transform = time.perf_counter() - t0
+    if hessians is not None and (len(hessians) != 2 or any(h is None for h in hessians)):
+        raise ValueError("hessians must be a pair (H_v, H_o)")
+    run = cfg if threads is None else cfg.replace(threads=threads)
+    m, tstats = learn_transform(wv, wo, heads, cfg, caf, key, threads)
     wv_t, wo_t, b_t = apply_transform(m, wv, wo, heads, b)
-    qv, qo, errors = paired_round(wv_t, wo_t, heads, cfg, caf, threads, dtype=vdt)
+    t_transform = time.perf_counter() - t0
+    if hessians is None:
+        qv, qo, errors = paired_round(wv_t, wo_t, heads, cfg, caf, threads, dtype=vdt)
+    else:
+        v32, o32 = wv_t.astype(np.float32), wo_t.astype(np.float32)
+        qv = quantize(v32, config=run, hessian=hessians[0], gptq=gptq)
+        qo = quantize(o32, config=run, hessian=hessians[1], gptq=gptq)
+        errors = [tstats["error_transformed"],
+                  pair_error(wv_t, wo_t, qv.dequantize(dtype="float32", threads=threads),
+                             qo.dequantize(dtype="float32", threads=threads), heads)]
+        qv = QuantizedTensor(qv.arrays(), qv.shape, qv.config, vdt)
     if qo.dtype != odt:
         qo = QuantizedTensor(qo.arrays(), qo.shape, qo.config, odt)
-    run = cfg if threads is None else cfg.replace(threads=threads)
-    plain = [quantize(w.astype(np.float32), config=run).dequantize(dtype="float32", threads=threads) for w in (wv, wo)]
-    stats = {"error_plain": pair_error(wv, wo, plain[0], plain[1], heads), "error_transformed": errors[0],
-             "error": errors[-1], **proxy, "seconds_transform": t_transform,
+    stats = {**tstats, "error": errors[-1], "seconds_transform": t_transform,
              "seconds": time.perf_counter() - t0}
     return PairResult(qv, qo, wv_t.astype(np.float32), wo_t.astype(np.float32),
                       None if b_t is None else b_t.astype(np.float32), m, stats)
+
+
+def _plain_error(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConfig, threads: Optional[int]) -> float:
+    """The pair error of W_v and W_o each quantized on its own."""
+    hat = [quantize(w.astype(np.float32), config=config).dequantize(dtype="float32", threads=threads) for w in (wv, wo)]
+    return pair_error(wv, wo, hat[0], hat[1], heads)

@@ -100,6 +100,8 @@ def paired_round(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConf
     errors = [pair_error(wv, wo, v_hat, o_hat, heads)]
     gptq = GptqConfig(damp=cafeq.damp, act_order=True, grids="fixed")
     for _ in range(cafeq.rounds):
+        if not (v_hat.any() and o_hat.any()):
+            break  # (a partner rounded to zero weighs nothing: there is no product to fit)
         target, gram = _o_target(wv, wo, v_hat, heads)
         cand = refine(target, qo0, gram, gptq, threads=threads)
         c_hat = deq(cand)

@@ -146,12 +146,11 @@ class PairProxy:
         self.go = _Groups(wo.shape[1], group_size, symmetric)
         self.kvrow = heads.kv_row_of_column()
         self.scale = 1.0
+        eye = initial_transform(heads, "identity", 0)
         if proxy == "range":
-            eye = initial_transform(heads, "identity", 0)
-            rv, _ = self.gv.ranges(self.transformed(eye)[0])
-            ro, _ = self.go.ranges(self.transformed(eye)[1])
-            self.ref = (max(rv.mean(), 1e-30), max(ro.mean(), 1e-30))
-        self.scale = 1.0 / max(self.value_and_grad(initial_transform(heads, "identity", 0), grad=False)[0], 1e-300)
+            v, o, _ = self.transformed(eye)
+            self.ref = (max(self.gv.ranges(v)[0].mean(), 1e-30), max(self.go.ranges(o)[0].mean(), 1e-30))
+        self.scale = 1.0 / max(self.value_and_grad(eye, grad=False)[0], 1e-300)
 
     def transformed(self, m: np.ndarray):
         """(M W_v, W_o M^-1) as (rows, cols) float64 matrices, and M^-1."""
