@@ -36,14 +36,15 @@ def bits_equal(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def brute_pair_error(wv, wo, wv_hat, wo_hat, heads):
-    """pair_error from the products themselves: P_h = W_o[:, h] W_v[g(h)], one per query head."""
+def brute_pair_error(wv, wo, wv_hat, wo_hat, heads, scale=None):
+    """pair_error from the products themselves: P_h = W_o[:, h] W_v[g(h)] diag(scale), one per query head."""
     d, g = heads.head_dim, heads.group
+    s = np.ones(np.shape(wv)[1]) if scale is None else np.abs(np.float64(scale))
     num = den = 0.0
     for h in range(heads.n_heads):
         k = h // g
-        p = np.float64(wo[:, h * d:(h + 1) * d]) @ np.float64(wv[k * d:(k + 1) * d])
-        q = np.float64(wo_hat[:, h * d:(h + 1) * d]) @ np.float64(wv_hat[k * d:(k + 1) * d])
+        p = np.float64(wo[:, h * d:(h + 1) * d]) @ np.float64(wv[k * d:(k + 1) * d]) * s
+        q = np.float64(wo_hat[:, h * d:(h + 1) * d]) @ np.float64(wv_hat[k * d:(k + 1) * d]) * s
         num += float(((p - q) ** 2).sum())
         den += float((p ** 2).sum())
     return math.sqrt(num / den)
@@ -278,9 +279,11 @@ def test_quantize_checkpoint_with_cafeq(llama, outliers):
     src_w, fake_w, pf_w = _folder_weights(src), _folder_weights(d / f"fake-{tag}"), _folder_weights(d / f"plainfake-{tag}")
     by = {t.name: t for t in fake.tensors}
     for v, o in ((V0, O0), (V1, O1)):
-        e = brute_pair_error(src_w[v], src_w[o], fake_w[v], fake_w[o], LLAMA_HEADS)
+        # (the errors weigh W_v's inputs by the RMSNorm weight in front of the attention)
+        norm = src_w[v.replace("self_attn.v_proj", "input_layernorm")]
+        e = brute_pair_error(src_w[v], src_w[o], fake_w[v], fake_w[o], LLAMA_HEADS, norm)
         assert e == pytest.approx(by[v].cafeq["error"], rel=1e-3, abs=1e-5)
-        e_plain = brute_pair_error(src_w[v], src_w[o], pf_w[v], pf_w[o], LLAMA_HEADS)
+        e_plain = brute_pair_error(src_w[v], src_w[o], pf_w[v], pf_w[o], LLAMA_HEADS, norm)
         assert e_plain == pytest.approx(by[v].cafeq["error_plain"], rel=1e-3, abs=1e-5)
         assert e < e_plain
 
@@ -482,13 +485,15 @@ def test_cafeq_pair_dtypes_bias_and_key():
 
 @pytest.mark.parametrize("proxy", ["product", "range"])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_proxy_gradient_matches_finite_differences(proxy, symmetric):
+@pytest.mark.parametrize("scaled", [False, True])
+def test_proxy_gradient_matches_finite_differences(proxy, symmetric, scaled):
     heads = Heads(4, 2, 6)  # W_o rows of 24, W_v rows of 50: group 16 divides neither
     rng = np.random.default_rng(11)
     wv = rng.standard_normal((12, 50))
     wo = rng.standard_normal((20, 24))
     wv[3] *= 5.0
-    pp = PairProxy(wv, wo, heads, 16, symmetric, proxy)
+    scale = np.exp(rng.standard_normal(50)) if scaled else None  # (input columns weighed by a norm's scale)
+    pp = PairProxy(wv, wo, heads, 16, symmetric, proxy, scale)
     assert pp.go.pad and pp.gv.pad
     m = random_transform(heads, 4)
     value, grad = pp.value_and_grad(m)
@@ -673,7 +678,7 @@ def test_resume_after_a_crash_between_a_pairs_members(llama, monkeypatch):
     ({"lr": float("inf")}, ValueError), ({"lr": "0.1"}, TypeError), ({"proxy": "x"}, ValueError),
     ({"init": "x"}, ValueError), ({"rounds": True}, TypeError), ({"rounds": -1}, ValueError),
     ({"damp": -1}, ValueError), ({"damp": float("nan")}, ValueError), ({"seed": -1}, ValueError),
-    ({"seed": 1.0}, TypeError)])
+    ({"seed": 1.0}, TypeError), ({"norm_weights": "yes"}, TypeError), ({"norm_weights": 2}, TypeError)])
 def test_cafeq_config_checks(kw, err, llama, tmp_path):
     (field,) = kw
     with pytest.raises(err, match=field):
@@ -904,3 +909,18 @@ def test_calibrate_with_cafeq_matches_the_checkpoint(tmp_path):
         noc = quantize_checkpoint(src, tmp_path / "nocafeq", calibration=plain, progress=False)
         base = adpq.load(str(tmp_path / "nocafeq"), dequantize=True)(ids).logits
     assert noc is not None and float((got - ref).abs().max()) < 3 * float((base - ref).abs().max()) + 1e-3
+
+
+def test_input_scale_weighs_the_pair_error():
+    """pair_error with input_scale is the product error with W_v's columns scaled; cafeq_pair uses
+    it throughout (its stats agree with the brute-force weighted error)."""
+    heads = Heads(4, 2, 8)
+    wv, wo = synthetic_pair(heads, 40, 32, 5)
+    scale = np.exp(np.random.default_rng(1).standard_normal(40))
+    res = cafeq_pair(wv, wo, heads, RTN, adpq.CafeqConfig(steps=10), input_scale=scale)
+    e = brute_pair_error(wv, wo, res.qv.dequantize(), res.qo.dequantize(), heads, scale)
+    assert e == pytest.approx(res.stats["error"], rel=1e-4)
+    assert e != pytest.approx(brute_pair_error(wv, wo, res.qv.dequantize(), res.qo.dequantize(), heads), rel=1e-3)
+    assert res.stats["error"] < res.stats["error_plain"]
+    with pytest.raises(ValueError, match="input_scale"):
+        cafeq_pair(wv, wo, heads, RTN, adpq.CafeqConfig(steps=1), input_scale=scale[:-1])

@@ -316,6 +316,9 @@ class CafeqConfig:
             Gram matrix); a pass is kept only if it lowers the product error.
     damp    added to the partner's Gram diagonal in the rounding, as a fraction of its mean (>= 0).
     seed    the random signs / rotation of init (the result is deterministic for a seed).
+    norm_weights  weigh W_v's input columns by the RMSNorm weight in front of the attention (the
+            scale the norm gives each input channel) in the proxy and the rounding; False: plain
+            Frobenius norms.
     """
 
     steps: int = 100
@@ -325,9 +328,14 @@ class CafeqConfig:
     rounds: int = 2
     damp: float = 0.01
     seed: int = 0
+    norm_weights: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check_int(self.steps, "steps", 0, MAX_CAFEQ_STEPS))
+        if isinstance(self.norm_weights, (bool, np.bool_)) or (_is_int(self.norm_weights) and self.norm_weights in (0, 1)):
+            object.__setattr__(self, "norm_weights", bool(self.norm_weights))
+        else:
+            raise TypeError(f"norm_weights must be a bool, got {_short(self.norm_weights)}")
         object.__setattr__(self, "lr", check_real(self.lr, "lr"))
         if not (math.isfinite(self.lr) and 0.0 < self.lr <= 1.0):
             raise ValueError(f"lr must be in (0, 1], got {_short(self.lr)}")

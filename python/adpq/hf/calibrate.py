@@ -26,7 +26,7 @@ import numpy as np
 
 from ..core.config import CafeqConfig, GptqConfig, QuantConfig, check_int, check_threads
 from ..core.quantize import quantize
-from ..io.cafeq_pairs import PairSpec, attention_heads, find_pairs
+from ..io.cafeq_pairs import PairSpec, attention_heads, find_pairs, model_type_of
 from ..io.checkpoint import select_tensors
 from ..io.folder import CheckpointError, SourceCheckpoint, is_adpq_folder
 from ..io.progress import Progress
@@ -230,7 +230,7 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
         heads = attention_heads(src.config)
         infos = list(src.tensors.values())
         pairs = {p.prefix: p for p in find_pairs([i.name for i in infos], selected, heads,
-                                                  {i.name: tuple(i.shape) for i in infos})}
+                                                  {i.name: tuple(i.shape) for i in infos}, model_type_of(src.config))}
     text_str, text_desc = read_calibration_text(text if text is not None else default_calibration_file())
 
     import torch
@@ -256,7 +256,8 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
                     and f"{prefix}.{li}.{n}.weight" in selected}
             ts = time.perf_counter()
             for p in (p for pre, p in pairs.items() if pre.startswith(f"{prefix}.{li}.")):
-                _fold_transform(layer, f"{prefix}.{li}.", p, heads, run_cfg, caf)
+                _fold_transform(layer, f"{prefix}.{li}.", p, heads, run_cfg, caf,
+                                p.input_scale(src.get) if caf.norm_weights else None)
             t_solve += time.perf_counter() - ts
             ts = time.perf_counter()
             sums, tokens, owner = _collect(layer, lins, inputs, calls[li])
@@ -286,7 +287,8 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
     return Calibration(hessians, cfg, g, info, caf)
 
 
-def _fold_transform(layer, layer_prefix: str, p: PairSpec, heads, cfg: QuantConfig, caf: CafeqConfig) -> None:
+def _fold_transform(layer, layer_prefix: str, p: PairSpec, heads, cfg: QuantConfig, caf: CafeqConfig,
+                    input_scale) -> None:
     """The pair's CafeQ transform folded into the layer's float weights (and v_proj's bias), as
     quantize_checkpoint will fold it (the same weights, key and options give the same M)."""
     import torch
@@ -296,7 +298,7 @@ def _fold_transform(layer, layer_prefix: str, p: PairSpec, heads, cfg: QuantConf
 
     v, o = module(p.v), module(p.o)
     wv, wo = v.weight.detach().double().numpy(), o.weight.detach().double().numpy()
-    m, _ = learn_transform(wv, wo, heads, cfg, caf, p.key, cfg.threads)
+    m, _ = learn_transform(wv, wo, heads, cfg, caf, p.key, cfg.threads, input_scale)
     bias = v.bias.detach().double().numpy() if v.bias is not None else None
     wv_t, wo_t, b_t = apply_transform(m, wv, wo, heads, bias)
     v.weight.data = torch.from_numpy(wv_t.astype(np.float32))

@@ -41,6 +41,14 @@ def attention_heads(config: Optional[dict]) -> Heads:
                               f"num_key_value_heads={kv!r}, head_dim={hd!r}) is not usable: {e}") from None
 
 
+def model_type_of(config: Optional[dict]) -> str:
+    """config.json's model_type (its text_config's for multimodal ones)."""
+    if not isinstance(config, dict):
+        return ""
+    t = config.get("text_config")
+    return str((t if isinstance(t, dict) and "model_type" in t else config).get("model_type", ""))
+
+
 @dataclasses.dataclass
 class PairSpec:
     prefix: str              # e.g. "model.layers.3.self_attn"
@@ -48,14 +56,25 @@ class PairSpec:
     o: str
     bias: Optional[str]      # v_proj.bias, if the folder has one
     key: int                 # seeds M's random start (the layer index)
+    norm: Optional[str] = None   # the RMSNorm weight in front of the attention, if found
+    norm_offset: float = 0.0     # its scale is |offset + weight| (Gemma's norms scale by 1 + weight)
+
+    def input_scale(self, read) -> Optional[np.ndarray]:
+        """The per-channel scale of v_proj's inputs the norm applies (None without a norm)."""
+        if self.norm is None:
+            return None
+        return np.abs(np.asarray(read(self.norm), dtype=np.float64) + self.norm_offset)
 
     @property
     def members(self) -> List[str]:
         return [n for n in (self.v, self.o, self.bias) if n is not None]
 
 
-def find_pairs(names: Iterable[str], selected: Iterable[str], heads: Heads, shapes: Dict[str, tuple]) -> List[PairSpec]:
-    """Every attention layer's (v_proj, o_proj); CheckpointError where CafeQ cannot be applied."""
+def find_pairs(names: Iterable[str], selected: Iterable[str], heads: Heads, shapes: Dict[str, tuple],
+               model_type: str = "") -> List[PairSpec]:
+    """Every attention layer's (v_proj, o_proj); CheckpointError where CafeQ cannot be applied.
+    The norm before the attention is the layer's input_layernorm (Llama, Qwen, Gemma, ...) when it
+    is a vector of the inputs' size."""
     names, selected = list(names), set(selected)
     present = set(names)
     pairs = []
@@ -82,7 +101,11 @@ def find_pairs(names: Iterable[str], selected: Iterable[str], heads: Heads, shap
             raise CheckpointError(f"--cafeq: {p}: {e} (from config.json's attention heads)") from None
         digits = re.findall(r"\.(\d+)\.", f".{p}.")
         bias = f"{p}.v_proj.bias" if f"{p}.v_proj.bias" in present else None
-        pairs.append(PairSpec(p, name, o, bias, int(digits[-1]) if digits else len(pairs)))
+        norm = f"{p.rsplit('.', 1)[0]}.input_layernorm.weight" if "." in p else None
+        if norm not in present or shapes.get(norm) != (shapes[name][1],):
+            norm = None
+        pairs.append(PairSpec(p, name, o, bias, int(digits[-1]) if digits else len(pairs), norm,
+                              1.0 if str(model_type).startswith("gemma") else 0.0))
     if not pairs:
         raise CheckpointError("--cafeq: no (v_proj, o_proj) pair in the checkpoint")
     return pairs
@@ -130,7 +153,8 @@ class PairWork:
                     gptq = self.calibration.gptq
                 try:
                     res = cafeq_pair(self._read(p.v), self._read(p.o), self.heads, self.config, self.cafeq,
-                                     bias=bias, key=p.key, threads=self.threads, hessians=hs, gptq=gptq)
+                                     bias=bias, key=p.key, threads=self.threads, hessians=hs, gptq=gptq,
+                                     input_scale=p.input_scale(self._read) if self.cafeq.norm_weights else None)
                 except (ValueError, TypeError, np.linalg.LinAlgError) as e:
                     raise CheckpointError(f"--cafeq: {p.prefix}: {e}") from e
                 self._result[p.prefix] = res

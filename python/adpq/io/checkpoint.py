@@ -27,7 +27,7 @@ import numpy as np
 from ..core.config import CafeqConfig, QuantConfig, default_threads
 from ..core.metrics import metrics
 from ..core.quantize import quantize
-from .cafeq_pairs import PairWork, attention_heads, find_pairs
+from .cafeq_pairs import PairWork, attention_heads, find_pairs, model_type_of
 from .folder import FORMAT_VERSION, QUANT_METHOD, CheckpointError, array_entry, SourceCheckpoint, output_dtype, set_config_dtype
 from .output import OutputRun, header_estimate, parse_size
 from .progress import Progress
@@ -241,7 +241,8 @@ def quantize_checkpoint(src_dir, dst_dir, config=None, include=None, exclude=Non
     if caf is not None:
         job["cafeq"] = caf.to_dict()
         heads = attention_heads(src.config)
-        pair_specs = find_pairs([i.name for i in infos], selected, heads, {i.name: tuple(i.shape) for i in infos})
+        pair_specs = find_pairs([i.name for i in infos], selected, heads, {i.name: tuple(i.shape) for i in infos},
+                                model_type_of(src.config))
     est = header_estimate((i.name, i.name in selected) for i in infos)
     run = OutputRun(src.path, dst_dir, job, overwrite, resume, job["max_shard_bytes"], header_estimate=est)
     todo = [i for i in infos if not run.is_done(i.name)]

@@ -37,9 +37,12 @@ def _blocks(wv: np.ndarray, wo: np.ndarray, heads: Heads):
     return v, o
 
 
-def pair_error(wv: np.ndarray, wo: np.ndarray, wv_hat: np.ndarray, wo_hat: np.ndarray, heads: Heads) -> float:
-    """sqrt(sum_h || P_h - P̂_h ||_F^2 / sum_h || P_h ||_F^2), from d x d Gram matrices (the products
-    themselves are out x in per query head)."""
+def pair_error(wv: np.ndarray, wo: np.ndarray, wv_hat: np.ndarray, wo_hat: np.ndarray, heads: Heads,
+               input_scale: Optional[np.ndarray] = None) -> float:
+    """sqrt(sum_h || (P_h - P̂_h) S ||_F^2 / sum_h || P_h S ||_F^2), S = diag(input_scale) (None: I),
+    from d x d Gram matrices (the products themselves are out x in per query head)."""
+    if input_scale is not None:
+        wv, wv_hat = _scaled(wv, input_scale), _scaled(wv_hat, input_scale)
     v, o = _blocks(wv, wo, heads)
     vh, oh = _blocks(wv_hat, wo_hat, heads)
 
@@ -51,6 +54,12 @@ def pair_error(wv: np.ndarray, wo: np.ndarray, wv_hat: np.ndarray, wo_hat: np.nd
     cross = tr(t(o) @ oh, vh @ t(v))
     hh = tr(t(oh) @ oh, vh @ t(vh))
     return float(np.sqrt(max(pp - 2 * cross + hh, 0.0) / pp)) if pp > 0 else 0.0
+
+
+def _scaled(w: np.ndarray, input_scale: Optional[np.ndarray]) -> np.ndarray:
+    """W_v with its columns scaled by the inputs' scale (W_v S)."""
+    w = np.asarray(w, F64)
+    return w if input_scale is None else w * np.asarray(input_scale, F64)[None, :]
 
 
 def _block_diagonal(blocks: np.ndarray, repeat: int) -> np.ndarray:
@@ -83,9 +92,13 @@ def _v_target(wv: np.ndarray, wo: np.ndarray, wo_hat: np.ndarray, heads: Heads):
 
 
 def paired_round(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConfig, cafeq: CafeqConfig,
-                 threads: Optional[int] = None, dtype: str = "float32"
+                 threads: Optional[int] = None, dtype: str = "float32", input_scale: Optional[np.ndarray] = None
                  ) -> Tuple[QuantizedTensor, QuantizedTensor, List[float]]:
     """(Ŵ_v, Ŵ_o, pair errors): the pair quantized with config, then cafeq.rounds alternating passes.
+
+    input_scale: the scale of W_v's inputs per column (e.g. the RMSNorm weight before it): errors are
+    || (P - P̂) diag(input_scale) ||. W_o's target and Gram then come from Ŵ_v S; W_v's rounding is
+    per column, which a column weight does not change.
 
     errors[0] is the plain quantization's pair error, then one entry per half-pass (the error kept).
     dtype: the QuantizedTensors' dequantize dtype (the source checkpoint's, not the float64 of wv/wo).
@@ -97,22 +110,23 @@ def paired_round(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConf
     qv, qo = qv0, qo0
     deq = lambda q: q.dequantize(dtype="float32", threads=threads)  # noqa: E731
     v_hat, o_hat = deq(qv), deq(qo)
-    errors = [pair_error(wv, wo, v_hat, o_hat, heads)]
+    err = lambda v_, o_: pair_error(wv, wo, v_, o_, heads, input_scale)  # noqa: E731
+    errors = [err(v_hat, o_hat)]
     gptq = GptqConfig(damp=cafeq.damp, act_order=True, grids="fixed")
     for _ in range(cafeq.rounds):
         if not (v_hat.any() and o_hat.any()):
             break  # (a partner rounded to zero weighs nothing: there is no product to fit)
-        target, gram = _o_target(wv, wo, v_hat, heads)
+        target, gram = _o_target(_scaled(wv, input_scale), wo, _scaled(v_hat, input_scale), heads)
         cand = refine(target, qo0, gram, gptq, threads=threads)
         c_hat = deq(cand)
-        e = pair_error(wv, wo, v_hat, c_hat, heads)
+        e = err(v_hat, c_hat)
         if e < errors[-1]:
             qo, o_hat = cand, c_hat
         errors.append(min(e, errors[-1]))
         target, gram = _v_target(wv, wo, o_hat, heads)
         cand = refine_rows(target, qv0, gram, damp=cafeq.damp, threads=threads)
         c_hat = deq(cand)
-        e = pair_error(wv, wo, c_hat, o_hat, heads)
+        e = err(c_hat, o_hat)
         if e < errors[-1]:
             qv, v_hat = cand, c_hat
         errors.append(min(e, errors[-1]))

@@ -95,8 +95,6 @@ class _Groups:
         self.gs = cols if group_size == -1 or group_size > cols else group_size
         self.ng = -(-cols // self.gs)
         self.pad = self.ng * self.gs - cols  # padded with copies of the last column: extrema unchanged
-        self.lengths = np.full(self.ng, self.gs, dtype=F64)
-        self.lengths[-1] = cols - (self.ng - 1) * self.gs
         self.of_column = np.arange(cols) // self.gs
 
     def ranges(self, a: np.ndarray):
@@ -133,7 +131,8 @@ class _Groups:
 class PairProxy:
     """The proxy of one layer's (W_v, W_o) as a function of M, with its gradient."""
 
-    def __init__(self, wv: np.ndarray, wo: np.ndarray, heads: Heads, group_size: int, symmetric: bool, proxy: str):
+    def __init__(self, wv: np.ndarray, wo: np.ndarray, heads: Heads, group_size: int, symmetric: bool, proxy: str,
+                 input_scale: Optional[np.ndarray] = None):
         heads.check(wv.shape, wo.shape)
         self.heads, self.proxy = heads, proxy
         n, d = heads.n_kv_heads, heads.head_dim
@@ -145,6 +144,10 @@ class PairProxy:
         self.gv = _Groups(wv.shape[1], group_size, symmetric)
         self.go = _Groups(wo.shape[1], group_size, symmetric)
         self.kvrow = heads.kv_row_of_column()
+        # the inputs' scale per W_v column (1: plain Frobenius): the product error is || (P - P̂) diag(s) ||
+        s2 = np.ones(wv.shape[1]) if input_scale is None else np.asarray(input_scale, F64) ** 2
+        self.in_sq = s2[None, :]
+        self.group_in_sq = np.bincount(self.gv.of_column, weights=s2, minlength=self.gv.ng)
         self.scale = 1.0
         eye = initial_transform(heads, "identity", 0)
         if proxy == "range":
@@ -174,15 +177,15 @@ class PairProxy:
         rv, sv = self.gv.ranges(v)
         ro, so = self.go.ranges(o)
         if self.proxy == "product":
-            a = (v * v).sum(axis=1)                          # |V_k|^2 per W_v row
+            a = (v * v * self.in_sq).sum(axis=1)             # |V_k diag(s)|^2 per W_v row
             c = (ro * ro).sum(axis=0)[self.go.of_column]     # sum_i step_o(i, j)^2 per W_o column
-            s = (rv * rv) @ self.gv.lengths                  # sum_l step_v(k, l)^2 per W_v row
+            s = (rv * rv) @ self.group_in_sq                 # sum_l step_v(k, l)^2 s_l^2 per W_v row
             b = np.bincount(self.kvrow, weights=(o * o).sum(axis=0), minlength=v.shape[0])
             value = float(c @ a[self.kvrow] + b @ s)
             if not grad:
                 return value * self.scale, None
-            dv = 2.0 * v * np.bincount(self.kvrow, weights=c, minlength=v.shape[0])[:, None]
-            dv += self.gv.grad(2.0 * rv * b[:, None] * self.gv.lengths[None, :], sv)
+            dv = 2.0 * v * self.in_sq * np.bincount(self.kvrow, weights=c, minlength=v.shape[0])[:, None]
+            dv += self.gv.grad(2.0 * rv * b[:, None] * self.group_in_sq[None, :], sv)
             do = 2.0 * o * s[self.kvrow][None, :]
             wg = np.bincount(self.go.of_column, weights=a[self.kvrow], minlength=self.go.ng)
             do += self.go.grad(2.0 * ro * wg[None, :], so)
@@ -207,11 +210,12 @@ class PairProxy:
 
 
 def optimize_transform(wv: np.ndarray, wo: np.ndarray, heads: Heads, group_size: int, symmetric: bool,
-                       config: CafeqConfig, key: int = 0) -> Tuple[np.ndarray, dict]:
+                       config: CafeqConfig, key: int = 0, input_scale: Optional[np.ndarray] = None
+                       ) -> Tuple[np.ndarray, dict]:
     """M (n_kv_heads, head_dim, head_dim) minimizing config.proxy from config.init by config.steps
     Adam steps, and {"proxy_initial", "proxy"}: the proxy at M's start and at the M returned, each
     relative to the untransformed pair (1.0)."""
-    pp = PairProxy(wv, wo, heads, group_size, symmetric, config.proxy)
+    pp = PairProxy(wv, wo, heads, group_size, symmetric, config.proxy, input_scale)
     m = initial_transform(heads, config.init, config.seed, key)
     best_m, (best, _) = m, pp.value_and_grad(m, grad=False)
     start = best
