@@ -38,6 +38,12 @@ ROWS = [  # (label, QuantConfig fields, CafeqConfig fields or None)
     ("adpq b4 g128 r0.005", ADPQ4, None),
     ("adpq+cafeq b4 g128 r0.005", ADPQ4, {}),
 ]
+LEARNED = {"steps": 100, "init": "hadamard"}  # the learned transform on top of the default rounding
+EXTRA = [  # --extra
+    ("rtn+cafeq b3 g64, learned transform", RTN3, LEARNED),
+    ("adpq+cafeq b3 g128 r0.005, learned transform", ADPQ3, LEARNED),
+    ("rtn+cafeq b3 g64, learned transform, no rounding", RTN3, {**LEARNED, "rounds": 0}),
+]
 
 
 def run_row(a, label, qfields, cfields, work: Path) -> dict:
@@ -156,6 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/adpq-cafeq-bench")
     ap.add_argument("--exactness", action="store_true", help="only the float-logits check of the transform")
     ap.add_argument("--plain-rows", action="store_true", help="also the baseline, RTN and AdpQ rows")
+    ap.add_argument("--extra", action="store_true", help="also the learned-transform rows (EXTRA)")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
@@ -185,7 +192,7 @@ def main(argv=None) -> int:
     res["setup"]["ood_sha256"] = ood_text(Path(a.ood_file), a.ood_bytes)
     only = set(a.only.split(";")) if a.only else None
     done = {r["label"] for r in res["rows"]}
-    todo = [("baseline (bf16, Q4-derived)", None, None)] + ROWS
+    todo = [("baseline (bf16, Q4-derived)", None, None)] + ROWS + (EXTRA if a.extra else [])
     if not a.plain_rows:
         todo = [t for t in todo if t[2] is not None]
     for label, q, c in todo:

@@ -437,12 +437,12 @@ def test_learned_transform_lowers_the_proxy_and_cafeq_the_error(proxy, cfg):
         assert not s["identity"] and s["error"] < 0.8 * s["error_plain"]
     # a Hadamard start: a rotation mixes the loud value channels with the others (its proxy may be
     # above the untransformed pair's), Adam takes it below
-    res_h = cafeq_pair(wv, wo, heads, config, adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy))
+    res_h = cafeq_pair(wv, wo, heads, config, adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy, init="hadamard"))
     sh = res_h.stats
     assert sh["proxy"] < min(1.0, sh["proxy_initial"]) and sh["error"] < 0.8 * sh["error_plain"], sh
     # on a pair without loud channels the rotation alone lowers the proxy
     wv2, wo2 = synthetic_pair(heads, 96, 96, 7, channel_outliers=0)
-    caf2 = adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy)
+    caf2 = adpq.CafeqConfig(steps=60, lr=0.01, proxy=proxy, init="hadamard")
     _, opt2 = optimize_transform(wv2, wo2, heads, config.group_size, config.symmetric, caf2)
     assert opt2["proxy"] < opt2["proxy_initial"] < 0.9, opt2
     s2 = cafeq_pair(wv2, wo2, heads, config, caf2).stats
@@ -466,7 +466,7 @@ def test_cafeq_pair_dtypes_bias_and_key():
     heads = Heads(4, 2, 16)
     wv, wo = synthetic_pair(heads, 64, 48, 3)
     b = np.random.default_rng(0).standard_normal(wv.shape[0]).astype(np.float32)
-    caf = adpq.CafeqConfig(steps=10)
+    caf = adpq.CafeqConfig(steps=10, init="hadamard")
     r = cafeq_pair(wv.astype(np.float16), wo.astype(np.float16), heads, ADPQ, caf, bias=b, key=1)
     assert r.qv.dtype == r.qo.dtype == "float16"
     assert r.bias.dtype == np.float32
@@ -596,7 +596,7 @@ def _safetensors_bytes(folder):
 def test_runs_are_deterministic_and_the_seed_matters(llama):
     d, src = llama["dir"], llama["src"]
     cfg = adpq.QuantConfig(bits=3, group_size=GROUP, outlier_ratio=0.02)
-    caf = {"steps": 15, "seed": 5}
+    caf = {"steps": 15, "seed": 5, "init": "hadamard"}
     quantize_checkpoint(src, d / "det1", cfg, cafeq=caf, progress=False)
     quantize_checkpoint(src, d / "det2", cfg, cafeq=caf, progress=False)
     a, b = _safetensors_bytes(d / "det1"), _safetensors_bytes(d / "det2")

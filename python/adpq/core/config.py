@@ -303,6 +303,10 @@ class CafeqConfig:
     transform M per KV head (W_v <- M W_v, W_o <- W_o M^-1: the float model is unchanged), then
     paired rounding that lowers || W_o W_v - Ŵ_o Ŵ_v ||_F. No data is used.
 
+    The defaults are what lowered perplexity on SmolLM2 (RESULTS.md, "Issue 15"): paired rounding
+    with a strong damping, and no learned transform (steps 0, init identity): the transforms lowered
+    the pair error but raised perplexity. `steps=100, init="hadamard"` learns one.
+
     steps   Adam steps optimizing M (>= 0; 0 keeps the initial M).
     lr      Adam's learning rate on M's entries (> 0).
     proxy   what M minimizes: "product", the expected product error under the quantizer's
@@ -321,12 +325,12 @@ class CafeqConfig:
             Frobenius norms.
     """
 
-    steps: int = 100
+    steps: int = 0
     lr: float = 1e-2
     proxy: str = "product"
-    init: str = "hadamard"
+    init: str = "identity"
     rounds: int = 2
-    damp: float = 0.01
+    damp: float = 1.0
     seed: int = 0
     norm_weights: bool = True
 
