@@ -76,7 +76,7 @@ def run_row(a, label, qfields, cfields, work: Path) -> dict:
 
 def exactness(a) -> dict:
     """Float logits of the model with every (v_proj, o_proj) transformed by CafeQ (no quantization)
-    against the untouched model, on the first --ctx tokens of WikiText-2 test."""
+    against the untouched model, on the first --exact-tokens tokens of WikiText-2 test."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,9 +86,9 @@ def exactness(a) -> dict:
     tok = AutoTokenizer.from_pretrained(a.model, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32, local_files_only=True).eval()
     text = Path(adpq_eval.default_text_file()).read_text(encoding="utf-8")[:20000]
-    ids = tok(text, return_tensors="pt").input_ids[:, :a.ctx]
+    ids = tok(text, return_tensors="pt").input_ids[:, :a.exact_tokens]
     with torch.no_grad():
-        before = model(ids).logits[0].double()
+        before = model(ids).logits[0]
     heads = attention_heads(json.loads((Path(a.model) / "config.json").read_text()))
     caf = adpq.CafeqConfig(**json.loads(a.cafeq))
     cfg = adpq.QuantConfig(**RTN3)
@@ -105,11 +105,11 @@ def exactness(a) -> dict:
             att.v_proj.bias.data = torch.from_numpy(b2).float()
     seconds = time.perf_counter() - t0
     with torch.no_grad():
-        after = model(ids).logits[0].double()
+        after = model(ids).logits[0]
     diff = (after - before).abs()
     nll = lambda lg: float(torch.nn.functional.cross_entropy(lg[:-1], ids[0, 1:]))  # noqa: E731
     return {"tokens": int(ids.shape[1]), "max_abs_logit_diff": float(diff.max()),
-            "max_abs_logit": float(before.abs().max()), "rms_logit_diff": float(diff.pow(2).mean().sqrt()),
+            "max_abs_logit": float(before.abs().max()), "rms_logit_diff": float(diff.double().pow(2).mean().sqrt()),
             "nll_before": nll(before), "nll_after": nll(after), "argmax_agree": float(
                 (after.argmax(-1) == before.argmax(-1)).double().mean()),
             "seconds_transforms": round(seconds, 2), "cafeq": caf.to_dict(), "layers": len(model.model.layers)}
@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=None)
     ap.add_argument("--work", default="/tmp/adpq-cafeq-bench")
     ap.add_argument("--exactness", action="store_true", help="only the float-logits check of the transform")
+    ap.add_argument("--exact-tokens", type=int, default=512, help="tokens of the --exactness check")
     ap.add_argument("--plain-rows", action="store_true", help="also the baseline, RTN and AdpQ rows")
     ap.add_argument("--extra", action="store_true", help="also the learned-transform rows (EXTRA)")
     ap.add_argument("--report", action="store_true")
