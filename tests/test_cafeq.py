@@ -492,8 +492,10 @@ def test_proxy_gradient_matches_finite_differences(proxy, symmetric, scaled):
     wv = rng.standard_normal((12, 50))
     wo = rng.standard_normal((20, 24))
     wv[3] *= 5.0
-    scale = np.exp(rng.standard_normal(50)) if scaled else None  # (input columns weighed by a norm's scale)
-    pp = PairProxy(wv, wo, heads, 16, symmetric, proxy, scale)
+    # (input columns and output rows weighed by the norms' scales)
+    scale = np.exp(rng.standard_normal(50)) if scaled else None
+    out_scale = np.exp(rng.standard_normal(20)) if scaled else None
+    pp = PairProxy(wv, wo, heads, 16, symmetric, proxy, scale, out_scale)
     assert pp.go.pad and pp.gv.pad
     m = random_transform(heads, 4)
     value, grad = pp.value_and_grad(m)
@@ -920,7 +922,35 @@ def test_input_scale_weighs_the_pair_error():
     res = cafeq_pair(wv, wo, heads, RTN, adpq.CafeqConfig(steps=10), input_scale=scale)
     e = brute_pair_error(wv, wo, res.qv.dequantize(), res.qo.dequantize(), heads, scale)
     assert e == pytest.approx(res.stats["error"], rel=1e-4)
+    out = np.exp(np.random.default_rng(2).standard_normal(32))
+    r2 = cafeq_pair(wv, wo, heads, RTN, adpq.CafeqConfig(steps=10), input_scale=scale, output_scale=out)
+    e2 = brute_pair_error(wv, wo * out[:, None], r2.qv.dequantize(), r2.qo.dequantize() * out[:, None], heads, scale)
+    assert e2 == pytest.approx(r2.stats["error"], rel=1e-4) and r2.stats["error"] < r2.stats["error_plain"]
     assert e != pytest.approx(brute_pair_error(wv, wo, res.qv.dequantize(), res.qo.dequantize(), heads), rel=1e-3)
     assert res.stats["error"] < res.stats["error_plain"]
     with pytest.raises(ValueError, match="input_scale"):
         cafeq_pair(wv, wo, heads, RTN, adpq.CafeqConfig(steps=1), input_scale=scale[:-1])
+    with pytest.raises(ValueError, match="output_scale"):
+        cafeq_pair(wv, wo, heads, RTN, adpq.CafeqConfig(steps=1), output_scale=out[:-1])
+
+
+def test_norms_around_the_attention_are_found():
+    """input_layernorm scales v_proj's inputs; post_attention_layernorm scales o_proj's outputs only in
+    Gemma 2/3's sandwich (a pre_feedforward_layernorm beside it); in Llama it is the MLP's input norm."""
+    from adpq.io.cafeq_pairs import find_pairs
+
+    heads = Heads(4, 2, 8)
+    p = "model.layers.3."
+    shapes = {p + "self_attn.v_proj.weight": (16, 32), p + "self_attn.o_proj.weight": (32, 32),
+              p + "input_layernorm.weight": (32,), p + "post_attention_layernorm.weight": (32,)}
+    names = list(shapes)
+    llama, = find_pairs(names, names[:2], heads, shapes, "llama")
+    assert (llama.norm, llama.out_norm, llama.norm_offset, llama.key) == (p + "input_layernorm.weight", None, 0.0, 3)
+    shapes[p + "pre_feedforward_layernorm.weight"] = (32,)
+    gemma, = find_pairs(list(shapes), names[:2], heads, shapes, "gemma3_text")
+    assert (gemma.out_norm, gemma.norm_offset) == (p + "post_attention_layernorm.weight", 1.0)
+    w = {p + "input_layernorm.weight": np.full(32, -3.0), p + "post_attention_layernorm.weight": np.arange(32.0)}
+    np.testing.assert_array_equal(gemma.input_scale(w.get), np.full(32, 2.0))   # |1 + w|
+    np.testing.assert_array_equal(gemma.output_scale(w.get), np.arange(32.0) + 1)
+    shapes[p + "input_layernorm.weight"] = (31,)  # not the inputs' size: not taken
+    assert find_pairs(list(shapes), names[:2], heads, shapes, "gemma3_text")[0].norm is None

@@ -321,7 +321,8 @@ class CafeqConfig:
     damp    added to the partner's Gram diagonal in the rounding, as a fraction of its mean (>= 0).
     seed    the random signs / rotation of init (the result is deterministic for a seed).
     norm_weights  weigh W_v's input columns by the RMSNorm weight in front of the attention (the
-            scale the norm gives each input channel) in the proxy and the rounding; False: plain
+            scale the norm gives each input channel), and W_o's output rows by a norm after the
+            attention where there is one (Gemma 2/3), in the proxy and the rounding; False: plain
             Frobenius norms.
     """
 

@@ -256,8 +256,8 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
                     and f"{prefix}.{li}.{n}.weight" in selected}
             ts = time.perf_counter()
             for p in (p for pre, p in pairs.items() if pre.startswith(f"{prefix}.{li}.")):
-                _fold_transform(layer, f"{prefix}.{li}.", p, heads, run_cfg, caf,
-                                p.input_scale(src.get) if caf.norm_weights else None)
+                scales = (p.input_scale(src.get), p.output_scale(src.get)) if caf.norm_weights else (None, None)
+                _fold_transform(layer, f"{prefix}.{li}.", p, heads, run_cfg, caf, *scales)
             t_solve += time.perf_counter() - ts
             ts = time.perf_counter()
             sums, tokens, owner = _collect(layer, lins, inputs, calls[li])
@@ -288,7 +288,7 @@ def calibrate(model_dir: Any, text: Any = None, samples: int = 128, seqlen: int 
 
 
 def _fold_transform(layer, layer_prefix: str, p: PairSpec, heads, cfg: QuantConfig, caf: CafeqConfig,
-                    input_scale) -> None:
+                    input_scale, output_scale) -> None:
     """The pair's CafeQ transform folded into the layer's float weights (and v_proj's bias), as
     quantize_checkpoint will fold it (the same weights, key and options give the same M)."""
     import torch
@@ -298,7 +298,7 @@ def _fold_transform(layer, layer_prefix: str, p: PairSpec, heads, cfg: QuantConf
 
     v, o = module(p.v), module(p.o)
     wv, wo = v.weight.detach().double().numpy(), o.weight.detach().double().numpy()
-    m, _ = learn_transform(wv, wo, heads, cfg, caf, p.key, cfg.threads, input_scale)
+    m, _ = learn_transform(wv, wo, heads, cfg, caf, p.key, cfg.threads, input_scale, output_scale)
     bias = v.bias.detach().double().numpy() if v.bias is not None else None
     wv_t, wo_t, b_t = apply_transform(m, wv, wo, heads, bias)
     v.weight.data = torch.from_numpy(wv_t.astype(np.float32))

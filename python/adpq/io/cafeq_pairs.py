@@ -57,13 +57,19 @@ class PairSpec:
     bias: Optional[str]      # v_proj.bias, if the folder has one
     key: int                 # seeds M's random start (the layer index)
     norm: Optional[str] = None   # the RMSNorm weight in front of the attention, if found
-    norm_offset: float = 0.0     # its scale is |offset + weight| (Gemma's norms scale by 1 + weight)
+    norm_offset: float = 0.0     # a norm's scale is |offset + weight| (Gemma's norms scale by 1 + weight)
+    out_norm: Optional[str] = None  # a norm applied to the attention's output (Gemma 2/3), if any
+
+    def _scale(self, name: Optional[str], read) -> Optional[np.ndarray]:
+        return None if name is None else np.abs(np.asarray(read(name), dtype=np.float64) + self.norm_offset)
 
     def input_scale(self, read) -> Optional[np.ndarray]:
         """The per-channel scale of v_proj's inputs the norm applies (None without a norm)."""
-        if self.norm is None:
-            return None
-        return np.abs(np.asarray(read(self.norm), dtype=np.float64) + self.norm_offset)
+        return self._scale(self.norm, read)
+
+    def output_scale(self, read) -> Optional[np.ndarray]:
+        """The per-channel scale the norm after o_proj applies to its outputs (None without one)."""
+        return self._scale(self.out_norm, read)
 
     @property
     def members(self) -> List[str]:
@@ -74,7 +80,8 @@ def find_pairs(names: Iterable[str], selected: Iterable[str], heads: Heads, shap
                model_type: str = "") -> List[PairSpec]:
     """Every attention layer's (v_proj, o_proj); CheckpointError where CafeQ cannot be applied.
     The norm before the attention is the layer's input_layernorm (Llama, Qwen, Gemma, ...) when it
-    is a vector of the inputs' size."""
+    is a vector of the inputs' size; a norm after it, post_attention_layernorm where the layer also
+    has a pre_feedforward_layernorm (Gemma 2/3's sandwich; in Llama that name is the MLP's input norm)."""
     names, selected = list(names), set(selected)
     present = set(names)
     pairs = []
@@ -101,11 +108,15 @@ def find_pairs(names: Iterable[str], selected: Iterable[str], heads: Heads, shap
             raise CheckpointError(f"--cafeq: {p}: {e} (from config.json's attention heads)") from None
         digits = re.findall(r"\.(\d+)\.", f".{p}.")
         bias = f"{p}.v_proj.bias" if f"{p}.v_proj.bias" in present else None
-        norm = f"{p.rsplit('.', 1)[0]}.input_layernorm.weight" if "." in p else None
+        layer = p.rsplit(".", 1)[0] if "." in p else ""
+        norm, out_norm = f"{layer}.input_layernorm.weight", f"{layer}.post_attention_layernorm.weight"
         if norm not in present or shapes.get(norm) != (shapes[name][1],):
             norm = None
+        if (f"{layer}.pre_feedforward_layernorm.weight" not in present or out_norm not in present
+                or shapes.get(out_norm) != (shapes[o][0],)):
+            out_norm = None
         pairs.append(PairSpec(p, name, o, bias, int(digits[-1]) if digits else len(pairs), norm,
-                              1.0 if str(model_type).startswith("gemma") else 0.0))
+                              1.0 if str(model_type).startswith("gemma") else 0.0, out_norm))
     if not pairs:
         raise CheckpointError("--cafeq: no (v_proj, o_proj) pair in the checkpoint")
     return pairs
@@ -154,7 +165,8 @@ class PairWork:
                 try:
                     res = cafeq_pair(self._read(p.v), self._read(p.o), self.heads, self.config, self.cafeq,
                                      bias=bias, key=p.key, threads=self.threads, hessians=hs, gptq=gptq,
-                                     input_scale=p.input_scale(self._read) if self.cafeq.norm_weights else None)
+                                     input_scale=p.input_scale(self._read) if self.cafeq.norm_weights else None,
+                                     output_scale=p.output_scale(self._read) if self.cafeq.norm_weights else None)
                 except (ValueError, TypeError, np.linalg.LinAlgError) as e:
                     raise CheckpointError(f"--cafeq: {p.prefix}: {e}") from e
                 self._result[p.prefix] = res

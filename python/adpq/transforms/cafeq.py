@@ -31,7 +31,8 @@ class PairResult:
 
 
 def learn_transform(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConfig, cafeq: CafeqConfig,
-                    key: int = 0, threads: Optional[int] = None, input_scale: Optional[np.ndarray] = None):
+                    key: int = 0, threads: Optional[int] = None, input_scale: Optional[np.ndarray] = None,
+                    output_scale: Optional[np.ndarray] = None):
     """(M, stats) for float64 W_v, W_o quantized with config (its group size and symmetry shape the
     proxy): what cafeq_pair and adpq.calibrate(..., cafeq=) both fold in.
 
@@ -40,11 +41,12 @@ def learn_transform(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantC
     stats: the proxy at M's start and end, error_plain and error_transformed (the pair error of each
     matrix quantized on its own, without and with M)."""
     rcfg = config.resolved(wv.shape[0])
-    m, stats = optimize_transform(wv, wo, heads, rcfg.group_size, rcfg.symmetric, cafeq, key, input_scale)
+    m, stats = optimize_transform(wv, wo, heads, rcfg.group_size, rcfg.symmetric, cafeq, key, input_scale,
+                                  output_scale)
     run = config if threads is None else config.replace(threads=threads)
-    err_plain = _plain_error(wv, wo, heads, run, threads, input_scale)
+    err_plain = _plain_error(wv, wo, heads, run, threads, input_scale, output_scale)
     wv_t, wo_t, _ = apply_transform(m, wv, wo, heads)
-    err_t = _plain_error(wv_t, wo_t, heads, run, threads, input_scale)
+    err_t = _plain_error(wv_t, wo_t, heads, run, threads, input_scale, output_scale)
     identity = err_t > err_plain
     if identity:
         m, err_t = initial_transform(heads, "identity", 0), err_plain
@@ -55,7 +57,7 @@ def learn_transform(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantC
 def cafeq_pair(w_v: Any, w_o: Any, heads: Heads, config: Optional[QuantConfig] = None,
                cafeq: Optional[CafeqConfig] = None, bias: Any = None, key: int = 0,
                threads: Optional[int] = None, hessians: Optional[Tuple[Any, Any]] = None,
-               gptq: Optional[GptqConfig] = None, input_scale: Any = None) -> PairResult:
+               gptq: Optional[GptqConfig] = None, input_scale: Any = None, output_scale: Any = None) -> PairResult:
     """CafeQ on W_v (n_kv_heads * head_dim, in) and W_o (out, n_heads * head_dim), quantized with
     config (outlier_ratio 0: CafeQ alone; AdpQ's outliers and column scales otherwise).
 
@@ -63,7 +65,8 @@ def cafeq_pair(w_v: Any, w_o: Any, heads: Heads, config: Optional[QuantConfig] =
     layers apart (the layer index): M's random start is seeded by (cafeq.seed, key).
     input_scale: the scale of W_v's inputs per column, e.g. the RMSNorm weight in front of the
     attention (adpq.io.cafeq_pairs finds it): every error and the proxy weigh W_v's column l by it,
-    || (W_o W_v - Ŵ_o Ŵ_v) diag(input_scale) ||_F. None: 1.
+    || (W_o W_v - Ŵ_o Ŵ_v) diag(input_scale) ||_F. None: 1. output_scale: the same for W_o's output
+    rows, e.g. a norm applied to the attention's output (Gemma's post-attention norm).
     hessians: (H_v, H_o), calibration Hessians of the *transformed* layer's inputs (adpq.calibrate
     with cafeq): each matrix is then rounded by GPTQ with its Hessian (gptq: its options) instead of
     the data-free paired rounding.
@@ -96,26 +99,24 @@ def cafeq_pair(w_v: Any, w_o: Any, heads: Heads, config: Optional[QuantConfig] =
     for name, w in (("w_v", wv), ("w_o", wo)):
         if not np.isfinite(w).all():
             raise ValueError(f"{name} has a NaN or Inf")
-    sc = None
-    if input_scale is not None:
-        sc = np.asarray(input_scale, dtype=np.float64)
-        if sc.shape != (v2.shape[1],) or not np.isfinite(sc).all():
-            raise ValueError(f"input_scale must be a finite vector of {v2.shape[1]} values, got shape {sc.shape}")
+    sc = _scale_vector(input_scale, v2.shape[1], "input_scale")
+    so = _scale_vector(output_scale, o2.shape[0], "output_scale")
     if hessians is not None and (len(hessians) != 2 or any(h is None for h in hessians)):
         raise ValueError("hessians must be a pair (H_v, H_o)")
     run = cfg if threads is None else cfg.replace(threads=threads)
-    m, tstats = learn_transform(wv, wo, heads, cfg, caf, key, threads, sc)
+    m, tstats = learn_transform(wv, wo, heads, cfg, caf, key, threads, sc, so)
     wv_t, wo_t, b_t = apply_transform(m, wv, wo, heads, b)
     t_transform = time.perf_counter() - t0
     if hessians is None:
-        qv, qo, errors = paired_round(wv_t, wo_t, heads, cfg, caf, threads, dtype=vdt, input_scale=sc)
+        qv, qo, errors = paired_round(wv_t, wo_t, heads, cfg, caf, threads, dtype=vdt, input_scale=sc,
+                                      output_scale=so)
     else:
         v32, o32 = wv_t.astype(np.float32), wo_t.astype(np.float32)
         qv = quantize(v32, config=run, hessian=hessians[0], gptq=gptq)
         qo = quantize(o32, config=run, hessian=hessians[1], gptq=gptq)
         errors = [tstats["error_transformed"],
                   pair_error(wv_t, wo_t, qv.dequantize(dtype="float32", threads=threads),
-                             qo.dequantize(dtype="float32", threads=threads), heads, sc)]
+                             qo.dequantize(dtype="float32", threads=threads), heads, sc, so)]
         qv = QuantizedTensor(qv.arrays(), qv.shape, qv.config, vdt)
     if qo.dtype != odt:
         qo = QuantizedTensor(qo.arrays(), qo.shape, qo.config, odt)
@@ -126,7 +127,16 @@ def cafeq_pair(w_v: Any, w_o: Any, heads: Heads, config: Optional[QuantConfig] =
 
 
 def _plain_error(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConfig, threads: Optional[int],
-                 input_scale: Optional[np.ndarray] = None) -> float:
+                 input_scale: Optional[np.ndarray] = None, output_scale: Optional[np.ndarray] = None) -> float:
     """The pair error of W_v and W_o each quantized on its own."""
     hat = [quantize(w.astype(np.float32), config=config).dequantize(dtype="float32", threads=threads) for w in (wv, wo)]
-    return pair_error(wv, wo, hat[0], hat[1], heads, input_scale)
+    return pair_error(wv, wo, hat[0], hat[1], heads, input_scale, output_scale)
+
+
+def _scale_vector(x: Any, n: int, name: str) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    a = np.asarray(x, dtype=np.float64)
+    if a.shape != (n,) or not np.isfinite(a).all():
+        raise ValueError(f"{name} must be a finite vector of {n} values, got shape {a.shape}")
+    return a

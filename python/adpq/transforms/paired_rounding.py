@@ -38,11 +38,14 @@ def _blocks(wv: np.ndarray, wo: np.ndarray, heads: Heads):
 
 
 def pair_error(wv: np.ndarray, wo: np.ndarray, wv_hat: np.ndarray, wo_hat: np.ndarray, heads: Heads,
-               input_scale: Optional[np.ndarray] = None) -> float:
-    """sqrt(sum_h || (P_h - P̂_h) S ||_F^2 / sum_h || P_h S ||_F^2), S = diag(input_scale) (None: I),
-    from d x d Gram matrices (the products themselves are out x in per query head)."""
+               input_scale: Optional[np.ndarray] = None, output_scale: Optional[np.ndarray] = None) -> float:
+    """sqrt(sum_h || R (P_h - P̂_h) S ||_F^2 / sum_h || R P_h S ||_F^2), S = diag(input_scale),
+    R = diag(output_scale) (None: I), from d x d Gram matrices (the products themselves are out x in
+    per query head)."""
     if input_scale is not None:
         wv, wv_hat = _scaled(wv, input_scale), _scaled(wv_hat, input_scale)
+    if output_scale is not None:
+        wo, wo_hat = _rows_scaled(wo, output_scale), _rows_scaled(wo_hat, output_scale)
     v, o = _blocks(wv, wo, heads)
     vh, oh = _blocks(wv_hat, wo_hat, heads)
 
@@ -60,6 +63,12 @@ def _scaled(w: np.ndarray, input_scale: Optional[np.ndarray]) -> np.ndarray:
     """W_v with its columns scaled by the inputs' scale (W_v S)."""
     w = np.asarray(w, F64)
     return w if input_scale is None else w * np.asarray(input_scale, F64)[None, :]
+
+
+def _rows_scaled(w: np.ndarray, output_scale: Optional[np.ndarray]) -> np.ndarray:
+    """W_o with its rows scaled by the outputs' scale (R W_o)."""
+    w = np.asarray(w, F64)
+    return w if output_scale is None else w * np.asarray(output_scale, F64)[:, None]
 
 
 def _block_diagonal(blocks: np.ndarray, repeat: int) -> np.ndarray:
@@ -92,13 +101,15 @@ def _v_target(wv: np.ndarray, wo: np.ndarray, wo_hat: np.ndarray, heads: Heads):
 
 
 def paired_round(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConfig, cafeq: CafeqConfig,
-                 threads: Optional[int] = None, dtype: str = "float32", input_scale: Optional[np.ndarray] = None
-                 ) -> Tuple[QuantizedTensor, QuantizedTensor, List[float]]:
+                 threads: Optional[int] = None, dtype: str = "float32", input_scale: Optional[np.ndarray] = None,
+                 output_scale: Optional[np.ndarray] = None) -> Tuple[QuantizedTensor, QuantizedTensor, List[float]]:
     """(Ŵ_v, Ŵ_o, pair errors): the pair quantized with config, then cafeq.rounds alternating passes.
 
     input_scale: the scale of W_v's inputs per column (e.g. the RMSNorm weight before it): errors are
     || (P - P̂) diag(input_scale) ||. W_o's target and Gram then come from Ŵ_v S; W_v's rounding is
-    per column, which a column weight does not change.
+    per column, which a column weight does not change. output_scale (e.g. a norm after o_proj, as
+    Gemma's post-attention norm): errors are || R (P - P̂) S ||; W_v's target and Gram come from R Ô,
+    W_o's rounding is per row, which a row weight does not change.
 
     errors[0] is the plain quantization's pair error, then one entry per half-pass (the error kept).
     dtype: the QuantizedTensors' dequantize dtype (the source checkpoint's, not the float64 of wv/wo).
@@ -110,7 +121,7 @@ def paired_round(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConf
     qv, qo = qv0, qo0
     deq = lambda q: q.dequantize(dtype="float32", threads=threads)  # noqa: E731
     v_hat, o_hat = deq(qv), deq(qo)
-    err = lambda v_, o_: pair_error(wv, wo, v_, o_, heads, input_scale)  # noqa: E731
+    err = lambda v_, o_: pair_error(wv, wo, v_, o_, heads, input_scale, output_scale)  # noqa: E731
     errors = [err(v_hat, o_hat)]
     gptq = GptqConfig(damp=cafeq.damp, act_order=True, grids="fixed")
     for _ in range(cafeq.rounds):
@@ -123,7 +134,7 @@ def paired_round(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConf
         if e < errors[-1]:
             qo, o_hat = cand, c_hat
         errors.append(min(e, errors[-1]))
-        target, gram = _v_target(wv, wo, o_hat, heads)
+        target, gram = _v_target(wv, _rows_scaled(wo, output_scale), _rows_scaled(o_hat, output_scale), heads)
         cand = refine_rows(target, qv0, gram, damp=cafeq.damp, threads=threads)
         c_hat = deq(cand)
         e = err(c_hat, o_hat)

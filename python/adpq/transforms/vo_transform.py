@@ -132,7 +132,7 @@ class PairProxy:
     """The proxy of one layer's (W_v, W_o) as a function of M, with its gradient."""
 
     def __init__(self, wv: np.ndarray, wo: np.ndarray, heads: Heads, group_size: int, symmetric: bool, proxy: str,
-                 input_scale: Optional[np.ndarray] = None):
+                 input_scale: Optional[np.ndarray] = None, output_scale: Optional[np.ndarray] = None):
         heads.check(wv.shape, wo.shape)
         self.heads, self.proxy = heads, proxy
         n, d = heads.n_kv_heads, heads.head_dim
@@ -148,6 +148,9 @@ class PairProxy:
         s2 = np.ones(wv.shape[1]) if input_scale is None else np.asarray(input_scale, F64) ** 2
         self.in_sq = s2[None, :]
         self.group_in_sq = np.bincount(self.gv.of_column, weights=s2, minlength=self.gv.ng)
+        # and W_o's output rows by the scale the norm after it gives them (Gemma's post-attention norm)
+        r2 = np.ones(wo.shape[0]) if output_scale is None else np.asarray(output_scale, F64) ** 2
+        self.out_sq = r2[:, None]
         self.scale = 1.0
         eye = initial_transform(heads, "identity", 0)
         if proxy == "range":
@@ -178,17 +181,17 @@ class PairProxy:
         ro, so = self.go.ranges(o)
         if self.proxy == "product":
             a = (v * v * self.in_sq).sum(axis=1)             # |V_k diag(s)|^2 per W_v row
-            c = (ro * ro).sum(axis=0)[self.go.of_column]     # sum_i step_o(i, j)^2 per W_o column
+            c = (ro * ro * self.out_sq).sum(axis=0)[self.go.of_column]  # sum_i r_i^2 step_o(i, j)^2 per column
             s = (rv * rv) @ self.group_in_sq                 # sum_l step_v(k, l)^2 s_l^2 per W_v row
-            b = np.bincount(self.kvrow, weights=(o * o).sum(axis=0), minlength=v.shape[0])
+            b = np.bincount(self.kvrow, weights=(o * o * self.out_sq).sum(axis=0), minlength=v.shape[0])
             value = float(c @ a[self.kvrow] + b @ s)
             if not grad:
                 return value * self.scale, None
             dv = 2.0 * v * self.in_sq * np.bincount(self.kvrow, weights=c, minlength=v.shape[0])[:, None]
             dv += self.gv.grad(2.0 * rv * b[:, None] * self.group_in_sq[None, :], sv)
-            do = 2.0 * o * s[self.kvrow][None, :]
+            do = 2.0 * o * self.out_sq * s[self.kvrow][None, :]
             wg = np.bincount(self.go.of_column, weights=a[self.kvrow], minlength=self.go.ng)
-            do += self.go.grad(2.0 * ro * wg[None, :], so)
+            do += self.go.grad(2.0 * ro * self.out_sq * wg[None, :], so)
         else:
             t = RANGE_TEMPERATURE
             x = np.concatenate([(rv / self.ref[0]).ravel(), (ro / self.ref[1]).ravel()]) / t
@@ -210,12 +213,12 @@ class PairProxy:
 
 
 def optimize_transform(wv: np.ndarray, wo: np.ndarray, heads: Heads, group_size: int, symmetric: bool,
-                       config: CafeqConfig, key: int = 0, input_scale: Optional[np.ndarray] = None
-                       ) -> Tuple[np.ndarray, dict]:
+                       config: CafeqConfig, key: int = 0, input_scale: Optional[np.ndarray] = None,
+                       output_scale: Optional[np.ndarray] = None) -> Tuple[np.ndarray, dict]:
     """M (n_kv_heads, head_dim, head_dim) minimizing config.proxy from config.init by config.steps
     Adam steps, and {"proxy_initial", "proxy"}: the proxy at M's start and at the M returned, each
     relative to the untransformed pair (1.0)."""
-    pp = PairProxy(wv, wo, heads, group_size, symmetric, config.proxy, input_scale)
+    pp = PairProxy(wv, wo, heads, group_size, symmetric, config.proxy, input_scale, output_scale)
     m = initial_transform(heads, config.init, config.seed, key)
     best_m, (best, _) = m, pp.value_and_grad(m, grad=False)
     start = best
