@@ -331,7 +331,7 @@ class CafeqConfig:
     proxy: str = "product"
     init: str = "identity"
     rounds: int = 2
-    damp: float = 10.0
+    damp: float = 1.0
     seed: int = 0
     norm_weights: bool = True
 
