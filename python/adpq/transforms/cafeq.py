@@ -45,6 +45,8 @@ def learn_transform(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantC
                                   output_scale)
     run = config if threads is None else config.replace(threads=threads)
     err_plain = _plain_error(wv, wo, heads, run, threads, input_scale, output_scale)
+    if cafeq.steps == 0 and cafeq.init == "identity":  # (M = I: nothing to compare)
+        return m, {**stats, "error_plain": err_plain, "error_transformed": err_plain, "identity": 0.0}
     wv_t, wo_t, _ = apply_transform(m, wv, wo, heads)
     err_t = _plain_error(wv_t, wo_t, heads, run, threads, input_scale, output_scale)
     identity = err_t > err_plain
