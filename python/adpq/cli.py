@@ -291,7 +291,10 @@ def cmd_inspect(args) -> int:
     qc = dict(info["quantization_config"])
     print(f"{info['path']}: adpq format version {qc.pop('format_version', '?')}, {len(info['files'])} file(s)")
     qc.pop("quant_method", None)
+    records = {k: qc.pop(k) for k in ("calibration", "cafeq") if k in qc}
     print("config: " + ", ".join(f"{k}={v}" for k, v in qc.items()))
+    for k, rec in records.items():  # (how the codes were chosen: one line each)
+        print(f"{k}: " + (", ".join(f"{a}={json.dumps(b)}" for a, b in rec.items()) if isinstance(rec, dict) else str(rec)))
     t = info["totals"]
     print(f"tensors: {t['tensors_quantized']} quantized ({t['params_quantized']:,} weights, "
           f"{t['num_outliers']:,} outliers), {t['tensors_kept']} kept "
