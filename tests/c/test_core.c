@@ -1319,8 +1319,10 @@ static void test_gptq(int have_v) {
     cfg.bits = 5;
     CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG, "bits 5");
     cfg.bits = 4;
-    cfg.group_size = 4;
-    CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG, "group_size 4");
+    cfg.group_size = 0; /* (any size >= 1 is valid: the solver reads the grids it is given) */
+    CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG, "group_size 0");
+    cfg.group_size = -2;
+    CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG, "group_size -2");
     cfg.group_size = G;
     CHECK(adpq_gptq(w, R, C, h, mask, &cfg, s, z, s, NULL, codes, vals, err) == ADPQ_ERR_ARG, "one outlier grid");
     CHECK(adpq_gptq(w, INT64_MAX / 4, C, h, mask, &cfg, s, z, NULL, NULL, codes, vals, err) == ADPQ_ERR_ARG,
