@@ -26,7 +26,7 @@ import adpq
 from adpq import eval as adpq_eval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibration import ADPQ3, ADPQ4, RTN3, RTN4, baseline_row, ood_text  # noqa: E402
+from calibration import ADPQ3, ADPQ4, RTN3, RTN4, baseline_row, ood_text, perplexities  # noqa: E402
 
 ROWS = [  # (label, QuantConfig fields, CafeqConfig fields or None)
     ("rtn b3 g64", RTN3, None),
@@ -65,11 +65,7 @@ def run_row(a, label, qfields, cfields, work: Path) -> dict:
     if pairs:
         row["pairs"] = [{k: round(v, 5) for k, v in p.items()} for p in pairs]
         row["seconds_cafeq"] = round(sum(p["seconds"] for p in pairs), 2)
-    for key, text, plain in (("wikitext", None, False), ("ood", a.ood_file, True)):
-        r = adpq_eval.perplexity(str(dst), text_file=text, ctx=a.ctx, max_windows=a.windows, dequantize=True,
-                                 progress=not a.quiet, plain_text=plain)
-        row[f"ppl_{key}"] = r.ppl
-        row[f"eval_{key}"] = {"windows": r.windows, "tokens": r.tokens, "ctx": r.ctx, "seconds": round(r.seconds, 1)}
+    row.update(perplexities(a, str(dst), dequantize=True))
     shutil.rmtree(dst, ignore_errors=True)
     return row
 

@@ -119,23 +119,25 @@ def run_row(a, label, method, qfields, gfields, work: Path) -> dict:
     row["bits_per_weight"] = 8 * sum(r.bytes_out for r in q) / sum(r.numel for r in q)
     row["tensors_gptq"] = sum(r.gptq for r in q)
     del cal
-    for key, text, plain in (("wikitext", None, False), ("ood", a.ood_file, True)):
-        r = adpq_eval.perplexity(str(dst), text_file=text, ctx=a.ctx, max_windows=a.windows, dequantize=True,
-                                 progress=not a.quiet, plain_text=plain)
-        row[f"ppl_{key}"] = r.ppl
-        row[f"eval_{key}"] = {"windows": r.windows, "tokens": r.tokens, "ctx": r.ctx, "seconds": round(r.seconds, 1)}
+    row.update(perplexities(a, str(dst), dequantize=True))
     shutil.rmtree(dst, ignore_errors=True)
     return row
 
 
 def baseline_row(a) -> dict:
-    row = {"label": "baseline (bf16, Q4-derived)", "method": "baseline", "bits_per_weight": 16.0}
+    return {"label": "baseline (bf16, Q4-derived)", "method": "baseline", "bits_per_weight": 16.0,
+            **perplexities(a, a.model)}
+
+
+def perplexities(a, folder: str, dequantize: bool = False) -> dict:
+    """ppl_/eval_ entries of a row: the folder on WikiText-2 test and on the off-domain text."""
+    out = {}
     for key, text, plain in (("wikitext", None, False), ("ood", a.ood_file, True)):
-        r = adpq_eval.perplexity(a.model, text_file=text, ctx=a.ctx, max_windows=a.windows, progress=not a.quiet,
-                                 plain_text=plain)
-        row[f"ppl_{key}"] = r.ppl
-        row[f"eval_{key}"] = {"windows": r.windows, "tokens": r.tokens, "ctx": r.ctx, "seconds": round(r.seconds, 1)}
-    return row
+        r = adpq_eval.perplexity(folder, text_file=text, ctx=a.ctx, max_windows=a.windows, progress=not a.quiet,
+                                 plain_text=plain, dequantize=dequantize)
+        out[f"ppl_{key}"] = r.ppl
+        out[f"eval_{key}"] = {"windows": r.windows, "tokens": r.tokens, "ctx": r.ctx, "seconds": round(r.seconds, 1)}
+    return out
 
 
 def table(res: dict) -> str:

@@ -80,6 +80,13 @@ def check_real(x: Any, name: str) -> float:
         raise ValueError(f"{name} = {_short(x)} is out of range of a float") from None
 
 
+def check_bool(x: Any, name: str) -> bool:
+    """x (a bool, a NumPy bool, or the int 0/1) as a Python bool; TypeError naming `name` otherwise."""
+    if isinstance(x, (bool, np.bool_)) or (_is_int(x) and x in (0, 1)):
+        return bool(x)
+    raise TypeError(f"{name} must be a bool, got {_short(x)}")
+
+
 def check_threads(threads: Any, name: str = "threads") -> Optional[int]:
     """None, or a thread count in [1, INT_MAX] as a Python int (NumPy integers accepted)."""
     if threads is None:
@@ -187,10 +194,7 @@ class QuantConfig:
             put("lam", check_real(self.lam, "lam"))
             if not (math.isfinite(self.lam) and self.lam >= 0):
                 raise ValueError(f"lam must be >= 0 and finite, got {_short(self.lam)}")
-        if isinstance(self.symmetric, (bool, np.bool_)) or (_is_int(self.symmetric) and self.symmetric in (0, 1)):
-            put("symmetric", bool(self.symmetric))
-        else:
-            raise TypeError(f"symmetric must be a bool, got {_short(self.symmetric)}")
+        put("symmetric", check_bool(self.symmetric, "symmetric"))
         put("outlier_format", _choice(self.outlier_format, "outlier_format", OUTLIER_FORMATS))
         put("scale_dtype", _choice(self.scale_dtype, "scale_dtype", SCALE_DTYPES))
         put("zero_point", _choice(self.zero_point, "zero_point", ZERO_POINTS))
@@ -274,10 +278,7 @@ class GptqConfig:
         if not (math.isfinite(self.damp) and 0.0 <= self.damp <= 1e6):
             raise ValueError(f"damp must be in [0, 1e6], got {_short(self.damp)}")
         object.__setattr__(self, "block_size", check_int(self.block_size, "block_size", 1, MAX_GPTQ_BLOCK))
-        if isinstance(self.act_order, (bool, np.bool_)) or (_is_int(self.act_order) and self.act_order in (0, 1)):
-            object.__setattr__(self, "act_order", bool(self.act_order))
-        else:
-            raise TypeError(f"act_order must be a bool, got {_short(self.act_order)}")
+        object.__setattr__(self, "act_order", check_bool(self.act_order, "act_order"))
         object.__setattr__(self, "grids", _choice(self.grids, "grids", GPTQ_GRIDS))
 
     def replace(self, **changes: Any) -> "GptqConfig":
@@ -337,10 +338,7 @@ class CafeqConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check_int(self.steps, "steps", 0, MAX_CAFEQ_STEPS))
-        if isinstance(self.norm_weights, (bool, np.bool_)) or (_is_int(self.norm_weights) and self.norm_weights in (0, 1)):
-            object.__setattr__(self, "norm_weights", bool(self.norm_weights))
-        else:
-            raise TypeError(f"norm_weights must be a bool, got {_short(self.norm_weights)}")
+        object.__setattr__(self, "norm_weights", check_bool(self.norm_weights, "norm_weights"))
         object.__setattr__(self, "lr", check_real(self.lr, "lr"))
         if not (math.isfinite(self.lr) and 0.0 < self.lr <= 1.0):
             raise ValueError(f"lr must be in (0, 1], got {_short(self.lr)}")

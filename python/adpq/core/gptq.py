@@ -75,6 +75,20 @@ def _start_grids(qt: QuantizedTensor):
     return s, z, so, zo
 
 
+def _scaled_target(w: Any, start: QuantizedTensor):
+    """(W' = W / c float32, c or None, dtype name, shape): the weights a refinement of start rounds,
+    in the space of its column scales (W' = W * m, m = 1/c in float32, as reference.columns)."""
+    w2, dname, shape = as_weight_matrix(w)
+    if tuple(shape) != tuple(start.shape):
+        raise ValueError(f"the start was quantized from shape {start.shape}, not {shape}")
+    wf = to_float32(w2, dname)  # (read only: the solvers copy what they change)
+    cs = start.arrays().get("column_scales")
+    if cs is None:
+        return wf, None, dname, shape
+    c = np.asarray(cs).astype(F32)
+    return wf * (F32(1) / c)[None, :], c, dname, shape
+
+
 def c_solver(w, h, mask, s, z, so, zo, **kw) -> Dict[str, np.ndarray]:
     """_core.gptq with the reference's argument names (codes come back packed)."""
     kw["scale_dtype"] = dtypes.C_CODE[kw["scale_dtype"]]
@@ -92,18 +106,12 @@ def refine(w: Any, start: QuantizedTensor, hessian: Any, gptq: Optional[GptqConf
     g = gptq if gptq is not None else GptqConfig()
     if not isinstance(g, GptqConfig):
         raise TypeError(f"gptq must be a GptqConfig, got {type(g).__name__}")
-    w2, dname, shape = as_weight_matrix(w)
-    if tuple(shape) != tuple(start.shape):
-        raise ValueError(f"the start was quantized from shape {start.shape}, not {shape}")
+    wf, c, dname, shape = _scaled_target(w, start)
     cfg: QuantConfig = start.config
     lay = start.layout
     h = check_hessian(hessian, lay.cols)
-    wf = to_float32(w2, dname)  # (read only: the solvers copy what they change)
     arrays = start.arrays()
-    cs = arrays.get("column_scales")
-    if cs is not None:
-        c = np.asarray(cs).astype(F32)
-        wf = wf * (F32(1) / c)[None, :]  # W' = W * m, m = 1/c in float32 (reference.columns)
+    if c is not None:
         c64 = c.astype(np.float64)
         h = h * c64[:, None] * c64[None, :]  # the inputs W' sees: x * c
     mask = np.ascontiguousarray(start.outlier_mask().reshape(lay.rows, lay.cols))
@@ -151,17 +159,11 @@ def refine_rows(w: Any, start: QuantizedTensor, gram: Any, damp: float = 0.01, a
     The solver runs on W^T, each weight with its own grid (group_size 1). A column scale c_l weighs
     all of column l's error by c_l^2, which does not move its minimum.
     """
-    w2, dname, shape = as_weight_matrix(w)
-    if tuple(shape) != tuple(start.shape):
-        raise ValueError(f"the start was quantized from shape {start.shape}, not {shape}")
+    wf, _, dname, shape = _scaled_target(w, start)
     cfg: QuantConfig = start.config
     lay = start.layout
     h = check_hessian(gram, lay.rows)
-    wf = to_float32(w2, dname)
     arrays = start.arrays()
-    cs = arrays.get("column_scales")
-    if cs is not None:
-        wf = wf * (F32(1) / np.asarray(cs).astype(F32))[None, :]
     mask = start.outlier_mask().reshape(lay.rows, lay.cols)
     col_group = np.arange(lay.cols) // lay.group_size
 

@@ -93,16 +93,12 @@ def cafeq_pair(w_v: Any, w_o: Any, heads: Heads, config: Optional[QuantConfig] =
     heads.check(v2.shape, o2.shape)
     wv = to_float32(v2, vdt).astype(np.float64)
     wo = to_float32(o2, odt).astype(np.float64)
-    b = None
-    if bias is not None:
-        b = np.asarray(bias, dtype=np.float64)
-        if b.shape != (v2.shape[0],) or not np.isfinite(b).all():
-            raise ValueError(f"bias must be a finite vector of {v2.shape[0]} values, got shape {b.shape}")
+    b = _finite_vector(bias, v2.shape[0], "bias")
     for name, w in (("w_v", wv), ("w_o", wo)):
         if not np.isfinite(w).all():
             raise ValueError(f"{name} has a NaN or Inf")
-    sc = _scale_vector(input_scale, v2.shape[1], "input_scale")
-    so = _scale_vector(output_scale, o2.shape[0], "output_scale")
+    sc = _finite_vector(input_scale, v2.shape[1], "input_scale")
+    so = _finite_vector(output_scale, o2.shape[0], "output_scale")
     if hessians is not None and (len(hessians) != 2 or any(h is None for h in hessians)):
         raise ValueError("hessians must be a pair (H_v, H_o)")
     run = cfg if threads is None else cfg.replace(threads=threads)
@@ -135,7 +131,7 @@ def _plain_error(wv: np.ndarray, wo: np.ndarray, heads: Heads, config: QuantConf
     return pair_error(wv, wo, hat[0], hat[1], heads, input_scale, output_scale)
 
 
-def _scale_vector(x: Any, n: int, name: str) -> Optional[np.ndarray]:
+def _finite_vector(x: Any, n: int, name: str) -> Optional[np.ndarray]:
     if x is None:
         return None
     a = np.asarray(x, dtype=np.float64)

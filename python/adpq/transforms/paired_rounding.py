@@ -24,7 +24,7 @@ from ..core.config import CafeqConfig, GptqConfig, QuantConfig
 from ..core.gptq import refine, refine_rows
 from ..core.quantize import quantize
 from ..core.quantized import QuantizedTensor
-from .vo_transform import Heads
+from .vo_transform import Heads, heads_times
 
 F64 = np.float64
 
@@ -84,9 +84,7 @@ def _o_target(wv: np.ndarray, wo: np.ndarray, wv_hat: np.ndarray, heads: Heads):
     """(T, G_o): W_o's least-squares target with Ŵ_v fixed, and the Gram its error is weighted by."""
     n, d, g = heads.n_kv_heads, heads.head_dim, heads.group
     v, vh = np.asarray(wv, F64).reshape(n, d, -1), np.asarray(wv_hat, F64).reshape(n, d, -1)
-    k = v @ np.linalg.pinv(vh)                                    # T_h = W_o[:, h] (W_v[g] Ŵ_v[g]^+)
-    o = np.asarray(wo, F64).reshape(wo.shape[0], n, g, d)
-    target = np.einsum("okgd,kde->okge", o, k, optimize=True).reshape(wo.shape)
+    target = heads_times(wo, v @ np.linalg.pinv(vh), heads)      # T_h = W_o[:, h] (W_v[g] Ŵ_v[g]^+)
     return target, _block_diagonal(vh @ vh.transpose(0, 2, 1), g)
 
 

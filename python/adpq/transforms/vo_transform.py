@@ -240,14 +240,20 @@ def optimize_transform(wv: np.ndarray, wo: np.ndarray, heads: Heads, group_size:
     return best_m, {"proxy_initial": float(start), "proxy": float(best)}
 
 
+def heads_times(wo: np.ndarray, k: np.ndarray, heads: Heads) -> np.ndarray:
+    """W_o with each query head's columns multiplied by its KV head's d x d matrix:
+    W_o[:, h] K_{g(h)} for every h (k: (n_kv_heads, d, d)), float64."""
+    n, d = heads.n_kv_heads, heads.head_dim
+    o = np.asarray(wo, F64).reshape(wo.shape[0], n, heads.group, d)
+    return np.einsum("okgd,kde->okge", o, k, optimize=True).reshape(wo.shape)
+
+
 def apply_transform(m: np.ndarray, wv: np.ndarray, wo: np.ndarray, heads: Heads,
                     bias: Optional[np.ndarray] = None):
     """(M W_v, W_o M^-1, M b_v) in float64; bias None stays None."""
     heads.check(wv.shape, wo.shape)
     n, d = heads.n_kv_heads, heads.head_dim
     wv_t = (m @ np.asarray(wv, F64).reshape(n, d, -1)).reshape(wv.shape)
-    inv = np.linalg.inv(m)
-    o = np.asarray(wo, F64).reshape(wo.shape[0], n, heads.group, d)
-    wo_t = np.einsum("okgd,kde->okge", o, inv, optimize=True).reshape(wo.shape)
+    wo_t = heads_times(wo, np.linalg.inv(m), heads)
     b_t = None if bias is None else (m @ np.asarray(bias, F64).reshape(n, d, 1)).reshape(-1)
     return wv_t, wo_t, b_t
